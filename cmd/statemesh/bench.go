@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/statemesh/statemesh/bench/syncbench"
+	"github.com/statemesh/statemesh/deltas"
+)
+
+func benchSync(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("statemesh bench sync", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := syncbench.DefaultOptions()
+	jsonOut := fs.Bool("json", false, "print one JSON object per result line instead of a table")
+	out := fs.String("out", "bench/results/sync.md", "Markdown report to write (an SVG plot is written beside it); empty for none")
+	check := fs.Bool("check", false, "exit 1 unless the acceptance criteria hold (delta+bp+rr fewest bytes; ratios vs state-based)")
+	quiet := fs.Bool("quiet", false, "no progress on stderr")
+	workloads := fs.String("workloads", strings.Join(o.Workloads, ","), "comma-separated workloads: gcounter, gset, gmap-K")
+	topologies := fs.String("topologies", strings.Join(o.Topologies, ","), "comma-separated topologies: partial-mesh, tree, full-mesh")
+	modes := fs.String("modes", "", "comma-separated sync modes (default all): state, delta, delta+bp, delta+rr, delta+bp+rr")
+	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "replicas")
+	fs.IntVar(&o.Events, "events", o.Events, "update events per node, one per round")
+	fs.IntVar(&o.MapKeys, "map-keys", o.MapKeys, "keys of the gmap workloads")
+	fs.IntVar(&o.Parallel, "parallel", o.Parallel, "runs at once")
+	fs.Uint64Var(&o.Seed, "seed", o.Seed, "random seed")
+	memLimit := fs.Int64("mem-limit-mib", 6144, "heap size at which the garbage collector runs (GOGC/GOMEMLIMIT in the environment override it)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	o.Workloads = strings.Split(*workloads, ",")
+	o.Topologies = strings.Split(*topologies, ",")
+	if *modes != "" {
+		o.Modes = nil
+		for _, m := range strings.Split(*modes, ",") {
+			md, err := deltas.ParseMode(m)
+			if err != nil {
+				fmt.Fprintln(stderr, err)
+				return 2
+			}
+			o.Modes = append(o.Modes, md)
+		}
+	}
+	// The simulator allocates heavily and its live heap is small (well
+	// under a GiB per run): collect only when the heap nears a generous
+	// limit, unless the user set GOGC or GOMEMLIMIT.
+	if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetGCPercent(-1)
+		debug.SetMemoryLimit(*memLimit << 20)
+	}
+	start := time.Now()
+	results, err := syncbench.Run(o, func(done, total int, r syncbench.Result) {
+		if !*quiet {
+			fmt.Fprintf(stderr, "[%2d/%d %5.1fs] %-9s %-12s %-12s %12d bytes\n", done, total, time.Since(start).Seconds(), r.Workload, r.Topology, r.Mode, r.Bytes)
+		}
+	})
+	if err != nil {
+		fmt.Fprintln(stderr, "statemesh bench sync:", err)
+		return 1
+	}
+	wall := time.Since(start).Seconds()
+	if *jsonOut {
+		enc := json.NewEncoder(stdout)
+		for _, r := range results {
+			if err := enc.Encode(r); err != nil {
+				fmt.Fprintln(stderr, err)
+				return 1
+			}
+		}
+	} else {
+		syncbench.WriteTable(stdout, results)
+	}
+	if *out != "" {
+		var md, svg bytes.Buffer
+		cmd := "statemesh bench sync " + strings.Join(args, " ")
+		syncbench.WriteMarkdown(&md, results, o, strings.TrimSpace(cmd), machine(), wall)
+		syncbench.WriteSVG(&svg, results)
+		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		svgPath := strings.TrimSuffix(*out, filepath.Ext(*out)) + ".svg"
+		for path, b := range map[string][]byte{*out: md.Bytes(), svgPath: svg.Bytes()} {
+			if err := os.WriteFile(path, b, 0o644); err != nil {
+				fmt.Fprintln(stderr, err)
+				return 1
+			}
+		}
+		if !*quiet {
+			fmt.Fprintf(stderr, "wrote %s and %s (%.1f s)\n", *out, svgPath, wall)
+		}
+	}
+	if bad := syncbench.Check(results); len(bad) > 0 {
+		for _, b := range bad {
+			fmt.Fprintln(stderr, "check failed:", b)
+		}
+		if *check {
+			return 1
+		}
+	}
+	return 0
+}
+
+// machine describes the machine for the report.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				if _, v, ok := strings.Cut(l, ":"); ok {
+					model = strings.TrimSpace(v)
+				}
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d cores (GOMAXPROCS %d), %s/%s, %s", model, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
+}

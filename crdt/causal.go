@@ -1,0 +1,232 @@
+package crdt
+
+// causal is a dot store paired with its causal context. ORSet and ORMap use
+// it with a dotMap store and an index; MVRegister and EWFlag with a dotFun
+// and a dotSet.
+//
+// A value nested in an ORMap is a view: its ctx is the map's shared context
+// and it has no index (the top-level map keeps one for all nested dots).
+type causal struct {
+	s   store    // nil when empty
+	ctx *Context // never nil
+	// idx maps every dot held anywhere in s (which must be a dotMap) to the
+	// top-level key holding it. It lets a small delta find the entries it
+	// removes without scanning the whole map. nil for views and for
+	// non-map stores.
+	// Local mutators build it (index) and joins keep it current; clones
+	// drop it, so copies made to be read, sent or joined once never pay
+	// for it. Without it, joins and extraction scan the whole map.
+	idx     map[Dot]string
+	indexed bool // top-level ORSet or ORMap: keep idx
+}
+
+func newCausal(indexed bool) causal {
+	return causal{ctx: NewContext(), indexed: indexed}
+}
+
+func (c *causal) isBottom() bool { return (c.s == nil || c.s.empty()) && c.ctx.IsEmpty() }
+
+func (c *causal) clone() causal {
+	out := causal{ctx: c.ctx.Clone(), indexed: c.indexed}
+	if c.s != nil {
+		out.s = c.s.clone()
+	}
+	return out
+}
+
+func (c *causal) equal(o *causal) bool {
+	if (c.s == nil || c.s.empty()) != (o.s == nil || o.s.empty()) {
+		return false
+	}
+	if c.s != nil && !c.s.empty() && !c.s.equal(o.s) {
+		return false
+	}
+	return c.ctx.Equal(o.ctx)
+}
+
+// index returns the dot index, building it if c keeps one; nil otherwise.
+func (c *causal) index() map[Dot]string {
+	if !c.indexed {
+		return nil
+	}
+	if c.idx == nil {
+		c.idx = map[Dot]string{}
+		if m, ok := c.s.(dotMap); ok {
+			for k, s := range m {
+				s.eachDot(func(d Dot) { c.idx[d] = k })
+			}
+		}
+	}
+	return c.idx
+}
+
+// entries returns the store as a dotMap (creating it if empty).
+func (c *causal) entries() dotMap {
+	if c.s == nil {
+		c.s = dotMap{}
+	}
+	return c.s.(dotMap)
+}
+
+// setEntry replaces the entry at key k, keeping the index up to date.
+func (c *causal) setEntry(k string, s store) {
+	var old []Dot
+	if c.idx != nil {
+		if m, ok := c.s.(dotMap); ok {
+			old = dotsOf(m[k])
+		}
+	}
+	c.replaceEntry(k, old, s)
+}
+
+// replaceEntry sets the entry at key k to s, given the dots the entry held
+// before (which the caller captured: stores are updated in place, so the
+// old entry may already be gone).
+func (c *causal) replaceEntry(k string, oldDots []Dot, s store) {
+	m := c.entries()
+	if c.idx != nil {
+		for _, d := range oldDots {
+			delete(c.idx, d)
+		}
+		if s != nil {
+			s.eachDot(func(d Dot) { c.idx[d] = k })
+		}
+	}
+	setOrDelete(m, k, s)
+	if len(m) == 0 {
+		c.s = nil
+	}
+}
+
+// indexedDots returns the dots of s if c keeps an index (for replaceEntry).
+func (c *causal) indexedDots(s store) []Dot {
+	if c.idx == nil {
+		return nil
+	}
+	return dotsOf(s)
+}
+
+// joinCausal joins o into c in place and reports whether c inflated.
+func (c *causal) joinCausal(o *causal) bool {
+	changed := false
+	if _, ok := c.s.(dotMap); ok || (c.s == nil && isMap(o.s)) {
+		// replaceEntry drops c.s when the map empties and entries() makes a
+		// new one, so the map is looked up afresh for every key.
+		om, _ := o.s.(dotMap)
+		for k, ov := range om {
+			cur := c.entries()[k]
+			var old []Dot
+			if isMap(cur) {
+				old = c.indexedDots(cur) // nested maps are joined in place
+			}
+			nv, ch := joinStores(cur, c.ctx, ov, o.ctx)
+			if ch {
+				changed = true
+				if !isMap(cur) {
+					old = c.indexedDots(cur) // dot sets and funs are immutable
+				}
+				c.replaceEntry(k, old, nv)
+			}
+		}
+		for _, k := range c.removedKeys(o, om) {
+			cur := c.entries()[k]
+			old := c.indexedDots(cur)
+			if nv, ch := joinStores(cur, c.ctx, nil, o.ctx); ch {
+				changed = true
+				c.replaceEntry(k, old, nv)
+			}
+		}
+		if m, _ := c.s.(dotMap); len(m) == 0 {
+			c.s = nil
+		}
+	} else {
+		ns, ch := joinStores(c.s, c.ctx, o.s, o.ctx)
+		c.s, changed = ns, ch
+	}
+	if c.ctx.Union(o.ctx) {
+		changed = true
+	}
+	return changed
+}
+
+func isMap(s store) bool { _, ok := s.(dotMap); return ok }
+
+// removedKeys returns the keys of c, not in om, that may hold a dot o's
+// context covers: the only entries that o can remove. With an index and a
+// small overlap it looks the overlapping dots up; otherwise it scans.
+func (c *causal) removedKeys(o *causal, om dotMap) []string {
+	m, _ := c.s.(dotMap)
+	if len(m) == 0 {
+		return nil
+	}
+	var keys []string
+	if idx := c.idx; idx != nil {
+		overlap := o.ctx.Intersect(c.ctx)
+		if overlap.Count() <= uint64(len(idx)) {
+			seen := map[string]bool{}
+			overlap.ForEach(func(d Dot) bool {
+				if k, ok := idx[d]; ok && !seen[k] {
+					if _, inO := om[k]; !inO {
+						seen[k] = true
+						keys = append(keys, k)
+					}
+				}
+				return true
+			})
+			return keys
+		}
+	}
+	for k := range m {
+		if _, inO := om[k]; !inO {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// extractCausal returns the part of o that is new to c: o's stored dots
+// that c's context has not seen, and the context dots of o that are either
+// new to c or remove a dot c still holds.
+func (c *causal) extractCausal(o *causal, indexed bool) causal {
+	fresh := o.ctx.Minus(c.ctx)
+	out := causal{ctx: fresh}
+	if o.s != nil {
+		out.s = o.s.filter(fresh.Contains)
+	}
+	// Dots that o has seen, c still holds, and o does not hold: o removed
+	// them.
+	oDots := map[Dot]struct{}{}
+	if o.s != nil {
+		o.s.eachDot(func(d Dot) { oDots[d] = struct{}{} })
+	}
+	removed := func(d Dot) {
+		if _, held := oDots[d]; !held {
+			out.ctx.Add(d)
+		}
+	}
+	if idx := c.idx; idx != nil {
+		overlap := o.ctx.Intersect(c.ctx)
+		if overlap.Count() <= uint64(len(idx)) {
+			overlap.ForEach(func(d Dot) bool {
+				if _, live := idx[d]; live {
+					removed(d)
+				}
+				return true
+			})
+		} else {
+			for d := range idx {
+				if o.ctx.Contains(d) {
+					removed(d)
+				}
+			}
+		}
+	} else if c.s != nil {
+		c.s.eachDot(func(d Dot) {
+			if o.ctx.Contains(d) {
+				removed(d)
+			}
+		})
+	}
+	out.indexed = indexed
+	return out
+}

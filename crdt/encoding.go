@@ -1,0 +1,769 @@
+package crdt
+
+import (
+	"bytes"
+	"fmt"
+	"maps"
+	"math"
+	"slices"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/statemesh/statemesh/internal/hlc"
+	"github.com/statemesh/statemesh/protocol/crdtpb"
+)
+
+// Limits bound what Decode accepts from untrusted bytes.
+type Limits struct {
+	// MaxBytes bounds the encoded size.
+	MaxBytes int
+	// MaxReplicas bounds the replica table.
+	MaxReplicas int
+	// MaxEntries bounds the total number of counter entries, elements,
+	// keys, dots, context runs and ballots in one value.
+	MaxEntries int
+	// MaxDepth bounds ORMap nesting (a top-level ORMap is depth 1).
+	MaxDepth int
+	// MaxItemBytes bounds one element, key, register value or node name.
+	MaxItemBytes int
+}
+
+// DefaultLimits are generous for one key's state yet keep a malicious
+// message from costing more than a few hundred MiB to decode.
+var DefaultLimits = Limits{
+	MaxBytes:     32 << 20,
+	MaxReplicas:  1 << 14,
+	MaxEntries:   1 << 21,
+	MaxDepth:     8,
+	MaxItemBytes: 4 << 20,
+}
+
+// maxNodeName bounds a replica's node name.
+const maxNodeName = 255
+
+// Encode returns the wire form of v (a crdtpb.State message). It is
+// deterministic: equal values encode to equal bytes, so encodings can be
+// hashed into digests. Replicas are numbered in order of first use in a
+// fixed traversal (sorted keys, sorted dots) and the replica table is
+// written after the value, which protobuf decoders accept.
+func Encode(v Value) []byte { return AppendEncode(nil, v) }
+
+// AppendEncode appends the wire form of v to b.
+func AppendEncode(b []byte, v Value) []byte {
+	e := &encoder{idx: map[ReplicaID]uint32{}}
+	b = v.encode(e, b)
+	for _, r := range e.order {
+		b = e.message(b, 1, func(b []byte) []byte {
+			b = appendString(b, 1, r.Node)
+			return appendUint(b, 2, r.Incarnation)
+		})
+	}
+	return b
+}
+
+// EncodedSize returns len(Encode(v)).
+func EncodedSize(v Value) int { return len(Encode(v)) }
+
+// ToProto returns the wire message of v.
+func ToProto(v Value) *crdtpb.State {
+	var st crdtpb.State
+	if err := proto.Unmarshal(Encode(v), &st); err != nil {
+		panic(fmt.Sprintf("crdt: own encoding does not parse: %v", err)) // a bug, caught by the fuzz and round-trip tests
+	}
+	return &st
+}
+
+type encoder struct {
+	idx   map[ReplicaID]uint32
+	order []ReplicaID
+}
+
+func (e *encoder) rep(r ReplicaID) uint64 {
+	i, ok := e.idx[r]
+	if !ok {
+		i = uint32(len(e.order))
+		e.idx[r] = i
+		e.order = append(e.order, r)
+	}
+	return uint64(i)
+}
+
+// message appends field num holding the message that body appends. The
+// length prefix is reserved as one byte and widened if the body is longer.
+func (e *encoder) message(b []byte, num protowire.Number, body func([]byte) []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return appendLengthPrefixed(b, body)
+}
+
+func appendLengthPrefixed(b []byte, body func([]byte) []byte) []byte {
+	at := len(b)
+	b = append(b, 0)
+	b = body(b)
+	n := len(b) - at - 1
+	if n < 0x80 {
+		b[at] = byte(n)
+		return b
+	}
+	w := protowire.SizeVarint(uint64(n))
+	b = append(b, make([]byte, w-1)...)
+	copy(b[at+w:], b[at+1:at+1+n])
+	protowire.AppendVarint(b[at:at], uint64(n))
+	return b
+}
+
+func appendUint(b []byte, num protowire.Number, v uint64) []byte {
+	if v == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, v)
+}
+
+func appendBytes(b []byte, num protowire.Number, v []byte) []byte {
+	if len(v) == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, v)
+}
+
+func appendString(b []byte, num protowire.Number, v string) []byte {
+	if v == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, v)
+}
+
+// packed appends a packed repeated varint field.
+func packed(b []byte, num protowire.Number, n int, at func(i int) uint64) []byte {
+	if n == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return appendLengthPrefixed(b, func(b []byte) []byte {
+		for i := range n {
+			b = protowire.AppendVarint(b, at(i))
+		}
+		return b
+	})
+}
+
+func (e *encoder) gcounter(b []byte, c *GCounter) []byte {
+	rs := slices.SortedFunc(maps.Keys(c.m), ReplicaID.Compare)
+	idx := make([]uint64, len(rs))
+	for i, r := range rs {
+		idx[i] = e.rep(r)
+	}
+	b = packed(b, 1, len(rs), func(i int) uint64 { return idx[i] })
+	return packed(b, 2, len(rs), func(i int) uint64 { return c.m[rs[i]] })
+}
+
+func (e *encoder) context(b []byte, c *Context) []byte {
+	return e.message(b, 1, func(b []byte) []byte {
+		for _, r := range c.replicas() {
+			rs := c.m[r]
+			b = e.message(b, 1, func(b []byte) []byte {
+				b = appendUint(b, 1, e.rep(r))
+				return packed(b, 2, 2*len(rs), func(i int) uint64 {
+					if i%2 == 0 {
+						return rs[i/2].lo
+					}
+					return rs[i/2].hi
+				})
+			})
+		}
+		return b
+	})
+}
+
+// dots appends a Dots message body for the sorted dots ds.
+func (e *encoder) dots(b []byte, ds []Dot) []byte {
+	idx := make([]uint64, len(ds))
+	for i, d := range ds {
+		idx[i] = e.rep(d.Replica)
+	}
+	b = packed(b, 1, len(ds), func(i int) uint64 { return idx[i] })
+	return packed(b, 2, len(ds), func(i int) uint64 { return ds[i].Seq })
+}
+
+func (e *encoder) sortedDots(s store) []Dot {
+	ds := dotsOf(s)
+	if _, ok := s.(dotSet); !ok {
+		slices.SortFunc(ds, Dot.Compare)
+	}
+	return ds
+}
+
+// mvEntries appends repeated MVEntry field num.
+func (e *encoder) mvEntries(b []byte, num protowire.Number, s store) []byte {
+	f, _ := s.(dotFun)
+	for _, fe := range f {
+		b = e.message(b, num, func(b []byte) []byte {
+			b = appendUint(b, 1, e.rep(fe.d.Replica))
+			b = appendUint(b, 2, fe.d.Seq)
+			return appendBytes(b, 3, fe.v)
+		})
+	}
+	return b
+}
+
+// setEntries appends repeated ORSetEntry field num.
+func (e *encoder) setEntries(b []byte, num protowire.Number, s store) []byte {
+	m, _ := s.(dotMap)
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		b = e.message(b, num, func(b []byte) []byte {
+			b = appendBytes(b, 1, []byte(k))
+			return e.message(b, 2, func(b []byte) []byte { return e.dots(b, e.sortedDots(m[k])) })
+		})
+	}
+	return b
+}
+
+// mapEntries appends repeated ORMapEntry field num.
+func (e *encoder) mapEntries(b []byte, num protowire.Number, s store) []byte {
+	m, _ := s.(dotMap)
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		t, key := splitEntryKey(k)
+		b = e.message(b, num, func(b []byte) []byte {
+			b = appendBytes(b, 1, key)
+			b = appendUint(b, 2, uint64(t))
+			switch t {
+			case TypeEWFlag:
+				return e.message(b, 3, func(b []byte) []byte { return e.dots(b, e.sortedDots(m[k])) })
+			case TypeMVRegister:
+				return e.message(b, 4, func(b []byte) []byte { return e.mvEntries(b, 1, m[k]) })
+			case TypeORSet:
+				return e.message(b, 5, func(b []byte) []byte { return e.setEntries(b, 1, m[k]) })
+			default:
+				return e.message(b, 6, func(b []byte) []byte { return e.mapEntries(b, 1, m[k]) })
+			}
+		})
+	}
+	return b
+}
+
+func (c *GCounter) encode(e *encoder, b []byte) []byte {
+	return e.message(b, 2, func(b []byte) []byte { return e.gcounter(b, c) })
+}
+
+func (c *PNCounter) encode(e *encoder, b []byte) []byte {
+	return e.message(b, 3, func(b []byte) []byte {
+		if !c.p.IsBottom() {
+			b = e.message(b, 1, func(b []byte) []byte { return e.gcounter(b, c.p) })
+		}
+		if !c.n.IsBottom() {
+			b = e.message(b, 2, func(b []byte) []byte { return e.gcounter(b, c.n) })
+		}
+		return b
+	})
+}
+
+func (s *GSet) encode(e *encoder, b []byte) []byte {
+	return e.message(b, 4, func(b []byte) []byte {
+		for _, k := range slices.Sorted(maps.Keys(s.m)) {
+			b = protowire.AppendTag(b, 1, protowire.BytesType)
+			b = protowire.AppendString(b, k)
+		}
+		return b
+	})
+}
+
+func (s *ORSet) encode(e *encoder, b []byte) []byte {
+	return e.message(b, 5, func(b []byte) []byte {
+		b = e.context(b, s.c.ctx)
+		return e.setEntries(b, 2, s.c.s)
+	})
+}
+
+func (l *LWWRegister) encode(e *encoder, b []byte) []byte {
+	return e.message(b, 6, func(b []byte) []byte {
+		if !l.set {
+			return b
+		}
+		b = e.message(b, 1, func(b []byte) []byte {
+			b = appendUint(b, 1, uint64(l.ts.WallNanos))
+			return appendUint(b, 2, uint64(l.ts.Logical))
+		})
+		b = appendUint(b, 2, e.rep(l.replica))
+		return appendBytes(b, 3, l.value)
+	})
+}
+
+func (m *MVRegister) encode(e *encoder, b []byte) []byte {
+	return e.message(b, 7, func(b []byte) []byte {
+		b = e.context(b, m.c.ctx)
+		return e.mvEntries(b, 2, m.c.s)
+	})
+}
+
+func (f *Flag) encode(e *encoder, b []byte) []byte {
+	return e.message(b, 8, func(b []byte) []byte {
+		if f.on {
+			b = appendUint(b, 1, 1)
+		}
+		return b
+	})
+}
+
+func (f *EWFlag) encode(e *encoder, b []byte) []byte {
+	return e.message(b, 9, func(b []byte) []byte {
+		b = e.context(b, f.c.ctx)
+		if ds := e.sortedDots(f.c.s); len(ds) > 0 {
+			b = e.message(b, 2, func(b []byte) []byte { return e.dots(b, ds) })
+		}
+		return b
+	})
+}
+
+func (m *ORMap) encode(e *encoder, b []byte) []byte {
+	return e.message(b, 10, func(b []byte) []byte {
+		b = e.context(b, m.c.ctx)
+		return e.mapEntries(b, 2, m.c.s)
+	})
+}
+
+func (v *Vote) encode(e *encoder, b []byte) []byte {
+	return e.message(b, 11, func(b []byte) []byte {
+		for _, r := range slices.SortedFunc(maps.Keys(v.m), ReplicaID.Compare) {
+			bl := v.m[r]
+			b = e.message(b, 1, func(b []byte) []byte {
+				b = appendUint(b, 1, e.rep(r))
+				b = appendUint(b, 2, bl.version)
+				if bl.vote {
+					b = appendUint(b, 3, 1)
+				}
+				if bl.removed {
+					b = appendUint(b, 4, 1)
+				}
+				return b
+			})
+		}
+		return b
+	})
+}
+
+// Decode parses and validates an encoded value from untrusted bytes. It
+// never panics; a malformed or oversized input yields an error wrapping
+// ErrDecode or ErrTooLarge.
+func Decode(b []byte, lim Limits) (Value, error) {
+	if len(b) > lim.MaxBytes {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), lim.MaxBytes)
+	}
+	var st crdtpb.State
+	if err := proto.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrDecode, err)
+	}
+	return FromProto(&st, lim)
+}
+
+// FromProto validates a wire message and builds its value.
+func FromProto(st *crdtpb.State, lim Limits) (Value, error) {
+	d := &decoder{lim: lim}
+	v, err := d.state(st)
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+type decoder struct {
+	lim     Limits
+	reps    []ReplicaID
+	entries int
+}
+
+func errf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrDecode}, args...)...)
+}
+
+func (d *decoder) spend(n int) error {
+	d.entries += n
+	if n < 0 || d.entries > d.lim.MaxEntries {
+		return fmt.Errorf("%w: more than %d entries", ErrTooLarge, d.lim.MaxEntries)
+	}
+	return nil
+}
+
+func (d *decoder) item(b []byte, what string) error {
+	if len(b) > d.lim.MaxItemBytes {
+		return fmt.Errorf("%w: %s of %d bytes, limit %d", ErrTooLarge, what, len(b), d.lim.MaxItemBytes)
+	}
+	return nil
+}
+
+func (d *decoder) rep(i uint32) (ReplicaID, error) {
+	if int(i) >= len(d.reps) {
+		return ReplicaID{}, errf("replica index %d out of range (%d replicas)", i, len(d.reps))
+	}
+	return d.reps[i], nil
+}
+
+func (d *decoder) state(st *crdtpb.State) (Value, error) {
+	if len(st.Replicas) > d.lim.MaxReplicas {
+		return nil, fmt.Errorf("%w: %d replicas, limit %d", ErrTooLarge, len(st.Replicas), d.lim.MaxReplicas)
+	}
+	seen := make(map[ReplicaID]struct{}, len(st.Replicas))
+	for _, r := range st.Replicas {
+		id := ReplicaID{Node: r.GetNode(), Incarnation: r.GetIncarnation()}
+		if err := ValidateReplica(id); err != nil {
+			return nil, errf("%v", err)
+		}
+		if _, dup := seen[id]; dup {
+			return nil, errf("replica %s listed twice", id)
+		}
+		seen[id] = struct{}{}
+		d.reps = append(d.reps, id)
+	}
+	switch x := st.Value.(type) {
+	case *crdtpb.State_Gcounter:
+		return d.gcounter(x.Gcounter)
+	case *crdtpb.State_Pncounter:
+		p, err := d.gcounter(x.Pncounter.GetP())
+		if err != nil {
+			return nil, err
+		}
+		n, err := d.gcounter(x.Pncounter.GetN())
+		if err != nil {
+			return nil, err
+		}
+		return &PNCounter{p: p, n: n}, nil
+	case *crdtpb.State_Gset:
+		return d.gset(x.Gset)
+	case *crdtpb.State_Lwwregister:
+		return d.lww(x.Lwwregister)
+	case *crdtpb.State_Flag:
+		return &Flag{on: x.Flag.GetEnabled()}, nil
+	case *crdtpb.State_Vote:
+		return d.vote(x.Vote)
+	case *crdtpb.State_Orset:
+		c, err := d.causal(x.Orset.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
+			return d.setStore(x.Orset.GetEntries(), ctx, seen)
+		})
+		if err != nil {
+			return nil, err
+		}
+		return &ORSet{c: indexed(c)}, nil
+	case *crdtpb.State_Mvregister:
+		c, err := d.causal(x.Mvregister.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
+			return d.mvStore(x.Mvregister.GetEntries(), ctx, seen)
+		})
+		if err != nil {
+			return nil, err
+		}
+		return &MVRegister{c: c}, nil
+	case *crdtpb.State_Ewflag:
+		c, err := d.causal(x.Ewflag.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
+			return d.dotSet(x.Ewflag.GetDots(), ctx, seen)
+		})
+		if err != nil {
+			return nil, err
+		}
+		return &EWFlag{c: c}, nil
+	case *crdtpb.State_Ormap:
+		c, err := d.causal(x.Ormap.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
+			return d.mapStore(x.Ormap.GetEntries(), ctx, seen, 1)
+		})
+		if err != nil {
+			return nil, err
+		}
+		return &ORMap{c: indexed(c)}, nil
+	case nil:
+		return nil, errf("no value")
+	}
+	return nil, errf("unknown value kind %T", st.Value)
+}
+
+// ValidateReplica checks a replica id: a non-empty UTF-8 node name of at
+// most 255 bytes.
+func ValidateReplica(r ReplicaID) error {
+	if r.Node == "" || len(r.Node) > maxNodeName || !utf8.ValidString(r.Node) {
+		return fmt.Errorf("%w: replica node name must be 1..%d bytes of UTF-8, got %q", ErrInvalidArg, maxNodeName, r.Node)
+	}
+	return nil
+}
+
+func indexed(c causal) causal {
+	c.indexed = true
+	return c
+}
+
+func (d *decoder) gcounter(g *crdtpb.GCounter) (*GCounter, error) {
+	c := NewGCounter()
+	if len(g.GetReplica()) != len(g.GetCount()) {
+		return nil, errf("counter has %d replicas and %d counts", len(g.GetReplica()), len(g.GetCount()))
+	}
+	if err := d.spend(len(g.GetReplica())); err != nil {
+		return nil, err
+	}
+	for i, ri := range g.GetReplica() {
+		r, err := d.rep(ri)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := c.m[r]; dup {
+			return nil, errf("counter entry for %s twice", r)
+		}
+		if g.Count[i] == 0 {
+			return nil, errf("zero counter entry for %s", r)
+		}
+		c.m[r] = g.Count[i]
+	}
+	return c, nil
+}
+
+func (d *decoder) gset(g *crdtpb.GSet) (*GSet, error) {
+	s := NewGSet()
+	if err := d.spend(len(g.GetElements())); err != nil {
+		return nil, err
+	}
+	for _, e := range g.GetElements() {
+		if err := d.item(e, "element"); err != nil {
+			return nil, err
+		}
+		if _, dup := s.m[string(e)]; dup {
+			return nil, errf("set element %q twice", e)
+		}
+		s.m[string(e)] = struct{}{}
+	}
+	return s, nil
+}
+
+func (d *decoder) lww(l *crdtpb.LWWRegister) (*LWWRegister, error) {
+	if l.GetTimestamp() == nil {
+		if l.GetReplica() != 0 || len(l.GetValue()) != 0 {
+			return nil, errf("unset register with a writer or value")
+		}
+		return NewLWWRegister(), nil
+	}
+	if err := d.item(l.GetValue(), "register value"); err != nil {
+		return nil, err
+	}
+	r, err := d.rep(l.GetReplica())
+	if err != nil {
+		return nil, err
+	}
+	ts := hlc.Timestamp{WallNanos: l.Timestamp.GetWallNanos(), Logical: l.Timestamp.GetLogical()}
+	return &LWWRegister{set: true, ts: ts, replica: r, value: bytes.Clone(l.GetValue())}, nil
+}
+
+func (d *decoder) vote(v *crdtpb.Vote) (*Vote, error) {
+	out := NewVote()
+	if err := d.spend(len(v.GetBallots())); err != nil {
+		return nil, err
+	}
+	for _, b := range v.GetBallots() {
+		r, err := d.rep(b.GetReplica())
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := out.m[r]; dup {
+			return nil, errf("ballot of %s twice", r)
+		}
+		if b.GetVersion() == 0 && !b.GetRemoved() {
+			return nil, errf("ballot of %s has version 0", r)
+		}
+		if b.GetVersion() == 0 && b.GetVote() {
+			return nil, errf("removed ballot of %s with a vote but no version", r)
+		}
+		out.m[r] = ballot{version: b.GetVersion(), vote: b.GetVote(), removed: b.GetRemoved()}
+	}
+	return out, nil
+}
+
+func (d *decoder) context(pc *crdtpb.Context) (*Context, error) {
+	c := NewContext()
+	for _, rr := range pc.GetReplicas() {
+		r, err := d.rep(rr.GetReplica())
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := c.m[r]; dup {
+			return nil, errf("context lists %s twice", r)
+		}
+		rs := rr.GetRuns()
+		if len(rs) == 0 || len(rs)%2 != 0 {
+			return nil, errf("context runs of %s: need pairs, got %d numbers", r, len(rs))
+		}
+		if err := d.spend(len(rs) / 2); err != nil {
+			return nil, err
+		}
+		out := make(runs, 0, len(rs)/2)
+		for i := 0; i < len(rs); i += 2 {
+			lo, hi := rs[i], rs[i+1]
+			if lo == 0 || lo > hi {
+				return nil, errf("context run %d..%d of %s", lo, hi, r)
+			}
+			if n := len(out); n > 0 && (out[n-1].hi == math.MaxUint64 || lo <= out[n-1].hi+1) {
+				return nil, errf("context runs of %s overlap, touch or are unsorted", r)
+			}
+			out = append(out, span{lo, hi})
+		}
+		c.m[r] = out
+	}
+	return c, nil
+}
+
+func (d *decoder) causal(pc *crdtpb.Context, build func(*Context, map[Dot]struct{}) (store, error)) (causal, error) {
+	ctx, err := d.context(pc)
+	if err != nil {
+		return causal{}, err
+	}
+	s, err := build(ctx, map[Dot]struct{}{})
+	if err != nil {
+		return causal{}, err
+	}
+	return causal{s: s, ctx: ctx}, nil
+}
+
+// dot validates one dot: known replica, in the context, seen only once in
+// the whole value.
+func (d *decoder) dot(ri uint32, seq uint64, ctx *Context, seen map[Dot]struct{}) (Dot, error) {
+	r, err := d.rep(ri)
+	if err != nil {
+		return Dot{}, err
+	}
+	dt := Dot{r, seq}
+	if !ctx.Contains(dt) {
+		return Dot{}, errf("dot %s is not in the context", dt)
+	}
+	if _, dup := seen[dt]; dup {
+		return Dot{}, errf("dot %s appears twice", dt)
+	}
+	seen[dt] = struct{}{}
+	return dt, nil
+}
+
+func (d *decoder) dotSet(pd *crdtpb.Dots, ctx *Context, seen map[Dot]struct{}) (store, error) {
+	if len(pd.GetReplica()) != len(pd.GetSeq()) {
+		return nil, errf("dots have %d replicas and %d sequence numbers", len(pd.GetReplica()), len(pd.GetSeq()))
+	}
+	if err := d.spend(len(pd.GetSeq())); err != nil {
+		return nil, err
+	}
+	var out dotSet
+	for i, ri := range pd.GetReplica() {
+		dt, err := d.dot(ri, pd.Seq[i], ctx, seen)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, dt)
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	slices.SortFunc(out, Dot.Compare)
+	return out, nil
+}
+
+func (d *decoder) setStore(es []*crdtpb.ORSetEntry, ctx *Context, seen map[Dot]struct{}) (store, error) {
+	if err := d.spend(len(es)); err != nil {
+		return nil, err
+	}
+	m := dotMap{}
+	for _, e := range es {
+		if err := d.item(e.GetElement(), "element"); err != nil {
+			return nil, err
+		}
+		k := string(e.GetElement())
+		if _, dup := m[k]; dup {
+			return nil, errf("set element %q twice", k)
+		}
+		ds, err := d.dotSet(e.GetDots(), ctx, seen)
+		if err != nil {
+			return nil, err
+		}
+		if ds == nil {
+			return nil, errf("set element %q has no dots", k)
+		}
+		m[k] = ds
+	}
+	if len(m) == 0 {
+		return nil, nil
+	}
+	return m, nil
+}
+
+func (d *decoder) mvStore(es []*crdtpb.MVEntry, ctx *Context, seen map[Dot]struct{}) (store, error) {
+	if err := d.spend(len(es)); err != nil {
+		return nil, err
+	}
+	var f dotFun
+	for _, e := range es {
+		if err := d.item(e.GetValue(), "register value"); err != nil {
+			return nil, err
+		}
+		dt, err := d.dot(e.GetReplica(), e.GetSeq(), ctx, seen)
+		if err != nil {
+			return nil, err
+		}
+		f = append(f, funEntry{dt, bytes.Clone(e.GetValue())})
+	}
+	slices.SortFunc(f, func(x, y funEntry) int { return x.d.Compare(y.d) })
+	if len(f) == 0 {
+		return nil, nil
+	}
+	return f, nil
+}
+
+func (d *decoder) mapStore(es []*crdtpb.ORMapEntry, ctx *Context, seen map[Dot]struct{}, depth int) (store, error) {
+	if depth > d.lim.MaxDepth {
+		return nil, fmt.Errorf("%w: maps nested deeper than %d", ErrTooLarge, d.lim.MaxDepth)
+	}
+	if err := d.spend(len(es)); err != nil {
+		return nil, err
+	}
+	m := dotMap{}
+	for _, e := range es {
+		if err := d.item(e.GetKey(), "map key"); err != nil {
+			return nil, err
+		}
+		t := Type(e.GetType())
+		if e.GetType() < 0 || e.GetType() > 255 || !Nestable(t) {
+			return nil, errf("map entry %q has type %v, which cannot be nested", e.GetKey(), e.GetType())
+		}
+		k := entryKey(t, e.GetKey())
+		if _, dup := m[k]; dup {
+			return nil, errf("map entry %q of type %s twice", e.GetKey(), t)
+		}
+		var s store
+		var err error
+		switch x := e.Store.(type) {
+		case *crdtpb.ORMapEntry_Ewflag:
+			if t != TypeEWFlag {
+				return nil, errf("map entry %q: %s with an EWFlag store", e.GetKey(), t)
+			}
+			s, err = d.dotSet(x.Ewflag, ctx, seen)
+		case *crdtpb.ORMapEntry_Mvregister:
+			if t != TypeMVRegister {
+				return nil, errf("map entry %q: %s with an MVRegister store", e.GetKey(), t)
+			}
+			s, err = d.mvStore(x.Mvregister.GetEntries(), ctx, seen)
+		case *crdtpb.ORMapEntry_Orset:
+			if t != TypeORSet {
+				return nil, errf("map entry %q: %s with an ORSet store", e.GetKey(), t)
+			}
+			s, err = d.setStore(x.Orset.GetEntries(), ctx, seen)
+		case *crdtpb.ORMapEntry_Ormap:
+			if t != TypeORMap {
+				return nil, errf("map entry %q: %s with an ORMap store", e.GetKey(), t)
+			}
+			s, err = d.mapStore(x.Ormap.GetEntries(), ctx, seen, depth+1)
+		default:
+			return nil, errf("map entry %q has no store", e.GetKey())
+		}
+		if err != nil {
+			return nil, err
+		}
+		if s == nil {
+			return nil, errf("map entry %q is empty", e.GetKey())
+		}
+		m[k] = s
+	}
+	if len(m) == 0 {
+		return nil, nil
+	}
+	return m, nil
+}

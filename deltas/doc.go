@@ -1,0 +1,52 @@
+// Package deltas is statemesh's delta-state anti-entropy engine: the
+// causal delta-interval algorithm of Almeida, Shoker and Baquero ("Delta
+// State Replicated Data Types", 2018, Algorithm 2), generalised to many keys
+// and to peers that come and go, with the two optimisations of Enes et al.
+// ("Efficient Synchronization of State-based CRDTs", ICDE 2019):
+//
+//   - BP (back-propagation avoidance): a delta is never sent back to the
+//     peer it came from;
+//   - RR (redundancy removal): of a received delta-group only the part that
+//     inflates local state (crdt.Extract) is kept and forwarded.
+//
+// The Engine is a pure state machine in the style of etcd's raft package:
+// no goroutines, no I/O, no clock. Its inputs are local updates (Update),
+// received messages (Step), sync rounds (Tick) and peer liveness
+// (PeerUp/PeerDown/RemovePeer); Ready returns the messages to send and the
+// keys to persist. The mesh owns the goroutine that drives it.
+//
+// # Protocol
+//
+// Every local or received inflation is appended to a delta buffer under a
+// sequence number. For each peer the engine remembers the sequence the peer
+// acknowledged (acked) and the sequence it has sent up to (sent). Each tick
+// it sends the delta-interval [sent, seq) joined per key (minus the peer's
+// own deltas with BP); receivers acknowledge, piggybacked on their next
+// message, the highest sequence below which they hold every delta. Sends
+// are pipelined: an interval is sent once and resent from acked only after
+// RetransmitTicks without progress, so loss costs a retransmission and
+// duplication or reordering cost nothing (joins are idempotent and
+// commutative).
+//
+// The buffer is collected below the smallest acknowledgement of the peers
+// in its horizon. A peer that acknowledges nothing for EvictTicks while
+// deltas wait for it leaves the horizon. When it is heard from again (or
+// joins anew, or restarts: every engine start has a larger Session) it gets
+// a full-state transfer driven by per-key digests, so only differing keys
+// move: Digest (hash of every key's encoding) -> DigestReply (the keys that
+// differ, and the replier's own state of them) -> States{Seq} -> ack of Seq.
+// After that, delta sync resumes from Seq.
+//
+// State-based sync (every tick, the whole state to every peer) and the
+// other modes exist for comparison: `statemesh bench sync` measures them.
+//
+// # Durability
+//
+// Ready.Persist lists every key whose state changed. The engine's own
+// bookkeeping (buffer, acknowledgements) is not persisted: a restarted
+// engine starts a new session and re-syncs with digests. A caller that
+// persists lazily must make sure a restarted node never reissues a dot or a
+// counter value it handed out before it crashed: either every local update
+// is persisted before it is acknowledged, or the node takes a new replica
+// incarnation after an unclean stop (see crdt.ReplicaID).
+package deltas

@@ -1,0 +1,714 @@
+package deltas
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/statemesh/statemesh/crdt"
+)
+
+// Mode selects the synchronisation algorithm. The zero value is the
+// default, delta-based sync with both of Enes et al.'s optimisations.
+type Mode uint8
+
+const (
+	// ModeDeltaBPRR is delta-based sync with BP and RR (the default).
+	ModeDeltaBPRR Mode = iota
+	// ModeDeltaRR is delta-based sync with RR only.
+	ModeDeltaRR
+	// ModeDeltaBP is delta-based sync with BP only.
+	ModeDeltaBP
+	// ModeDelta is classic delta-based sync (Almeida et al., Algorithm 2).
+	ModeDelta
+	// ModeState is state-based sync: every tick, the full state to every
+	// peer. For comparison only.
+	ModeState
+)
+
+// Modes lists every mode, state-based first.
+var Modes = []Mode{ModeState, ModeDelta, ModeDeltaBP, ModeDeltaRR, ModeDeltaBPRR}
+
+var modeNames = map[Mode]string{
+	ModeState: "state", ModeDelta: "delta", ModeDeltaBP: "delta+bp",
+	ModeDeltaRR: "delta+rr", ModeDeltaBPRR: "delta+bp+rr",
+}
+
+func (m Mode) String() string {
+	if n, ok := modeNames[m]; ok {
+		return n
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// ParseMode parses a mode name as printed by Mode.String.
+func ParseMode(s string) (Mode, error) {
+	for m, n := range modeNames {
+		if n == s {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("deltas: unknown sync mode %q", s)
+}
+
+// BP reports whether the mode avoids sending a delta back to its origin.
+func (m Mode) BP() bool { return m == ModeDeltaBP || m == ModeDeltaBPRR }
+
+// RR reports whether the mode keeps only the inflating part of what it
+// receives.
+func (m Mode) RR() bool { return m == ModeDeltaRR || m == ModeDeltaBPRR }
+
+// Config configures an Engine.
+type Config struct {
+	// ID names this engine among its peers.
+	ID PeerID
+	// Session must be non-zero and grow with every start of the engine
+	// under the same ID (the mesh uses a persisted boot counter). Peers
+	// use it to tell a restarted engine, whose delta buffer is gone, from
+	// the one before.
+	Session uint64
+	// Mode is the sync algorithm; the zero value is ModeDeltaBPRR.
+	Mode Mode
+	// RetransmitTicks: deltas sent but not acknowledged for this many ticks
+	// are sent again. Default 3.
+	RetransmitTicks int
+	// EvictTicks: a peer that has not acknowledged anything for this many
+	// ticks while deltas wait for it leaves the buffer's horizon; the
+	// buffer is collected without it, and when it is heard from again it
+	// gets a digest-driven full-state transfer. Default 20.
+	EvictTicks int
+	// SyncTimeoutTicks: a full-state transfer that makes no progress for
+	// this many ticks is started again. Default 10.
+	SyncTimeoutTicks int
+}
+
+func (c Config) withDefaults() Config {
+	if c.RetransmitTicks <= 0 {
+		c.RetransmitTicks = 3
+	}
+	if c.EvictTicks <= 0 {
+		c.EvictTicks = 20
+	}
+	if c.SyncTimeoutTicks <= 0 {
+		c.SyncTimeoutTicks = 10
+	}
+	return c
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.ID == "" {
+		return errors.New("deltas: Config.ID is empty")
+	}
+	if c.Session == 0 {
+		return errors.New("deltas: Config.Session is 0")
+	}
+	if _, ok := modeNames[c.Mode]; !ok {
+		return fmt.Errorf("deltas: unknown mode %d", c.Mode)
+	}
+	return nil
+}
+
+// Errors of the engine.
+var (
+	ErrTypeMismatch = errors.New("deltas: key holds another CRDT type")
+	ErrBadMessage   = errors.New("deltas: invalid message")
+)
+
+type phase uint8
+
+const (
+	phaseDelta    phase = iota // normal delta-interval sync
+	phaseEvicted               // out of the horizon; wait to hear from it
+	phaseDigest                // digest sent, waiting for the reply
+	phaseTransfer              // states sent, waiting for their ack
+)
+
+// peer is what an engine knows about one peer.
+type peer struct {
+	up    bool
+	phase phase
+	// Outgoing: the peer holds all our deltas below acked; we have sent
+	// those below sent.
+	acked, sent  uint64
+	lastProgress uint64 // tick of the last ack progress (or phase start)
+	syncBase     uint64 // our seq when the current full-state transfer began
+	heard        bool   // heard from since eviction
+	// Incoming: the peer's session and the deltas of it we hold.
+	theirSession uint64
+	received     uint64
+	ackOwed      bool
+}
+
+type entry struct {
+	key    string
+	delta  crdt.Value
+	origin PeerID // "" for local updates
+}
+
+// Engine is the causal delta-interval anti-entropy engine (Almeida et al.,
+// Algorithm 2) over many keys, with BP and RR (Enes et al.), pipelined
+// sends with retransmission, eviction of silent peers and digest-driven
+// full-state transfer. It is a pure state machine: Update, Step, Tick,
+// PeerUp and PeerDown are its inputs; Ready returns what to send and what
+// to persist. It is not safe for concurrent use; one goroutine owns it.
+type Engine struct {
+	cfg   Config
+	state map[string]crdt.Value
+	// Caches of each key's wire form and digest, dropped when the key
+	// changes. State-based sync and full-state transfers send one state to
+	// several peers; digests hash the encoding.
+	enc  map[string][]byte
+	hash map[string]uint64
+
+	seq      uint64  // sequence number of the next buffered delta
+	bufStart uint64  // sequence number of buf[0]
+	buf      []entry // buf[i] has sequence number bufStart+i
+	// covers reports whether the buffer, from sequence 0, holds every
+	// change this engine's state ever saw, so a new peer can be brought up
+	// to date from the buffer alone.
+	covers bool
+
+	peers map[PeerID]*peer
+	tick  uint64
+	out   []Message
+	dirty map[string]struct{}
+}
+
+// New returns an engine with no state.
+func New(cfg Config) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Engine{
+		cfg:    cfg.withDefaults(),
+		state:  map[string]crdt.Value{},
+		enc:    map[string][]byte{},
+		hash:   map[string]uint64{},
+		covers: true,
+		peers:  map[PeerID]*peer{},
+		dirty:  map[string]struct{}{},
+	}, nil
+}
+
+// ID returns the engine's peer id.
+func (e *Engine) ID() PeerID { return e.cfg.ID }
+
+// Restore installs persisted state for key before the engine runs. The
+// buffer no longer covers the whole state, so new peers get a full-state
+// transfer.
+func (e *Engine) Restore(key string, v crdt.Value) {
+	e.state[key] = v.Clone()
+	delete(e.hash, key)
+	delete(e.enc, key)
+	e.covers = false
+}
+
+// Get returns a copy of key's state, or nil.
+func (e *Engine) Get(key string) crdt.Value {
+	if v, ok := e.state[key]; ok {
+		return v.Clone()
+	}
+	return nil
+}
+
+// Keys returns the keys in order.
+func (e *Engine) Keys() []string { return slices.Sorted(maps.Keys(e.state)) }
+
+// Update applies a local mutation to key, creating it as bottom of type t
+// if absent. fn receives the live value (which it must not keep), calls
+// its mutators and returns their delta. The delta is buffered for the
+// peers and returned.
+func (e *Engine) Update(key string, t crdt.Type, fn func(v crdt.Value) (crdt.Value, error)) (crdt.Value, error) {
+	v, ok := e.state[key]
+	if !ok {
+		nv, err := crdt.New(t)
+		if err != nil {
+			return nil, err
+		}
+		v = nv
+	} else if v.Type() != t {
+		return nil, fmt.Errorf("%w: %q is a %s, not a %s", ErrTypeMismatch, key, v.Type(), t)
+	}
+	d, err := fn(v)
+	if !ok && !v.IsBottom() {
+		e.state[key] = v
+	}
+	if err != nil {
+		return nil, err
+	}
+	if d == nil || d.Type() != t {
+		return nil, fmt.Errorf("%w: update of %q returned a %v delta", ErrTypeMismatch, key, d)
+	}
+	if !d.IsBottom() {
+		e.state[key] = v
+		e.changed(key)
+		e.buffer(key, d.Clone(), "")
+	}
+	return d, nil
+}
+
+func (e *Engine) changed(key string) {
+	delete(e.hash, key)
+	delete(e.enc, key)
+	e.dirty[key] = struct{}{}
+}
+
+func (e *Engine) buffer(key string, d crdt.Value, origin PeerID) {
+	if e.cfg.Mode == ModeState {
+		return
+	}
+	e.buf = append(e.buf, entry{key: key, delta: d, origin: origin})
+	e.seq++
+}
+
+// PeerUp tells the engine that p is reachable (again).
+func (e *Engine) PeerUp(p PeerID) {
+	if p == e.cfg.ID {
+		return
+	}
+	pr, ok := e.peers[p]
+	if !ok {
+		pr = &peer{lastProgress: e.tick}
+		e.peers[p] = pr
+		if !e.covers || e.bufStart > 0 {
+			pr.phase = phaseEvicted
+			pr.heard = true
+		}
+	}
+	if pr.phase == phaseEvicted {
+		pr.heard = true
+	}
+	pr.up = true
+}
+
+// PeerDown tells the engine that p is unreachable. It stays in the
+// buffer's horizon until evicted (Config.EvictTicks).
+func (e *Engine) PeerDown(p PeerID) {
+	if pr, ok := e.peers[p]; ok {
+		pr.up = false
+	}
+}
+
+// RemovePeer forgets p for good (it left the mesh).
+func (e *Engine) RemovePeer(p PeerID) { delete(e.peers, p) }
+
+// receive joins a state or delta from peer p into key's state, buffering
+// what inflated it.
+func (e *Engine) receive(p PeerID, key string, d crdt.Value) {
+	x, ok := e.state[key]
+	if !ok {
+		x, _ = crdt.New(d.Type()) // d.Type() is valid: it was decoded or built by crdt
+	}
+	var inflation crdt.Value
+	if e.cfg.Mode.RR() {
+		ex, _ := crdt.Extract(x, d) // types were checked by Step
+		if ex.IsBottom() {
+			return
+		}
+		_, _ = crdt.Join(x, ex)
+		inflation = ex
+	} else {
+		grew, _ := crdt.Join(x, d)
+		if !grew {
+			return
+		}
+		if e.cfg.Mode != ModeState {
+			inflation = d.Clone()
+		}
+	}
+	e.state[key] = x
+	e.changed(key)
+	e.buffer(key, inflation, p)
+}
+
+// checkTypes verifies that every state in ks matches the local type of its
+// key, so that a message is applied whole or not at all.
+func (e *Engine) checkTypes(ks []KeyState) error {
+	for _, k := range ks {
+		if k.State == nil {
+			return fmt.Errorf("%w: key %q without a state", ErrBadMessage, k.Key)
+		}
+		if x, ok := e.state[k.Key]; ok && x.Type() != k.State.Type() {
+			return fmt.Errorf("%w: %q is a %s, peer sent a %s", ErrTypeMismatch, k.Key, x.Type(), k.State.Type())
+		}
+	}
+	return nil
+}
+
+// Step processes a message from a peer. A message that does not fit (a
+// type mismatch, an acknowledgement of deltas never sent) is refused whole
+// with an error and changes nothing.
+func (e *Engine) Step(m Message) error {
+	if m.From == "" || m.From == e.cfg.ID || m.Session == 0 {
+		return fmt.Errorf("%w: from %q session %d", ErrBadMessage, m.From, m.Session)
+	}
+	if m.AckSession == e.cfg.Session && m.Ack > e.seq {
+		return fmt.Errorf("%w: %s acknowledges %d, only %d sent", ErrBadMessage, m.From, m.Ack, e.seq)
+	}
+	switch b := m.Body.(type) {
+	case *Deltas:
+		if b.FromSeq > b.ToSeq {
+			return fmt.Errorf("%w: interval [%d, %d)", ErrBadMessage, b.FromSeq, b.ToSeq)
+		}
+		if err := e.checkTypes(b.Deltas); err != nil {
+			return err
+		}
+	case *States:
+		if err := e.checkTypes(b.States); err != nil {
+			return err
+		}
+	case *DigestReply:
+		if err := e.checkTypes(b.States); err != nil {
+			return err
+		}
+	}
+	pr, ok := e.peers[m.From]
+	if !ok {
+		e.PeerUp(m.From)
+		pr = e.peers[m.From]
+	}
+	switch {
+	case m.Session < pr.theirSession:
+		return nil // from an earlier run of the peer, overtaken by its restart
+	case m.Session > pr.theirSession:
+		if pr.theirSession != 0 && pr.phase != phaseEvicted {
+			// The peer restarted: its buffer is gone, and it may have lost
+			// what it had not persisted. Bring it up to date from scratch.
+			pr.phase = phaseEvicted
+		}
+		pr.theirSession = m.Session
+		pr.received = 0
+	}
+	if pr.phase == phaseEvicted {
+		pr.heard = true
+	}
+	if m.AckSession == e.cfg.Session {
+		e.ack(pr, m.Ack)
+	}
+	switch b := m.Body.(type) {
+	case *Deltas:
+		for _, k := range b.Deltas {
+			e.receive(m.From, k.Key, k.State)
+		}
+		if b.FromSeq <= pr.received && b.ToSeq > pr.received {
+			pr.received = b.ToSeq
+		}
+		pr.ackOwed = true
+	case *States:
+		for _, k := range b.States {
+			e.receive(m.From, k.Key, k.State)
+		}
+		if b.Seq > 0 {
+			pr.received = max(pr.received, b.Seq)
+			pr.ackOwed = true
+		}
+	case *Digest:
+		e.answerDigest(pr, m.From, b)
+	case *DigestReply:
+		for _, k := range b.States {
+			e.receive(m.From, k.Key, k.State)
+		}
+		if pr.phase == phaseDigest {
+			e.sendTransfer(pr, m.From, b.Want)
+		}
+	}
+	return nil
+}
+
+func (e *Engine) ack(pr *peer, n uint64) {
+	if n > pr.acked {
+		pr.acked = n
+		pr.lastProgress = e.tick
+	}
+	pr.sent = max(pr.sent, pr.acked)
+	// Only an acknowledgement of the transfer itself ends it: acked was
+	// already raised to syncBase when the transfer began.
+	if pr.phase == phaseTransfer && n >= pr.syncBase {
+		pr.phase = phaseDelta
+		pr.lastProgress = e.tick
+	}
+}
+
+// Digest returns a hash of key's encoded state (0 if absent).
+func (e *Engine) Digest(key string) uint64 {
+	if h, ok := e.hash[key]; ok {
+		return h
+	}
+	b := e.encoding(key)
+	if b == nil {
+		return 0
+	}
+	sum := sha256.Sum256(b)
+	h := binary.BigEndian.Uint64(sum[:8])
+	e.hash[key] = h
+	return h
+}
+
+// encoding returns key's wire form (nil if absent), cached.
+func (e *Engine) encoding(key string) []byte {
+	if b, ok := e.enc[key]; ok {
+		return b
+	}
+	v, ok := e.state[key]
+	if !ok {
+		return nil
+	}
+	b := crdt.Encode(v)
+	e.enc[key] = b
+	return b
+}
+
+func (e *Engine) states(keys []string) []KeyState {
+	out := make([]KeyState, 0, len(keys))
+	for _, k := range keys {
+		if v, ok := e.state[k]; ok {
+			out = append(out, KeyState{Key: k, State: v.Clone(), Encoded: e.encoding(k)})
+		}
+	}
+	return out
+}
+
+func (e *Engine) answerDigest(pr *peer, from PeerID, d *Digest) {
+	theirs := make(map[string]uint64, len(d.Digests))
+	var want []string
+	for _, kd := range d.Digests {
+		theirs[kd.Key] = kd.Hash
+		if e.Digest(kd.Key) != kd.Hash {
+			want = append(want, kd.Key)
+		}
+	}
+	var give []string
+	for _, k := range e.Keys() {
+		if h, ok := theirs[k]; !ok || h != e.Digest(k) {
+			give = append(give, k)
+		}
+	}
+	e.send(pr, from, &DigestReply{Want: want, States: e.states(give)})
+}
+
+func (e *Engine) startDigest(pr *peer, to PeerID) {
+	pr.phase = phaseDigest
+	pr.syncBase = e.seq
+	pr.acked, pr.sent = e.seq, e.seq
+	pr.lastProgress = e.tick
+	pr.heard = false
+	d := &Digest{}
+	for _, k := range e.Keys() {
+		d.Digests = append(d.Digests, KeyDigest{Key: k, Hash: e.Digest(k)})
+	}
+	e.send(pr, to, d)
+}
+
+func (e *Engine) sendTransfer(pr *peer, to PeerID, want []string) {
+	pr.phase = phaseTransfer
+	pr.lastProgress = e.tick
+	e.send(pr, to, &States{Seq: pr.syncBase, States: e.states(want)})
+}
+
+// send queues a message to a peer, piggybacking the acknowledgement owed.
+func (e *Engine) send(pr *peer, to PeerID, b Body) {
+	m := Message{From: e.cfg.ID, To: to, Session: e.cfg.Session, Body: b}
+	if pr.theirSession != 0 {
+		m.AckSession, m.Ack = pr.theirSession, pr.received
+		pr.ackOwed = false
+	}
+	e.out = append(e.out, m)
+}
+
+// interval joins, per key, the buffered deltas in [from, e.seq) except
+// those that came from p when BP is on. A key with a single delta shares
+// the buffered value (message values are read-only); only keys with
+// several are copied and joined.
+func (e *Engine) interval(p PeerID, from uint64) []KeyState {
+	byKey := map[string]crdt.Value{}
+	owned := map[string]bool{}
+	var order []string
+	for s := from; s < e.seq; s++ {
+		en := e.buf[s-e.bufStart]
+		if e.cfg.Mode.BP() && en.origin == p {
+			continue
+		}
+		v, ok := byKey[en.key]
+		switch {
+		case !ok:
+			byKey[en.key] = en.delta
+			order = append(order, en.key)
+			continue
+		case !owned[en.key]:
+			v = v.Clone()
+			byKey[en.key] = v
+			owned[en.key] = true
+		}
+		_, _ = crdt.Join(v, en.delta) // one key, one type
+	}
+	slices.Sort(order)
+	out := make([]KeyState, len(order))
+	for i, k := range order {
+		out[i] = KeyState{Key: k, State: byKey[k]}
+	}
+	return out
+}
+
+// Tick advances the engine by one sync round: it sends what each peer is
+// due, retransmits, evicts silent peers and collects the buffer.
+func (e *Engine) Tick() {
+	e.tick++
+	ids := slices.Sorted(maps.Keys(e.peers))
+	if e.cfg.Mode == ModeState {
+		// One copy of the state serves every peer: message values are
+		// read-only.
+		var all []KeyState
+		for _, id := range ids {
+			if pr := e.peers[id]; pr.up && len(e.state) > 0 {
+				if all == nil {
+					all = e.states(e.Keys())
+				}
+				e.send(pr, id, &States{States: all})
+			}
+		}
+		return
+	}
+	// Without BP, peers acknowledged up to the same point get the same
+	// interval: build and encode it once.
+	var shared map[uint64][]KeyState
+	if !e.cfg.Mode.BP() {
+		shared = map[uint64][]KeyState{}
+	}
+	for _, id := range ids {
+		e.tickPeer(id, e.peers[id], shared)
+	}
+	e.collect()
+}
+
+func (e *Engine) tickPeer(id PeerID, pr *peer, shared map[uint64][]KeyState) {
+	since := int(e.tick - pr.lastProgress)
+	switch pr.phase {
+	case phaseEvicted:
+		switch {
+		case !pr.up:
+		case pr.heard:
+			e.startDigest(pr, id)
+		case since%e.cfg.RetransmitTicks == 0:
+			// A bare message, so that a peer which evicted us too hears
+			// from us: otherwise both could wait for the other forever.
+			e.send(pr, id, nil)
+		}
+		return
+	case phaseDigest, phaseTransfer:
+		if since >= e.cfg.SyncTimeoutTicks {
+			pr.phase = phaseEvicted
+			pr.heard = pr.up
+			if pr.up {
+				e.startDigest(pr, id)
+			}
+		} else if pr.ackOwed && pr.up {
+			e.send(pr, id, nil)
+		}
+		return
+	}
+	if pr.acked < e.seq && since >= e.cfg.EvictTicks {
+		pr.phase = phaseEvicted
+		pr.heard = false
+		pr.lastProgress = e.tick
+		return
+	}
+	if !pr.up {
+		return
+	}
+	if pr.sent > pr.acked && since >= e.cfg.RetransmitTicks && since%e.cfg.RetransmitTicks == 0 {
+		pr.sent = pr.acked
+	}
+	if pr.sent < e.seq {
+		ds, ok := shared[pr.sent]
+		if !ok {
+			ds = e.interval(id, pr.sent)
+			if shared != nil {
+				for i := range ds {
+					ds[i].Encoded = crdt.Encode(ds[i].State)
+				}
+				shared[pr.sent] = ds
+			}
+		}
+		switch {
+		case len(ds) > 0 || pr.ackOwed:
+			e.send(pr, id, &Deltas{FromSeq: pr.sent, ToSeq: e.seq, Deltas: ds})
+			pr.sent = e.seq
+		case pr.sent == pr.acked:
+			// Everything pending came from this peer (BP): it needs none
+			// of it.
+			pr.acked, pr.sent = e.seq, e.seq
+			pr.lastProgress = e.tick
+		}
+		return
+	}
+	if pr.ackOwed {
+		e.send(pr, id, nil)
+	}
+}
+
+// collect drops buffered deltas every peer in the horizon has acknowledged.
+func (e *Engine) collect() {
+	horizon := e.seq
+	for _, pr := range e.peers {
+		if pr.phase != phaseEvicted {
+			horizon = min(horizon, pr.acked)
+		}
+	}
+	if horizon <= e.bufStart {
+		return
+	}
+	n := int(horizon - e.bufStart)
+	clear(e.buf[:n])
+	e.buf = e.buf[n:]
+	if cap(e.buf) > 64 && len(e.buf) < cap(e.buf)/4 {
+		e.buf = slices.Clone(e.buf)
+	}
+	e.bufStart = horizon
+}
+
+// Ready is what the engine produced since the last call to Ready.
+type Ready struct {
+	// Messages to send, in order.
+	Messages []Message
+	// Persist holds every key whose state changed, with its current state.
+	// The values are the engine's own: encode or copy them before calling
+	// the engine again.
+	Persist []KeyState
+}
+
+// Ready returns and clears what the engine produced.
+func (e *Engine) Ready() Ready {
+	rd := Ready{Messages: e.out}
+	e.out = nil
+	if len(e.dirty) > 0 {
+		for _, k := range slices.Sorted(maps.Keys(e.dirty)) {
+			rd.Persist = append(rd.Persist, KeyState{Key: k, State: e.state[k]})
+		}
+		clear(e.dirty)
+	}
+	return rd
+}
+
+// Stats describes the engine's memory.
+type Stats struct {
+	BufferEntries  int // buffered deltas
+	BufferElements int // their elements (crdt.Value.Size)
+	StateElements  int // elements of the whole state
+	Keys           int
+}
+
+// Stats returns the engine's current sizes.
+func (e *Engine) Stats() Stats {
+	s := Stats{BufferEntries: len(e.buf), Keys: len(e.state)}
+	for _, en := range e.buf {
+		s.BufferElements += en.delta.Size()
+	}
+	for _, v := range e.state {
+		s.StateElements += v.Size()
+	}
+	return s
+}
