@@ -1,5 +1,10 @@
 package crdt
 
+import (
+	"maps"
+	"slices"
+)
+
 // causal is a dot store paired with its causal context. ORSet and ORMap use
 // it with a dotMap store and an index; MVRegister and EWFlag with a dotFun
 // and a dotSet.
@@ -18,6 +23,9 @@ type causal struct {
 	// for it. Without it, joins and extraction scan the whole map.
 	idx     map[Dot]string
 	indexed bool // top-level ORSet or ORMap: keep idx
+	// order caches the sorted keys of a dotMap store for encoding; nil
+	// when unknown. Never modified once built, so clones share it.
+	order []string
 }
 
 func newCausal(indexed bool) causal {
@@ -27,7 +35,7 @@ func newCausal(indexed bool) causal {
 func (c *causal) isBottom() bool { return (c.s == nil || c.s.empty()) && c.ctx.IsEmpty() }
 
 func (c *causal) clone() causal {
-	out := causal{ctx: c.ctx.Clone(), indexed: c.indexed}
+	out := causal{ctx: c.ctx.Clone(), indexed: c.indexed, order: c.order}
 	if c.s != nil {
 		out.s = c.s.clone()
 	}
@@ -84,6 +92,9 @@ func (c *causal) setEntry(k string, s store) {
 // old entry may already be gone).
 func (c *causal) replaceEntry(k string, oldDots []Dot, s store) {
 	m := c.entries()
+	if _, had := m[k]; had != (s != nil) {
+		c.order = nil
+	}
 	if c.idx != nil {
 		for _, d := range oldDots {
 			delete(c.idx, d)
@@ -113,8 +124,12 @@ func (c *causal) joinCausal(o *causal) bool {
 		// replaceEntry drops c.s when the map empties and entries() makes a
 		// new one, so the map is looked up afresh for every key.
 		om, _ := o.s.(dotMap)
+		before, present := len(c.entries()), 0
 		for k, ov := range om {
 			cur := c.entries()[k]
+			if cur != nil {
+				present++
+			}
 			var old []Dot
 			if isMap(cur) {
 				old = c.indexedDots(cur) // nested maps are joined in place
@@ -128,7 +143,11 @@ func (c *causal) joinCausal(o *causal) bool {
 				c.replaceEntry(k, old, nv)
 			}
 		}
-		for _, k := range c.removedKeys(o, om) {
+		var gone []string
+		if present < before { // some of c's keys are not in o: o may remove them
+			gone = c.removedKeys(o, om)
+		}
+		for _, k := range gone {
 			cur := c.entries()[k]
 			old := c.indexedDots(cur)
 			if nv, ch := joinStores(cur, c.ctx, nil, o.ctx); ch {
@@ -150,6 +169,15 @@ func (c *causal) joinCausal(o *causal) bool {
 }
 
 func isMap(s store) bool { _, ok := s.(dotMap); return ok }
+
+// sortedKeys returns the keys of a dotMap store in order, cached.
+func (c *causal) sortedKeys() []string {
+	m, _ := c.s.(dotMap)
+	if c.order == nil || len(c.order) != len(m) {
+		c.order = slices.Sorted(maps.Keys(m))
+	}
+	return c.order
+}
 
 // removedKeys returns the keys of c, not in om, that may hold a dot o's
 // context covers: the only entries that o can remove. With an index and a

@@ -210,10 +210,14 @@ func (e *encoder) mvEntries(b []byte, num protowire.Number, s store) []byte {
 	return b
 }
 
-// setEntries appends repeated ORSetEntry field num.
-func (e *encoder) setEntries(b []byte, num protowire.Number, s store) []byte {
+// setEntries appends repeated ORSetEntry field num; keys are m's sorted
+// keys, or nil to sort them here.
+func (e *encoder) setEntries(b []byte, num protowire.Number, s store, keys []string) []byte {
 	m, _ := s.(dotMap)
-	for _, k := range slices.Sorted(maps.Keys(m)) {
+	if keys == nil {
+		keys = slices.Sorted(maps.Keys(m))
+	}
+	for _, k := range keys {
 		b = e.message(b, num, func(b []byte) []byte {
 			b = appendBytes(b, 1, []byte(k))
 			return e.message(b, 2, func(b []byte) []byte { return e.dots(b, e.sortedDots(m[k])) })
@@ -222,10 +226,14 @@ func (e *encoder) setEntries(b []byte, num protowire.Number, s store) []byte {
 	return b
 }
 
-// mapEntries appends repeated ORMapEntry field num.
-func (e *encoder) mapEntries(b []byte, num protowire.Number, s store) []byte {
+// mapEntries appends repeated ORMapEntry field num; keys are m's sorted
+// keys, or nil to sort them here.
+func (e *encoder) mapEntries(b []byte, num protowire.Number, s store, keys []string) []byte {
 	m, _ := s.(dotMap)
-	for _, k := range slices.Sorted(maps.Keys(m)) {
+	if keys == nil {
+		keys = slices.Sorted(maps.Keys(m))
+	}
+	for _, k := range keys {
 		t, key := splitEntryKey(k)
 		b = e.message(b, num, func(b []byte) []byte {
 			b = appendBytes(b, 1, key)
@@ -236,9 +244,9 @@ func (e *encoder) mapEntries(b []byte, num protowire.Number, s store) []byte {
 			case TypeMVRegister:
 				return e.message(b, 4, func(b []byte) []byte { return e.mvEntries(b, 1, m[k]) })
 			case TypeORSet:
-				return e.message(b, 5, func(b []byte) []byte { return e.setEntries(b, 1, m[k]) })
+				return e.message(b, 5, func(b []byte) []byte { return e.setEntries(b, 1, m[k], nil) })
 			default:
-				return e.message(b, 6, func(b []byte) []byte { return e.mapEntries(b, 1, m[k]) })
+				return e.message(b, 6, func(b []byte) []byte { return e.mapEntries(b, 1, m[k], nil) })
 			}
 		})
 	}
@@ -274,7 +282,7 @@ func (s *GSet) encode(e *encoder, b []byte) []byte {
 func (s *ORSet) encode(e *encoder, b []byte) []byte {
 	return e.message(b, 5, func(b []byte) []byte {
 		b = e.context(b, s.c.ctx)
-		return e.setEntries(b, 2, s.c.s)
+		return e.setEntries(b, 2, s.c.s, s.c.sortedKeys())
 	})
 }
 
@@ -321,7 +329,7 @@ func (f *EWFlag) encode(e *encoder, b []byte) []byte {
 func (m *ORMap) encode(e *encoder, b []byte) []byte {
 	return e.message(b, 10, func(b []byte) []byte {
 		b = e.context(b, m.c.ctx)
-		return e.mapEntries(b, 2, m.c.s)
+		return e.mapEntries(b, 2, m.c.s, m.c.sortedKeys())
 	})
 }
 

@@ -51,7 +51,7 @@ func (s *ORSet) Clear() *ORSet {
 	if s.c.s != nil {
 		all = dotsOf(s.c.s)
 	}
-	s.c.s = nil
+	s.c.s, s.c.order = nil, nil
 	if s.c.idx != nil {
 		clear(s.c.idx)
 	}

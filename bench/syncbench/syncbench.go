@@ -137,7 +137,13 @@ func topology(o Options, name string) (sim.Topology, error) {
 type event func(s *sim.Sim, i, ev int) error
 
 func workload(o Options, name string, rng *rand.Rand) (event, error) {
-	replica := func(i int) crdt.ReplicaID { return crdt.ReplicaID{Node: string(sim.NodeID(i)), Incarnation: 1} }
+	// One ReplicaID per node, built once: every dot of a node then shares
+	// one name string, as the dots decoded from one message do.
+	replicas := make([]crdt.ReplicaID, o.Nodes)
+	for i := range replicas {
+		replicas[i] = crdt.ReplicaID{Node: string(sim.NodeID(i)), Incarnation: 1}
+	}
+	replica := func(i int) crdt.ReplicaID { return replicas[i] }
 	switch name {
 	case "gcounter":
 		return func(s *sim.Sim, i, _ int) error {

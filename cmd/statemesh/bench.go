@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -33,6 +34,7 @@ func benchSync(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.MapKeys, "map-keys", o.MapKeys, "keys of the gmap workloads")
 	fs.IntVar(&o.Parallel, "parallel", o.Parallel, "runs at once")
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "random seed")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file")
 	memLimit := fs.Int64("mem-limit-mib", 6144, "heap size at which the garbage collector runs (GOGC/GOMEMLIMIT in the environment override it)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -56,6 +58,19 @@ func benchSync(args []string, stdout, stderr io.Writer) int {
 	if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetGCPercent(-1)
 		debug.SetMemoryLimit(*memLimit << 20)
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
 	}
 	start := time.Now()
 	results, err := syncbench.Run(o, func(done, total int, r syncbench.Result) {
