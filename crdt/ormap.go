@@ -45,8 +45,10 @@ func splitEntryKey(k string) (Type, []byte) { return Type(k[0]), []byte(k[1:]) }
 
 // view builds a nested value of type t over store s that shares m's
 // context.
-func (m *ORMap) view(t Type, s store) Value {
-	c := causal{s: s, ctx: m.c.ctx}
+func (m *ORMap) view(t Type, s store) Value { return nestedValue(t, causal{s: s, ctx: m.c.ctx}) }
+
+// nestedValue returns c as a value of the nestable type t.
+func nestedValue(t Type, c causal) Value {
 	switch t {
 	case TypeORSet:
 		return &ORSet{c: c}
@@ -57,7 +59,7 @@ func (m *ORMap) view(t Type, s store) Value {
 	case TypeORMap:
 		return &ORMap{c: c}
 	}
-	panic("crdt: view of a type that does not nest") // callers check Nestable
+	panic("crdt: a type that does not nest") // callers check Nestable
 }
 
 func causalOf(v Value) *causal {
@@ -138,19 +140,8 @@ func (m *ORMap) Get(key []byte, t Type) Value {
 		return nil
 	}
 	c := causal{s: s.clone(), ctx: contextOf(dotsOf(s))}
-	switch t {
-	case TypeORSet, TypeORMap:
-		c.indexed = true
-	}
-	switch t {
-	case TypeORSet:
-		return &ORSet{c: c}
-	case TypeMVRegister:
-		return &MVRegister{c: c}
-	case TypeEWFlag:
-		return &EWFlag{c: c}
-	}
-	return &ORMap{c: c}
+	c.indexed = t == TypeORSet || t == TypeORMap
+	return nestedValue(t, c)
 }
 
 // Keys returns the entries' keys, ordered by key then type.
