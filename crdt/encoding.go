@@ -219,7 +219,7 @@ func (e *encoder) setEntries(b []byte, num protowire.Number, s store, keys []str
 	}
 	for _, k := range keys {
 		b = e.message(b, num, func(b []byte) []byte {
-			b = appendBytes(b, 1, []byte(k))
+			b = appendString(b, 1, k)
 			return e.message(b, 2, func(b []byte) []byte { return e.dots(b, e.sortedDots(m[k])) })
 		})
 	}
@@ -234,9 +234,9 @@ func (e *encoder) mapEntries(b []byte, num protowire.Number, s store, keys []str
 		keys = slices.Sorted(maps.Keys(m))
 	}
 	for _, k := range keys {
-		t, key := splitEntryKey(k)
+		t, key := Type(k[0]), k[1:] // see entryKey
 		b = e.message(b, num, func(b []byte) []byte {
-			b = appendBytes(b, 1, key)
+			b = appendString(b, 1, key)
 			b = appendUint(b, 2, uint64(t))
 			switch t {
 			case TypeEWFlag:
