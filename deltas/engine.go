@@ -205,6 +205,16 @@ func (e *Engine) Restore(key string, v crdt.Value) {
 	delete(e.hash, key)
 	delete(e.enc, key)
 	e.covers = false
+	if e.seq == 0 {
+		// Sequence number 0 stands for the restored state: a full-state
+		// transfer then has a non-zero Seq, which the peer acknowledges
+		// (an acknowledgement of 0 proves nothing). Peers known already
+		// need the transfer too.
+		e.seq, e.bufStart = 1, 1
+		for _, pr := range e.peers {
+			pr.phase, pr.heard = phaseEvicted, true
+		}
+	}
 }
 
 // Get returns a copy of key's state, or nil.
@@ -220,8 +230,8 @@ func (e *Engine) Keys() []string { return slices.Sorted(maps.Keys(e.state)) }
 
 // Update applies a local mutation to key, creating it as bottom of type t
 // if absent. fn receives the live value (which it must not keep), calls
-// its mutators and returns their delta. The delta is buffered for the
-// peers and returned.
+// its mutators and returns their delta; if it fails, it must fail before
+// mutating. The delta is buffered for the peers and returned.
 func (e *Engine) Update(key string, t crdt.Type, fn func(v crdt.Value) (crdt.Value, error)) (crdt.Value, error) {
 	v, ok := e.state[key]
 	if !ok {
@@ -234,10 +244,9 @@ func (e *Engine) Update(key string, t crdt.Type, fn func(v crdt.Value) (crdt.Val
 		return nil, fmt.Errorf("%w: %q is a %s, not a %s", ErrTypeMismatch, key, v.Type(), t)
 	}
 	d, err := fn(v)
-	if !ok && !v.IsBottom() {
-		e.state[key] = v
-	}
 	if err != nil {
+		// fn must not have mutated v (the crdt mutators that fail check
+		// before they change anything); a new key is not created.
 		return nil, err
 	}
 	if d == nil || d.Type() != t {
@@ -328,13 +337,25 @@ func (e *Engine) receive(p PeerID, key string, d crdt.Value) {
 // checkTypes verifies that every state in ks matches the local type of its
 // key, so that a message is applied whole or not at all.
 func (e *Engine) checkTypes(ks []KeyState) error {
+	var fresh map[string]crdt.Type // types of keys new to the engine
 	for _, k := range ks {
 		if k.State == nil {
 			return fmt.Errorf("%w: key %q without a state", ErrBadMessage, k.Key)
 		}
-		if x, ok := e.state[k.Key]; ok && x.Type() != k.State.Type() {
-			return fmt.Errorf("%w: %q is a %s, peer sent a %s", ErrTypeMismatch, k.Key, x.Type(), k.State.Type())
+		if x, ok := e.state[k.Key]; ok {
+			if x.Type() != k.State.Type() {
+				return fmt.Errorf("%w: %q is a %s, peer sent a %s", ErrTypeMismatch, k.Key, x.Type(), k.State.Type())
+			}
+			continue
 		}
+		// A key new here must have one type throughout the message.
+		if t, dup := fresh[k.Key]; dup && t != k.State.Type() {
+			return fmt.Errorf("%w: peer sent %q as a %s and a %s", ErrTypeMismatch, k.Key, t, k.State.Type())
+		}
+		if fresh == nil {
+			fresh = map[string]crdt.Type{}
+		}
+		fresh[k.Key] = k.State.Type()
 	}
 	return nil
 }
@@ -609,6 +630,11 @@ func (e *Engine) tickPeer(id PeerID, pr *peer, shared map[uint64][]KeyState) {
 			e.send(pr, id, nil)
 		}
 		return
+	}
+	if pr.acked >= e.seq {
+		// Nothing waits for the peer: it is not late, however long
+		// nothing happens.
+		pr.lastProgress = e.tick
 	}
 	if pr.acked < e.seq && since >= e.cfg.EvictTicks {
 		pr.phase = phaseEvicted
