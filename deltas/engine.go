@@ -433,7 +433,9 @@ func (e *Engine) Step(m Message) error {
 		for _, k := range b.States {
 			e.receive(m.From, k.Key, k.State)
 		}
-		if pr.phase == phaseDigest {
+		// A reply to an earlier digest (one that timed out) does not say
+		// what the peer lacks relative to the current one.
+		if pr.phase == phaseDigest && b.Seq == pr.syncBase {
 			e.sendTransfer(pr, m.From, b.Want)
 		}
 	}
@@ -508,7 +510,7 @@ func (e *Engine) answerDigest(pr *peer, from PeerID, d *Digest) {
 			give = append(give, k)
 		}
 	}
-	e.send(pr, from, &DigestReply{Want: want, States: e.states(give)})
+	e.send(pr, from, &DigestReply{Seq: d.Seq, Want: want, States: e.states(give)})
 }
 
 func (e *Engine) startDigest(pr *peer, to PeerID) {
@@ -517,7 +519,7 @@ func (e *Engine) startDigest(pr *peer, to PeerID) {
 	pr.acked, pr.sent = e.seq, e.seq
 	pr.lastProgress = e.tick
 	pr.heard = false
-	d := &Digest{}
+	d := &Digest{Seq: pr.syncBase}
 	for _, k := range e.Keys() {
 		d.Digests = append(d.Digests, KeyDigest{Key: k, Hash: e.Digest(k)})
 	}

@@ -1207,3 +1207,74 @@ func TestReadyPersistsChangedKeysOnce(t *testing.T) {
 		})
 	}
 }
+
+// A DigestReply that arrives after its digest timed out and a newer digest
+// was sent must not be taken as the answer to the newer one: it does not
+// know the keys changed in between, and the transfer would claim them.
+func TestLateDigestReplyIgnored(t *testing.T) {
+	for _, mode := range deltaModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			tune := func(c *deltas.Config) { c.SyncTimeoutTicks = 2 }
+			a, b := newEngine(t, "a", 2, mode, tune), newEngine(t, "b", 1, mode, tune)
+			a.Restore("k1", gset("restored"))
+			a.PeerUp("b")
+			b.PeerUp("a")
+			bodies := func(e *deltas.Engine, want string) []deltas.Message {
+				var out []deltas.Message
+				for _, m := range e.Ready().Messages {
+					if kind(m) == want {
+						out = append(out, m)
+					}
+				}
+				return out
+			}
+			a.Tick()
+			d1 := bodies(a, "Digest")
+			if len(d1) != 1 {
+				t.Fatalf("no first digest")
+			}
+			if err := b.Step(d1[0]); err != nil {
+				t.Fatal(err)
+			}
+			r1 := bodies(b, "DigestReply")
+			if len(r1) != 1 {
+				t.Fatalf("no reply to the first digest")
+			}
+			gadd(t, a, "k3", "between") // changes a after the first digest
+			a.Ready()
+			var d2 []deltas.Message
+			for range 5 {
+				a.Tick()
+				if d2 = bodies(a, "Digest"); len(d2) > 0 {
+					break
+				}
+			}
+			if len(d2) != 1 {
+				t.Fatalf("the transfer did not time out and restart")
+			}
+			if err := a.Step(r1[0]); err != nil { // the late reply
+				t.Fatal(err)
+			}
+			if st := bodies(a, "States"); len(st) != 0 {
+				t.Fatalf("a answered a stale DigestReply with a transfer of %v", keysOf(bodyStates(st[0])))
+			}
+			// The current exchange completes and carries k3.
+			if err := b.Step(d2[0]); err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range b.Ready().Messages {
+				if err := a.Step(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, m := range a.Ready().Messages {
+				if err := b.Step(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if v := b.Get("k3"); v == nil || !v.Equal(gset("between")) {
+				t.Fatalf("b lacks k3 after the transfer: %v", v)
+			}
+		})
+	}
+}

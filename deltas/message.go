@@ -58,12 +58,17 @@ type KeyDigest struct {
 	Hash uint64
 }
 
-// Digest opens a full-state transfer.
-type Digest struct{ Digests []KeyDigest }
+// Digest opens a full-state transfer; Seq is the sender's delta sequence
+// when it took the digest.
+type Digest struct {
+	Seq     uint64
+	Digests []KeyDigest
+}
 
 // DigestReply answers a Digest: the keys the replier wants, and its state
 // of the keys the digest showed differ.
 type DigestReply struct {
+	Seq    uint64 // the Seq of the Digest answered
 	Want   []string
 	States []KeyState
 }
@@ -130,6 +135,7 @@ func AppendMessage(b []byte, m Message) []byte {
 			}
 			x = appendField(x, 1, y)
 		}
+		x = appendUint(x, 2, body.Seq)
 		b = appendField(b, 6, x)
 	case *DigestReply:
 		var x []byte
@@ -137,6 +143,7 @@ func AppendMessage(b []byte, m Message) []byte {
 			x = appendField(x, 1, []byte(k))
 		}
 		x = appendKeyStates(x, 2, body.States)
+		x = appendUint(x, 3, body.Seq)
 		b = appendField(b, 7, x)
 	case *States:
 		var x []byte
@@ -253,7 +260,7 @@ func DecodeMessage(b []byte, lim Limits) (Message, error) {
 		}
 		m.Body = d
 	case *syncpb.Message_Digest:
-		d := &Digest{}
+		d := &Digest{Seq: b.Digest.GetSeq()}
 		seen := map[string]struct{}{}
 		for _, kd := range b.Digest.GetDigests() {
 			k, err := key(kd.GetKey())
@@ -268,12 +275,17 @@ func DecodeMessage(b []byte, lim Limits) (Message, error) {
 		}
 		m.Body = d
 	case *syncpb.Message_DigestReply:
-		r := &DigestReply{}
+		r := &DigestReply{Seq: b.DigestReply.GetSeq()}
+		seen := map[string]struct{}{}
 		for _, w := range b.DigestReply.GetWant() {
 			k, err := key(w)
 			if err != nil {
 				return Message{}, err
 			}
+			if _, dup := seen[k]; dup {
+				return Message{}, decErr("wanted key %q twice", k)
+			}
+			seen[k] = struct{}{}
 			r.Want = append(r.Want, k)
 		}
 		if r.States, err = states(b.DigestReply.GetStates()); err != nil {

@@ -120,11 +120,17 @@ func sameMessage(t testing.TB, got, want deltas.Message) {
 		sameStates(g.Deltas, w.Deltas)
 	case *deltas.Digest:
 		g := got.Body.(*deltas.Digest)
+		if g.Seq != w.Seq {
+			t.Fatalf("digest seq %d, want %d", g.Seq, w.Seq)
+		}
 		if !slices.Equal(g.Digests, w.Digests) && (len(g.Digests) != 0 || len(w.Digests) != 0) {
 			t.Fatalf("digests %v, want %v", g.Digests, w.Digests)
 		}
 	case *deltas.DigestReply:
 		g := got.Body.(*deltas.DigestReply)
+		if g.Seq != w.Seq {
+			t.Fatalf("reply seq %d, want %d", g.Seq, w.Seq)
+		}
 		if !slices.Equal(g.Want, w.Want) && (len(g.Want) != 0 || len(w.Want) != 0) {
 			t.Fatalf("want %q, want %q", g.Want, w.Want)
 		}
@@ -156,6 +162,8 @@ func TestMessageRoundTrip(t *testing.T) {
 		{"digest reply", with(&deltas.DigestReply{Want: []string{"a", "", "c"}, States: states[:5]})},
 		{"digest reply, empty", with(&deltas.DigestReply{})},
 		{"digest reply, want only", with(&deltas.DigestReply{Want: []string{"x"}})},
+		{"digest reply with seq", with(&deltas.DigestReply{Seq: 9, Want: []string{"x"}})},
+		{"digest with seq", with(&deltas.Digest{Seq: 12, Digests: []deltas.KeyDigest{{Key: "k", Hash: 1}}})},
 		{"states, transfer", with(&deltas.States{Seq: 99, States: states})},
 		{"states, state-based", with(&deltas.States{States: states[5:]})},
 		{"states, empty", with(&deltas.States{})},
@@ -288,6 +296,7 @@ func TestDecodeMessageMalformed(t *testing.T) {
 		{name: "duplicate key in deltas", pm: deltasOf(pks("a", "b", "a")), lim: lim},
 		{name: "duplicate key in states", pm: statesOf(pks("a", "a")), lim: lim},
 		{name: "duplicate key in digest reply states", pm: replyOf([]string{"w"}, pks("a", "a")), lim: lim},
+		{name: "duplicate wanted key", pm: replyOf([]string{"w", "w"}, nil), lim: lim},
 		{name: "duplicate key in digest", pm: digestOf("a", "b", "b"), lim: lim},
 		{name: "key over MaxKeyBytes in deltas", pm: deltasOf(pks(long + "x")), lim: lim},
 		{name: "key over MaxKeyBytes in states", pm: statesOf(pks("a", long+"x")), lim: lim},

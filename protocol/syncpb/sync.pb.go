@@ -342,10 +342,12 @@ func (x *KeyDigest) GetHash() uint64 {
 	return 0
 }
 
-// Digest opens a full-state transfer: a hash of every key's state.
+// Digest opens a full-state transfer: a hash of every key's state, taken
+// when the sender's delta sequence was seq.
 type Digest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Digests       []*KeyDigest           `protobuf:"bytes,1,rep,name=digests,proto3" json:"digests,omitempty"`
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -387,13 +389,23 @@ func (x *Digest) GetDigests() []*KeyDigest {
 	return nil
 }
 
+func (x *Digest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 // DigestReply names the keys whose state the replier lacks or holds
 // differently, and carries its own state of every key the digest showed
 // the other side lacks or holds differently.
 type DigestReply struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Want          [][]byte               `protobuf:"bytes,1,rep,name=want,proto3" json:"want,omitempty"`
-	States        []*KeyState            `protobuf:"bytes,2,rep,name=states,proto3" json:"states,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Want   [][]byte               `protobuf:"bytes,1,rep,name=want,proto3" json:"want,omitempty"`
+	States []*KeyState            `protobuf:"bytes,2,rep,name=states,proto3" json:"states,omitempty"`
+	// The seq of the Digest answered: a reply to an older digest is not
+	// taken as the answer to a newer one.
+	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -440,6 +452,13 @@ func (x *DigestReply) GetStates() []*KeyState {
 		return x.States
 	}
 	return nil
+}
+
+func (x *DigestReply) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
 }
 
 // States carries full states. In state-based sync seq is 0; in a
@@ -521,12 +540,14 @@ const file_sync_v1_sync_proto_rawDesc = "" +
 	"\x06deltas\x18\x03 \x03(\v2\x1b.statemesh.sync.v1.KeyStateR\x06deltas\"1\n" +
 	"\tKeyDigest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x12\n" +
-	"\x04hash\x18\x02 \x01(\x06R\x04hash\"@\n" +
+	"\x04hash\x18\x02 \x01(\x06R\x04hash\"R\n" +
 	"\x06Digest\x126\n" +
-	"\adigests\x18\x01 \x03(\v2\x1c.statemesh.sync.v1.KeyDigestR\adigests\"V\n" +
+	"\adigests\x18\x01 \x03(\v2\x1c.statemesh.sync.v1.KeyDigestR\adigests\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\"h\n" +
 	"\vDigestReply\x12\x12\n" +
 	"\x04want\x18\x01 \x03(\fR\x04want\x123\n" +
-	"\x06states\x18\x02 \x03(\v2\x1b.statemesh.sync.v1.KeyStateR\x06states\"O\n" +
+	"\x06states\x18\x02 \x03(\v2\x1b.statemesh.sync.v1.KeyStateR\x06states\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"O\n" +
 	"\x06States\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\x06states\x18\x02 \x03(\v2\x1b.statemesh.sync.v1.KeyStateR\x06statesB0Z.github.com/statemesh/statemesh/protocol/syncpbb\x06proto3"
