@@ -83,7 +83,14 @@ func WriteTable(w io.Writer, rs []Result) {
 func WriteMarkdown(w io.Writer, rs []Result, o Options, command, machine string, wall float64) {
 	fmt.Fprintf(w, "# Sync benchmark: delta-state anti-entropy modes\n\n")
 	fmt.Fprintf(w, "Reproduces the setup of Enes et al., \"Efficient Synchronization of State-based CRDTs\" (ICDE 2019) on statemesh's `deltas` engine, in the deterministic simulator (`deltas/sim`): %d nodes; a partial mesh where each node has %d neighbours and a tree with fanout at most %d; %d update events per node, one per sync round, then rounds until every replica holds the same state; no faults.\n\n", o.Nodes, o.Neighbors, o.Fanout, o.Events)
-	fmt.Fprintf(w, "- Command: `%s`\n- Machine: %s\n- Wall time: %.1f s (%d runs on %d workers)\n- Seed: %d\n\n", command, machine, wall, len(rs), o.Parallel, o.Seed)
+	target := "met"
+	switch {
+	case len(rs) != DefaultOptions().Total():
+		target = "applies to the full run only"
+	case wall > 60:
+		target = "NOT met: the map workloads cost about 5 µs of CPU per map entry sent (see issue #2's closing note)"
+	}
+	fmt.Fprintf(w, "- Command: `%s`\n- Machine: %s\n- Wall time: %.1f s (%d runs on %d workers); target under 60 s on 2 cores: %s\n- Seed: %d\n\n", command, machine, wall, len(rs), o.Parallel, target, o.Seed)
 	fmt.Fprintf(w, "Workloads: `gcounter` (each event increments the node's entry), `gset` (each event adds a unique 7-byte element), `gmap-K` (an ORMap of %d keys holding MVRegisters; per event K%% of the keys are written across the system, spread evenly over the nodes). ", o.MapKeys)
 	fmt.Fprintf(w, "Columns: messages sent; elements sent (the paper's unit: counter entries, set elements, map entries); bytes on the wire in statemesh's encoding (`protocol/sync/v1`); `x best`: bytes as a multiple of delta+bp+rr's in the same row; memory: average elements a node holds (state plus delta buffer); CPU time of the run's thread.\n\n")
 	fmt.Fprintf(w, "| workload | topology | mode | messages | elements | bytes | x best | state / mode | memory | cpu ms |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
