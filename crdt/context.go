@@ -168,21 +168,16 @@ func (c *Context) Union(o *Context) bool {
 }
 
 // Minus returns the dots of c that are not in o.
-func (c *Context) Minus(o *Context) *Context {
-	out := NewContext()
-	for r, rs := range c.m {
-		if d := minusRuns(rs, o.m[r]); len(d) > 0 {
-			out.m[r] = d
-		}
-	}
-	return out
-}
+func (c *Context) Minus(o *Context) *Context { return c.perReplica(o, minusRuns) }
 
 // Intersect returns the dots in both c and o.
-func (c *Context) Intersect(o *Context) *Context {
+func (c *Context) Intersect(o *Context) *Context { return c.perReplica(o, intersectRuns) }
+
+// perReplica combines, for every replica of c, its runs with o's.
+func (c *Context) perReplica(o *Context, combine func(a, b runs) runs) *Context {
 	out := NewContext()
 	for r, rs := range c.m {
-		if d := intersectRuns(rs, o.m[r]); len(d) > 0 {
+		if d := combine(rs, o.m[r]); len(d) > 0 {
 			out.m[r] = d
 		}
 	}
