@@ -24,7 +24,9 @@ type causal struct {
 	idx     map[Dot]string
 	indexed bool // top-level ORSet or ORMap: keep idx
 	// order caches the sorted keys of a dotMap store for encoding; nil
-	// when unknown. Never modified once built, so clones share it.
+	// when unknown. Whatever adds or removes a top-level key drops it
+	// (replaceEntry, Clear). Never modified once built, so clones share
+	// it.
 	order []string
 }
 
@@ -172,8 +174,8 @@ func isMap(s store) bool { _, ok := s.(dotMap); return ok }
 
 // sortedKeys returns the keys of a dotMap store in order, cached.
 func (c *causal) sortedKeys() []string {
-	m, _ := c.s.(dotMap)
-	if c.order == nil || len(c.order) != len(m) {
+	if c.order == nil {
+		m, _ := c.s.(dotMap)
 		c.order = slices.Sorted(maps.Keys(m))
 	}
 	return c.order

@@ -234,7 +234,7 @@ func (e *encoder) mapEntries(b []byte, num protowire.Number, s store, keys []str
 		keys = slices.Sorted(maps.Keys(m))
 	}
 	for _, k := range keys {
-		t, key := Type(k[0]), k[1:] // see entryKey
+		t, key := splitEntryKey(k)
 		b = e.message(b, num, func(b []byte) []byte {
 			b = appendString(b, 1, key)
 			b = appendUint(b, 2, uint64(t))

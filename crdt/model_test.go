@@ -996,6 +996,13 @@ func checkInvariants(t tb, v Value) {
 			checkStore(t, kind, c.s, c.ctx, seen)
 		}
 		indexed := kind == TypeORSet || kind == TypeORMap
+		// The sorted-key cache, when present, is exactly the store's keys.
+		if c.order != nil {
+			m, _ := c.s.(dotMap)
+			if want := slices.Sorted(maps.Keys(m)); !slices.Equal(c.order, want) {
+				t.Fatalf("%s: cached key order %q, store keys %q", kind, c.order, want)
+			}
+		}
 		// The index is built lazily: a top-level set or map keeps one,
 		// and once built it must match the store exactly.
 		if indexed != c.indexed || (!indexed && c.idx != nil) {

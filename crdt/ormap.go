@@ -41,7 +41,7 @@ func Nestable(t Type) bool {
 
 func entryKey(t Type, key []byte) string { return string(append([]byte{byte(t)}, key...)) }
 
-func splitEntryKey(k string) (Type, []byte) { return Type(k[0]), []byte(k[1:]) }
+func splitEntryKey(k string) (Type, string) { return Type(k[0]), k[1:] }
 
 // view builds a nested value of type t over store s that shares m's
 // context.
@@ -150,7 +150,7 @@ func (m *ORMap) Keys() []MapKey {
 	out := make([]MapKey, 0, len(em))
 	for k := range em {
 		t, key := splitEntryKey(k)
-		out = append(out, MapKey{Key: key, Type: t})
+		out = append(out, MapKey{Key: []byte(key), Type: t})
 	}
 	slices.SortFunc(out, func(a, b MapKey) int {
 		if c := bytes.Compare(a.Key, b.Key); c != 0 {

@@ -214,8 +214,10 @@ func DecodeMessage(b []byte, lim Limits) (Message, error) {
 	if m.Session == 0 {
 		return Message{}, decErr("session 0")
 	}
+	// key checks one key against the limits and against the other keys of
+	// its list (seen), which must be distinct.
 	keys := 0
-	key := func(k []byte) (string, error) {
+	key := func(k []byte, seen map[string]struct{}) (string, error) {
 		keys++
 		if keys > lim.MaxKeys {
 			return "", decErr("more than %d keys", lim.MaxKeys)
@@ -223,20 +225,20 @@ func DecodeMessage(b []byte, lim Limits) (Message, error) {
 		if len(k) > lim.MaxKeyBytes {
 			return "", decErr("key of %d bytes, limit %d", len(k), lim.MaxKeyBytes)
 		}
+		if _, dup := seen[string(k)]; dup {
+			return "", decErr("key %q twice in one list", k)
+		}
+		seen[string(k)] = struct{}{}
 		return string(k), nil
 	}
 	states := func(in []*syncpb.KeyState) ([]KeyState, error) {
 		out := make([]KeyState, 0, len(in))
 		seen := make(map[string]struct{}, len(in))
 		for _, ks := range in {
-			k, err := key(ks.GetKey())
+			k, err := key(ks.GetKey(), seen)
 			if err != nil {
 				return nil, err
 			}
-			if _, dup := seen[k]; dup {
-				return nil, decErr("key %q twice", k)
-			}
-			seen[k] = struct{}{}
 			if ks.GetState() == nil {
 				return nil, decErr("key %q without a state", k)
 			}
@@ -263,14 +265,10 @@ func DecodeMessage(b []byte, lim Limits) (Message, error) {
 		d := &Digest{Seq: b.Digest.GetSeq()}
 		seen := map[string]struct{}{}
 		for _, kd := range b.Digest.GetDigests() {
-			k, err := key(kd.GetKey())
+			k, err := key(kd.GetKey(), seen)
 			if err != nil {
 				return Message{}, err
 			}
-			if _, dup := seen[k]; dup {
-				return Message{}, decErr("digest of %q twice", k)
-			}
-			seen[k] = struct{}{}
 			d.Digests = append(d.Digests, KeyDigest{Key: k, Hash: kd.GetHash()})
 		}
 		m.Body = d
@@ -278,14 +276,10 @@ func DecodeMessage(b []byte, lim Limits) (Message, error) {
 		r := &DigestReply{Seq: b.DigestReply.GetSeq()}
 		seen := map[string]struct{}{}
 		for _, w := range b.DigestReply.GetWant() {
-			k, err := key(w)
+			k, err := key(w, seen)
 			if err != nil {
 				return Message{}, err
 			}
-			if _, dup := seen[k]; dup {
-				return Message{}, decErr("wanted key %q twice", k)
-			}
-			seen[k] = struct{}{}
 			r.Want = append(r.Want, k)
 		}
 		if r.States, err = states(b.DigestReply.GetStates()); err != nil {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -69,8 +70,15 @@ type Result struct {
 	Rounds int `json:"rounds"`
 }
 
-// Total returns how many runs opts makes.
-func (o Options) Total() int { return len(o.Workloads) * len(o.Topologies) * len(o.Modes) }
+// Paper reports whether o is the full setup of DefaultOptions (the seed
+// and the number of workers aside), the run the 60 s target is about.
+func (o Options) Paper() bool {
+	d := DefaultOptions()
+	return o.Nodes == d.Nodes && o.Neighbors == d.Neighbors && o.Fanout == d.Fanout &&
+		o.Events == d.Events && o.MapKeys == d.MapKeys &&
+		slices.Equal(o.Workloads, d.Workloads) && slices.Equal(o.Topologies, d.Topologies) &&
+		slices.Equal(o.Modes, d.Modes)
+}
 
 // Run runs every combination on o.Parallel workers, calling progress (if
 // not nil, from one goroutine at a time) after each. Results come in the
@@ -137,8 +145,7 @@ func topology(o Options, name string) (sim.Topology, error) {
 type event func(s *sim.Sim, i, ev int) error
 
 func workload(o Options, name string, rng *rand.Rand) (event, error) {
-	// One ReplicaID per node, built once: every dot of a node then shares
-	// one name string, as the dots decoded from one message do.
+	// One ReplicaID per node, built once rather than per event.
 	replicas := make([]crdt.ReplicaID, o.Nodes)
 	for i := range replicas {
 		replicas[i] = crdt.ReplicaID{Node: string(sim.NodeID(i)), Incarnation: 1}
