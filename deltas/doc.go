@@ -33,9 +33,12 @@
 // deltas wait for it leaves the horizon. When it is heard from again (or
 // joins anew, or restarts: every engine start has a larger Session) it gets
 // a full-state transfer driven by per-key digests, so only differing keys
-// move: Digest (hash of every key's encoding) -> DigestReply (the keys that
-// differ, and the replier's own state of them) -> States{Seq} -> ack of Seq.
-// After that, delta sync resumes from Seq.
+// move: Digest{Seq} (hash of every key's encoding, taken at sequence Seq)
+// -> DigestReply{Seq} (the keys that differ, and the replier's own state of
+// them) -> States{Seq} -> ack of Seq. After that, delta sync resumes from
+// Seq. A reply carrying another Seq answers an earlier digest that timed
+// out and is not taken for the current one. State installed with Restore
+// is covered by no delta, so it reaches every peer this way.
 //
 // State-based sync (every tick, the whole state to every peer) and the
 // other modes exist for comparison: `statemesh bench sync` measures them.

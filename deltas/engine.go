@@ -197,9 +197,9 @@ func New(cfg Config) (*Engine, error) {
 // ID returns the engine's peer id.
 func (e *Engine) ID() PeerID { return e.cfg.ID }
 
-// Restore installs persisted state for key before the engine runs. The
-// buffer no longer covers the whole state, so new peers get a full-state
-// transfer.
+// Restore installs persisted state for key, normally before the engine
+// runs. No buffered delta covers it, so every peer, known or new, gets a
+// digest-driven full-state transfer.
 func (e *Engine) Restore(key string, v crdt.Value) {
 	e.state[key] = v.Clone()
 	delete(e.hash, key)
@@ -208,12 +208,13 @@ func (e *Engine) Restore(key string, v crdt.Value) {
 	if e.seq == 0 {
 		// Sequence number 0 stands for the restored state: a full-state
 		// transfer then has a non-zero Seq, which the peer acknowledges
-		// (an acknowledgement of 0 proves nothing). Peers known already
-		// need the transfer too.
+		// (an acknowledgement of 0 proves nothing).
 		e.seq, e.bufStart = 1, 1
-		for _, pr := range e.peers {
-			pr.phase, pr.heard = phaseEvicted, true
-		}
+	}
+	// The restored key is in no buffered delta: peers known already get it
+	// by a full-state transfer, like new ones (PeerUp).
+	for _, pr := range e.peers {
+		pr.phase, pr.heard = phaseEvicted, true
 	}
 }
 

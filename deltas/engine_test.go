@@ -1278,3 +1278,22 @@ func TestLateDigestReplyIgnored(t *testing.T) {
 		})
 	}
 }
+
+// Restore once deltas have flowed: known peers get the restored key too
+// (Restore is meant for start-up, but must not leave a peer behind).
+func TestRestoreAfterDeltas(t *testing.T) {
+	for _, mode := range deltaModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			a, b := newEngine(t, "a", 1, mode), newEngine(t, "b", 1, mode)
+			n := newNetwork(t, a, b)
+			n.link("a", "b")
+			gadd(t, a, "before", "x")
+			n.settle(40)
+			a.Restore("k", gset("restored"))
+			n.settle(40)
+			if v := b.Get("k"); v == nil || !v.Equal(gset("restored")) {
+				t.Fatalf("b never got a's restored state: %v", v)
+			}
+		})
+	}
+}
