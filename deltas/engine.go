@@ -66,7 +66,8 @@ type Config struct {
 	// ID names this engine among its peers.
 	ID PeerID
 	// Session must be non-zero and grow with every start of the engine
-	// under the same ID (the mesh uses a persisted boot counter). Peers
+	// under the same ID (the mesh uses the start time in nanoseconds: a
+	// node that lost its data dir has no counter to go on). Peers
 	// use it to tell a restarted engine, whose delta buffer is gone, from
 	// the one before.
 	Session uint64
@@ -141,6 +142,11 @@ type peer struct {
 	theirSession uint64
 	received     uint64
 	ackOwed      bool
+	// introduce: the peer has not heard from this session yet. A peer
+	// that knew an earlier run of this engine learns of the restart only
+	// from a message, so one is sent even when there is nothing else to
+	// say.
+	introduce bool
 }
 
 type entry struct {
@@ -172,10 +178,11 @@ type Engine struct {
 	// to date from the buffer alone.
 	covers bool
 
-	peers map[PeerID]*peer
-	tick  uint64
-	out   []Message
-	dirty map[string]struct{}
+	peers     map[PeerID]*peer
+	tick      uint64
+	out       []Message
+	dirty     map[string]struct{}
+	transfers uint64 // full-state transfers started
 }
 
 // New returns an engine with no state.
@@ -282,7 +289,7 @@ func (e *Engine) PeerUp(p PeerID) {
 	}
 	pr, ok := e.peers[p]
 	if !ok {
-		pr = &peer{lastProgress: e.tick}
+		pr = &peer{lastProgress: e.tick, introduce: true}
 		e.peers[p] = pr
 		if !e.covers || e.bufStart > 0 {
 			pr.phase = phaseEvicted
@@ -307,8 +314,8 @@ func (e *Engine) PeerDown(p PeerID) {
 func (e *Engine) RemovePeer(p PeerID) { delete(e.peers, p) }
 
 // receive joins a state or delta from peer p into key's state, buffering
-// what inflated it.
-func (e *Engine) receive(p PeerID, key string, d crdt.Value) {
+// what inflated it, and reports whether the state grew.
+func (e *Engine) receive(p PeerID, key string, d crdt.Value) bool {
 	x, ok := e.state[key]
 	if !ok {
 		x, _ = crdt.New(d.Type()) // d.Type() is valid: it was decoded or built by crdt
@@ -317,14 +324,14 @@ func (e *Engine) receive(p PeerID, key string, d crdt.Value) {
 	if e.cfg.Mode.RR() {
 		ex, _ := crdt.Extract(x, d) // types were checked by Step
 		if ex.IsBottom() {
-			return
+			return false
 		}
 		_, _ = crdt.Join(x, ex)
 		inflation = ex
 	} else {
 		grew, _ := crdt.Join(x, d)
 		if !grew {
-			return
+			return false
 		}
 		if e.cfg.Mode != ModeState {
 			inflation = d.Clone()
@@ -333,6 +340,7 @@ func (e *Engine) receive(p PeerID, key string, d crdt.Value) {
 	e.state[key] = x
 	e.changed(key)
 	e.buffer(key, inflation, p)
+	return true
 }
 
 // checkTypes verifies that every state in ks matches the local type of its
@@ -472,6 +480,10 @@ func (e *Engine) Digest(key string) uint64 {
 	return h
 }
 
+// Encoding returns key's current state as crdt.Encode writes it, or nil if
+// the key is absent. The bytes are cached and shared: read-only.
+func (e *Engine) Encoding(key string) []byte { return e.encoding(key) }
+
 // encoding returns key's wire form (nil if absent), cached.
 func (e *Engine) encoding(key string) []byte {
 	if b, ok := e.enc[key]; ok {
@@ -515,6 +527,7 @@ func (e *Engine) answerDigest(pr *peer, from PeerID, d *Digest) {
 }
 
 func (e *Engine) startDigest(pr *peer, to PeerID) {
+	e.transfers++
 	pr.phase = phaseDigest
 	pr.syncBase = e.seq
 	pr.acked, pr.sent = e.seq, e.seq
@@ -535,6 +548,7 @@ func (e *Engine) sendTransfer(pr *peer, to PeerID, want []string) {
 
 // send queues a message to a peer, piggybacking the acknowledgement owed.
 func (e *Engine) send(pr *peer, to PeerID, b Body) {
+	pr.introduce = false
 	m := Message{From: e.cfg.ID, To: to, Session: e.cfg.Session, Body: b}
 	if pr.theirSession != 0 {
 		m.AckSession, m.Ack = pr.theirSession, pr.received
@@ -651,6 +665,14 @@ func (e *Engine) tickPeer(id PeerID, pr *peer, shared map[uint64][]KeyState) {
 	if pr.sent > pr.acked && since >= e.cfg.RetransmitTicks && since%e.cfg.RetransmitTicks == 0 {
 		pr.sent = pr.acked
 	}
+	if !e.sendDue(id, pr, shared) && (pr.ackOwed || pr.introduce) {
+		e.send(pr, id, nil)
+	}
+}
+
+// sendDue sends peer id the deltas it has not been sent yet, if any, and
+// reports whether it sent a message.
+func (e *Engine) sendDue(id PeerID, pr *peer, shared map[uint64][]KeyState) bool {
 	if pr.sent < e.seq {
 		ds, ok := shared[pr.sent]
 		if !ok {
@@ -666,17 +688,48 @@ func (e *Engine) tickPeer(id PeerID, pr *peer, shared map[uint64][]KeyState) {
 		case len(ds) > 0 || pr.ackOwed:
 			e.send(pr, id, &Deltas{FromSeq: pr.sent, ToSeq: e.seq, Deltas: ds})
 			pr.sent = e.seq
+			return true
 		case pr.sent == pr.acked:
 			// Everything pending came from this peer (BP): it needs none
 			// of it.
 			pr.acked, pr.sent = e.seq, e.seq
 			pr.lastProgress = e.tick
 		}
+	}
+	return false
+}
+
+// Flush sends every reachable peer in delta sync the deltas it has not
+// been sent yet, without starting a new round: the mesh calls it shortly
+// after local updates or received inflations (eager push), so that a
+// write spreads at network speed rather than one hop per tick. Tick still
+// acknowledges, retransmits and evicts. State-based sync has nothing to
+// flush.
+func (e *Engine) Flush() {
+	if e.cfg.Mode == ModeState {
 		return
 	}
-	if pr.ackOwed {
-		e.send(pr, id, nil)
+	var shared map[uint64][]KeyState
+	if !e.cfg.Mode.BP() {
+		shared = map[uint64][]KeyState{}
 	}
+	for _, id := range slices.Sorted(maps.Keys(e.peers)) {
+		if pr := e.peers[id]; pr.up && pr.phase == phaseDelta {
+			e.sendDue(id, pr, shared)
+		}
+	}
+}
+
+// Merge joins a state (or delta) of key obtained outside the anti-entropy
+// protocol (a replicated write, a remote read) into the local state, and
+// buffers what inflated it for every peer. It reports whether the state
+// grew; a type mismatch changes nothing.
+func (e *Engine) Merge(key string, v crdt.Value) (bool, error) {
+	ks := []KeyState{{Key: key, State: v}}
+	if err := e.checkTypes(ks); err != nil {
+		return false, err
+	}
+	return e.receive("", key, v), nil
 }
 
 // collect drops buffered deltas every peer in the horizon has acknowledged.
@@ -728,6 +781,9 @@ type Stats struct {
 	BufferElements int // their elements (crdt.Value.Size)
 	StateElements  int // elements of the whole state
 	Keys           int
+	// Lag is the number of deltas the furthest-behind reachable peer in
+	// delta sync has not acknowledged.
+	Lag uint64
 }
 
 // Stats returns the engine's current sizes.
@@ -739,5 +795,27 @@ func (e *Engine) Stats() Stats {
 	for _, v := range e.state {
 		s.StateElements += v.Size()
 	}
+	s.Lag = e.Lag()
 	return s
 }
+
+// Lag returns the number of deltas the furthest-behind reachable peer in
+// delta sync has not acknowledged. Unlike Stats it costs O(peers).
+func (e *Engine) Lag() uint64 {
+	var lag uint64
+	for _, pr := range e.peers {
+		if pr.up && pr.phase == phaseDelta && e.seq > pr.acked {
+			lag = max(lag, e.seq-pr.acked)
+		}
+	}
+	return lag
+}
+
+// Buffered returns the number of buffered deltas.
+func (e *Engine) Buffered() int { return len(e.buf) }
+
+// Len returns the number of keys.
+func (e *Engine) Len() int { return len(e.state) }
+
+// Transfers returns how many full-state transfers the engine has started.
+func (e *Engine) Transfers() uint64 { return e.transfers }

@@ -372,6 +372,10 @@ func TestLocalUpdateReachesPeerInOneTick(t *testing.T) {
 				b := newEngine(t, "b", 1, mode, ticks(3, 10))
 				n := newNetwork(t, a, b)
 				n.link("a", "b")
+				// Each engine introduces its session to a new peer once.
+				if msgs := n.round(); len(msgs) != 2 || kind(msgs[0]) != "ack" || kind(msgs[1]) != "ack" {
+					t.Fatalf("first round sent:%s\nwant one bare introduction each way", describe(msgs))
+				}
 				for range idle {
 					if msgs := n.round(); len(msgs) != 0 {
 						t.Fatalf("idle engines sent:%s", describe(msgs))
@@ -1293,6 +1297,108 @@ func TestRestoreAfterDeltas(t *testing.T) {
 			n.settle(40)
 			if v := b.Get("k"); v == nil || !v.Equal(gset("restored")) {
 				t.Fatalf("b never got a's restored state: %v", v)
+			}
+		})
+	}
+}
+
+// TestFlushPushesWithoutTick checks eager push: Flush sends a fresh update
+// down a chain of engines at once, without a tick, sends each delta once,
+// and leaves acknowledgement and collection to the ticks.
+func TestFlushPushesWithoutTick(t *testing.T) {
+	for _, mode := range deltaModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			a := newEngine(t, "a", 1, mode)
+			b := newEngine(t, "b", 1, mode)
+			c := newEngine(t, "c", 1, mode)
+			n := newNetwork(t, a, b, c)
+			n.link("a", "b")
+			n.link("b", "c")
+			incr(t, a, "k", 3)
+			// Flush each engine in turn, delivering what it sends: the
+			// update crosses two hops within no tick.
+			for _, e := range []*deltas.Engine{a, b} {
+				e.Flush()
+				for _, m := range n.take(e.ID()) {
+					n.deliver(m)
+				}
+			}
+			if !c.Get("k").Equal(a.Get("k")) {
+				t.Fatal("c does not hold a's update after two flushes")
+			}
+			// A second Flush has nothing new to send.
+			a.Flush()
+			if msgs := n.take("a"); len(msgs) != 0 {
+				t.Fatalf("second flush sent:%s", describe(msgs))
+			}
+			n.settle(10)
+		})
+	}
+	// State-based sync has no deltas to push.
+	s := newEngine(t, "s", 1, deltas.ModeState)
+	s.PeerUp("t")
+	incr(t, s, "k", 1)
+	s.Flush()
+	if rd := s.Ready(); len(rd.Messages) != 0 {
+		t.Fatalf("state mode flush sent %d messages", len(rd.Messages))
+	}
+}
+
+// TestMerge checks that a state merged from outside the protocol (a
+// replicated write or a remote read) inflates, spreads to every peer, is
+// ignored when it is old, and is refused whole on a type mismatch.
+func TestMerge(t *testing.T) {
+	for _, mode := range append([]deltas.Mode{deltas.ModeState}, deltaModes...) {
+		t.Run(mode.String(), func(t *testing.T) {
+			a := newEngine(t, "a", 1, mode)
+			b := newEngine(t, "b", 1, mode)
+			n := newNetwork(t, a, b)
+			n.link("a", "b")
+			x := gcounter(t, map[deltas.PeerID]uint64{"z": 7})
+			grew, err := a.Merge("k", x)
+			if err != nil || !grew {
+				t.Fatalf("Merge of a new key = %v, %v; want true, nil", grew, err)
+			}
+			if grew, err := a.Merge("k", x); err != nil || grew {
+				t.Fatalf("Merge of the same state again = %v, %v; want false, nil", grew, err)
+			}
+			if _, err := a.Merge("k", gset("e")); !errors.Is(err, deltas.ErrTypeMismatch) {
+				t.Fatalf("Merge of a GSet into a GCounter: err %v, want ErrTypeMismatch", err)
+			}
+			if !a.Get("k").Equal(x) {
+				t.Fatal("a's state changed by a refused merge")
+			}
+			if mode == deltas.ModeState {
+				n.round() // state-based sync never goes quiet
+			} else {
+				n.settle(10)
+			}
+			if !b.Get("k").Equal(x) {
+				t.Fatal("the merged state did not reach b")
+			}
+		})
+	}
+}
+
+// TestRestartWithoutStateIsResynced: an engine that restarts with nothing
+// (its node lost its data) has nothing to send, yet its peer must learn of
+// the restart and transfer its state: the new session introduces itself.
+func TestRestartWithoutStateIsResynced(t *testing.T) {
+	for _, mode := range deltaModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			a := newEngine(t, "a", 1, mode)
+			b := newEngine(t, "b", 1, mode)
+			n := newNetwork(t, a, b)
+			n.link("a", "b")
+			incr(t, a, "k", 3)
+			n.settle(10)
+			// b restarts empty under a new session.
+			b2 := newEngine(t, "b", 2, mode)
+			n.eng["b"] = b2
+			b2.PeerUp("a")
+			n.settle(30)
+			if !b2.Get("k").Equal(a.Get("k")) {
+				t.Fatal("the restarted, empty engine did not get the state back")
 			}
 		})
 	}
