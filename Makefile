@@ -7,9 +7,11 @@ GO            ?= go
 GOBIN         ?= $(shell $(GO) env GOPATH)/bin
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 PROTOS        := $(shell find protocol -name '*.proto')
-# Pure packages: no I/O, no goroutines; cheap enough to always run with -race.
-PURE_PKGS     := ./crdt/... ./deltas/... ./internal/hlc/...
+# Pure packages (no I/O, no goroutines) and the concurrent ones whose
+# tests are quick: always run with -race.
+RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/...
 FUZZTIME      ?= 15s
 
 .PHONY: all build test test-race fuzz verify bench bench-sync bench-micro proto tools tools-apt demo clean
@@ -19,10 +21,10 @@ all: build
 build:
 	$(GO) build -o bin/statemesh ./cmd/statemesh
 
-## test: every unit test; the pure packages under the race detector.
+## test: every unit test; then again under the race detector where quick.
 test:
 	$(GO) test -count=1 ./...
-	$(GO) test -count=1 -race $(PURE_PKGS)
+	$(GO) test -count=1 -race $(RACE_PKGS)
 
 ## fuzz: a short run of every decoder's fuzz target.
 fuzz:
@@ -43,6 +45,7 @@ verify: tools
 tools:
 	@test -x $(GOBIN)/staticcheck || $(GO) install $(STATICCHECK)
 	@test -x $(GOBIN)/protoc-gen-go || $(GO) install $(PROTOC_GEN_GO)
+	@test -x $(GOBIN)/protoc-gen-go-grpc || $(GO) install $(PROTOC_GEN_GO_GRPC)
 
 tools-apt:
 	@command -v protoc >/dev/null || (apt-get update -qq && apt-get install -y -qq protobuf-compiler)
@@ -50,7 +53,9 @@ tools-apt:
 ## proto: regenerate the committed Go code from protocol/*.proto.
 proto: tools tools-apt
 	$(GO) install $(PROTOC_GEN_GO)
-	PATH=$(GOBIN):$$PATH protoc -I protocol --go_out=. --go_opt=module=github.com/statemesh/statemesh $(PROTOS)
+	$(GO) install $(PROTOC_GEN_GO_GRPC)
+	PATH=$(GOBIN):$$PATH protoc -I protocol --go_out=. --go_opt=module=github.com/statemesh/statemesh \
+	  --go-grpc_out=. --go-grpc_opt=module=github.com/statemesh/statemesh $(PROTOS)
 
 ## bench: every benchmark; results land in bench/results/.
 bench: bench-sync bench-micro

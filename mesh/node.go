@@ -1,0 +1,682 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	"github.com/statemesh/statemesh/crdt"
+	"github.com/statemesh/statemesh/deltas"
+	"github.com/statemesh/statemesh/eventlog"
+	"github.com/statemesh/statemesh/protocol/peerpb"
+)
+
+// Errors of the mesh.
+var (
+	ErrClosed       = errors.New("mesh: node closed")
+	ErrInvalidKey   = errors.New("mesh: invalid key")
+	ErrTypeMismatch = deltas.ErrTypeMismatch
+	// ErrTimeout: a MAJORITY or ALL write or read did not collect its
+	// acknowledgements in time. A timed-out write is applied locally and
+	// may still reach every replica (it spreads by anti-entropy like any
+	// other); it is not rolled back.
+	ErrTimeout = errors.New("mesh: timed out waiting for replicas")
+	// ErrUnavailable: fewer replicas are reachable than the consistency
+	// level needs. The write was not applied anywhere.
+	ErrUnavailable = errors.New("mesh: not enough reachable replicas")
+)
+
+// Node is one member of the mesh: it holds a replica of every CRDT key,
+// gossips membership with memberlist, and runs the anti-entropy engine
+// against its neighbours over the Peer gRPC service.
+//
+// One goroutine (loop) owns the engine, the member table and the watches;
+// everything else reaches it through the ops channel.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	replica crdt.ReplicaID
+	ident   eventlog.Identity
+	db      *eventlog.DB
+	ownDB   bool
+	met     *metrics
+	reg     *prometheus.Registry // nil when Config.Registerer was given
+
+	mb  *membership
+	tr  *transport
+	srv *grpc.Server
+	lis net.Listener
+
+	ops   chan *op
+	recv  chan inbound
+	stopc chan struct{} // closed to stop the loop
+	loopDone,
+	persistDone,
+	reconnectDone chan struct{}
+	flushNow chan struct{} // size 1: the persister should write now
+	dur      durable
+	closeMu  sync.Mutex
+	closed   bool
+
+	// Owned by the loop goroutine.
+	eng        *deltas.Engine
+	members    map[string]*Member // other nodes, by name (left ones removed)
+	neighbours map[string]bool
+	peers      map[string]bool // the engine's peers
+	watchers   map[string][]*watcher
+	dirty      map[string]struct{} // keys changed since the last persist batch
+	batch      uint64              // id of the batch dirty keys go into
+	push       *time.Timer         // eager push
+	pushArmed  bool
+	rng        *rand.Rand
+}
+
+type op struct {
+	fn    func()
+	batch uint64 // set by the loop: the persist batch holding fn's changes
+	done  chan struct{}
+}
+
+type inbound struct {
+	msg  deltas.Message
+	size int
+}
+
+// Start opens (or creates) the node's store, starts gossip and the peer
+// service, and joins the mesh.
+func Start(cfg Config) (*Node, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name),
+		ops: make(chan *op), recv: make(chan inbound, 64), stopc: make(chan struct{}),
+		loopDone: make(chan struct{}), persistDone: make(chan struct{}), reconnectDone: make(chan struct{}), flushNow: make(chan struct{}, 1),
+		members: map[string]*Member{}, neighbours: map[string]bool{}, peers: map[string]bool{},
+		watchers: map[string][]*watcher{}, dirty: map[string]struct{}{}, batch: 1}
+	n.dur.init()
+	r := cfg.Registerer
+	if r == nil {
+		n.reg = prometheus.NewRegistry()
+		r = n.reg
+	}
+	n.met = newMetrics(r)
+	ok := false
+	defer func() {
+		if !ok {
+			n.abort()
+		}
+	}()
+	if err := n.openStore(); err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", cfg.PeerAddr)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: peer listener on %s: %w", cfg.PeerAddr, err)
+	}
+	n.lis = lis
+	maxMsg := cfg.Limits.MaxBytes + 64<<10
+	n.srv = grpc.NewServer(grpc.MaxRecvMsgSize(maxMsg), grpc.MaxSendMsgSize(maxMsg))
+	peerpb.RegisterPeerServer(n.srv, &peerServer{n: n})
+	go func() { _ = n.srv.Serve(lis) }()
+	n.tr = newTransport(cfg.Name, cfg.MaxFrameBytes, maxMsg, nil, cfg.Faults, n.log, n.met)
+
+	meta, err := encodeMeta(cfg, n.ident.Incarnation, lis.Addr().String(), false)
+	if err != nil {
+		return nil, err
+	}
+	n.rng = rand.New(rand.NewPCG(n.ident.Incarnation, n.ident.Boots))
+	if n.mb, err = startMembership(cfg, meta, func(msg string, args ...any) { n.log.Warn(msg, args...) }); err != nil {
+		return nil, err
+	}
+	go n.loop()
+	go n.persister()
+	go n.reconnector()
+	if err := n.mb.join(cfg.Join, 10*time.Second); err != nil {
+		return nil, err
+	}
+	ok = true
+	n.log.Info("mesh node started", "replica", n.replica.String(), "gossip", n.GossipAddr(), "peer", n.PeerAddr(),
+		"region", cfg.Region, "boots", n.ident.Boots, "durability", cfg.Durability.String())
+	return n, nil
+}
+
+// openStore opens the database, takes the node's identity and loads its
+// CRDT state into a new engine.
+func (n *Node) openStore() error {
+	n.db = n.cfg.DB
+	if n.db == nil {
+		o := eventlog.DefaultOptions(n.cfg.DataDir)
+		o.InMemory = n.cfg.DataDir == ""
+		o.SyncWrites = n.cfg.Durability == Sync
+		o.Logger = n.log
+		db, err := eventlog.Open(o)
+		if err != nil {
+			return err
+		}
+		n.db, n.ownDB = db, true
+	}
+	id, fresh, err := n.db.Boot(n.cfg.Name)
+	if err != nil {
+		return err
+	}
+	n.ident = id
+	n.replica = crdt.ReplicaID{Node: n.cfg.Name, Incarnation: id.Incarnation}
+	if fresh && id.Boots > 1 {
+		n.log.Warn("previous run did not stop cleanly: new replica incarnation", "incarnation", id.Incarnation)
+	}
+	ecfg := n.cfg.Engine
+	// The session must grow with every start, also across a lost data
+	// dir: the wall clock at start does, unless it steps back further
+	// than the time between two starts.
+	ecfg.ID, ecfg.Session = deltas.PeerID(n.cfg.Name), uint64(time.Now().UnixNano())
+	if n.eng, err = deltas.New(ecfg); err != nil {
+		return err
+	}
+	var keys int
+	err = n.db.CRDT().Load(func(key string, b []byte) error {
+		v, err := crdt.Decode(b, n.cfg.Limits.CRDT)
+		if err != nil {
+			return fmt.Errorf("%w: key %q: %w", eventlog.ErrCorrupt, key, err)
+		}
+		n.eng.Restore(key, v)
+		keys++
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	n.met.keys.Set(float64(keys))
+	return nil
+}
+
+// abort releases what a failed Start acquired.
+func (n *Node) abort() {
+	if n.mb != nil {
+		_ = n.mb.stop()
+	}
+	n.stopLoops()
+	if n.srv != nil {
+		n.srv.Stop()
+	}
+	if n.tr != nil {
+		n.tr.close()
+	}
+	if n.lis != nil {
+		_ = n.lis.Close()
+	}
+	if n.ownDB && n.db != nil {
+		_ = n.db.Close()
+	}
+}
+
+// Replica is the id this node's writes are tagged with.
+func (n *Node) Replica() crdt.ReplicaID { return n.replica }
+
+// Name is the node's name.
+func (n *Node) Name() string { return n.cfg.Name }
+
+// GossipAddr is where the node's memberlist listens.
+func (n *Node) GossipAddr() string { return n.mb.ml.LocalNode().Address() }
+
+// PeerAddr is where the node serves the Peer service.
+func (n *Node) PeerAddr() string { return n.lis.Addr().String() }
+
+// Registry is the node's metrics registry (nil if Config.Registerer was
+// set).
+func (n *Node) Registry() *prometheus.Registry { return n.reg }
+
+// Close leaves the mesh gracefully, writes every change to disk and
+// records a clean stop, so the next start keeps the replica incarnation.
+func (n *Node) Close() error { return n.shutdown(true) }
+
+// Crash stops the node as a crash would: no leave, nothing more written,
+// no clean-stop record. Tests use it; the next start takes a new
+// incarnation.
+func (n *Node) Crash() error { return n.shutdown(false) }
+
+func (n *Node) shutdown(clean bool) error {
+	n.closeMu.Lock()
+	if n.closed {
+		n.closeMu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.closeMu.Unlock()
+	var errs []error
+	if clean {
+		leaving, err := encodeMeta(n.cfg, n.ident.Incarnation, n.PeerAddr(), true)
+		errs = append(errs, err, n.mb.leave(leaving, time.Second))
+	} else {
+		errs = append(errs, n.mb.stop())
+	}
+	n.srv.Stop()
+	n.tr.close()
+	if !clean {
+		n.stopLoops()
+	} else {
+		// Stop the loop, then write what is still dirty.
+		n.stopLoops()
+		errs = append(errs, n.persistBatch(n.takeDirtyStopped(), true))
+		errs = append(errs, n.db.MarkClean())
+	}
+	if n.ownDB {
+		errs = append(errs, n.db.Close())
+	}
+	n.log.Info("mesh node stopped", "clean", clean)
+	return errors.Join(errs...)
+}
+
+func (n *Node) stopLoops() {
+	select {
+	case <-n.stopc:
+		return
+	default:
+	}
+	close(n.stopc)
+	if n.mb != nil { // the loops were started
+		<-n.loopDone
+		<-n.persistDone
+		<-n.reconnectDone
+	}
+}
+
+// do runs fn on the loop goroutine and waits for it; it returns the
+// persist batch holding fn's changes.
+func (n *Node) do(ctx context.Context, fn func()) (uint64, error) {
+	o := &op{fn: fn, done: make(chan struct{})}
+	select {
+	case n.ops <- o:
+	case <-n.stopc:
+		return 0, ErrClosed
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	select {
+	case <-o.done:
+		return o.batch, nil
+	case <-n.stopc:
+		// The loop may have finished o before stopping.
+		select {
+		case <-o.done:
+			return o.batch, nil
+		default:
+			return 0, ErrClosed
+		}
+	}
+}
+
+// loop owns the engine.
+func (n *Node) loop() {
+	defer close(n.loopDone)
+	defer func() {
+		for _, ws := range n.watchers {
+			for _, w := range ws {
+				close(w.ch)
+			}
+		}
+		clear(n.watchers)
+	}()
+	tick := time.NewTicker(n.cfg.TickInterval)
+	defer tick.Stop()
+	n.push = time.NewTimer(time.Hour)
+	n.push.Stop()
+	defer n.push.Stop()
+	for {
+		select {
+		case <-n.stopc:
+			return
+		case o := <-n.ops:
+			o.fn()
+			n.drain()
+			// Whatever o saw is on disk once the open batch is (if it holds
+			// anything), else once the last batch cut is.
+			o.batch = n.batch
+			if len(n.dirty) == 0 {
+				o.batch--
+			}
+			close(o.done)
+		case in := <-n.recv:
+			n.step(in)
+			// Take what else has arrived before draining: one drain per
+			// burst.
+			for more := true; more; {
+				select {
+				case in := <-n.recv:
+					n.step(in)
+				default:
+					more = false
+				}
+			}
+			n.drain()
+		case <-n.mb.signal:
+			n.membershipChanged()
+			n.drain()
+		case <-tick.C:
+			n.eng.Tick()
+			n.drain()
+			n.met.bufferEntries.Set(float64(n.eng.Buffered()))
+			n.met.lagSeq.Set(float64(n.eng.Lag()))
+			n.met.keys.Set(float64(n.eng.Len()))
+			n.met.pendingPersist.Set(float64(len(n.dirty)))
+		case <-n.push.C:
+			n.pushArmed = false
+			n.eng.Flush()
+			n.drain()
+		}
+	}
+}
+
+func (n *Node) step(in inbound) {
+	from := string(in.msg.From)
+	n.met.received(from, in.size)
+	if err := n.eng.Step(in.msg); err != nil {
+		n.met.refused.WithLabelValues("step").Inc()
+		n.log.Warn("refused a peer message", "peer", from, "err", err)
+		return
+	}
+	if !n.peers[from] {
+		// The engine took the sender as a peer: it chose us as its
+		// neighbour.
+		n.peers[from] = true
+		if m, ok := n.members[from]; ok && !m.Alive {
+			n.eng.PeerDown(in.msg.From)
+		}
+	}
+}
+
+// drain hands the engine's output to the transport, marks changed keys
+// for the persister, notifies watchers and schedules an eager push.
+func (n *Node) drain() {
+	before := n.eng.Transfers()
+	rd := n.eng.Ready()
+	for _, m := range rd.Messages {
+		mem, ok := n.members[string(m.To)]
+		if !ok || !mem.Alive {
+			n.met.dropped.WithLabelValues("unknown-peer").Inc()
+			continue
+		}
+		if !n.tr.send(mem.Name, mem.PeerAddr, deltas.EncodeMessage(m)) {
+			n.met.dropped.WithLabelValues("queue-full").Inc()
+		}
+	}
+	if d := n.eng.Transfers() - before; d > 0 {
+		n.met.transfers.Add(float64(d))
+	}
+	if len(rd.Persist) == 0 {
+		return
+	}
+	for _, ks := range rd.Persist {
+		n.dirty[ks.Key] = struct{}{}
+		if ws := n.watchers[ks.Key]; len(ws) > 0 {
+			for _, w := range ws {
+				w.offer(ks.State.Clone())
+			}
+		}
+	}
+	if !n.pushArmed && n.push != nil {
+		n.push.Reset(n.cfg.PushDelay)
+		n.pushArmed = true
+	}
+	if n.cfg.Durability == Sync {
+		select {
+		case n.flushNow <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// membershipChanged applies memberlist's events to the member table, the
+// engine's peers and the neighbour set.
+func (n *Node) membershipChanged() {
+	for _, ev := range n.mb.take() {
+		m := ev.m
+		if m.Name == n.cfg.Name {
+			continue
+		}
+		id := deltas.PeerID(m.Name)
+		switch {
+		case ev.left:
+			n.log.Info("member left", "member", m.Name)
+			delete(n.members, m.Name)
+			delete(n.neighbours, m.Name)
+			if n.peers[m.Name] {
+				delete(n.peers, m.Name)
+				n.eng.RemovePeer(id)
+			}
+			n.tr.forget(m.Name)
+		default:
+			old, known := n.members[m.Name]
+			if !known || old.Alive != m.Alive {
+				n.log.Info("member state", "member", m.Name, "alive", m.Alive, "region", m.Region, "peer", m.PeerAddr)
+			}
+			mm := m
+			n.members[m.Name] = &mm
+			if n.peers[m.Name] {
+				if m.Alive {
+					n.eng.PeerUp(id)
+				} else {
+					n.eng.PeerDown(id)
+				}
+			}
+			if !m.Alive {
+				delete(n.neighbours, m.Name)
+			}
+		}
+	}
+	self := Member{Name: n.cfg.Name, Region: n.cfg.Region}
+	for _, name := range chooseNeighbours(self, n.members, n.neighbours, n.cfg.Neighbours, n.cfg.CrossRegion, n.rng) {
+		n.neighbours[name] = true
+		n.peers[name] = true
+		n.eng.PeerUp(deltas.PeerID(name))
+	}
+	alive, dead := 1, 0
+	for _, m := range n.members {
+		if m.Alive {
+			alive++
+		} else {
+			dead++
+		}
+	}
+	n.met.members.WithLabelValues("alive").Set(float64(alive))
+	n.met.members.WithLabelValues("dead").Set(float64(dead))
+}
+
+// chooseNeighbours tops up the neighbour set: up to k live members of
+// self's region and up to cross in other regions, chosen at random.
+// Existing neighbours stay (a changing overlay would cost full-state
+// transfers). Random k-out graphs with k >= 2 are connected with high
+// probability (Fenner and Frieze, 1982), and links are symmetric (a chosen
+// node takes the chooser as a peer when it first hears from it), so
+// deltas reach every node.
+func chooseNeighbours(self Member, members map[string]*Member, current map[string]bool, k, cross int, rng *rand.Rand) []string {
+	var haveIn, haveOut int
+	var candIn, candOut []string
+	for _, name := range slices.Sorted(maps.Keys(members)) {
+		m := members[name]
+		in := m.Region == self.Region
+		switch {
+		case current[name] && in:
+			haveIn++
+		case current[name]:
+			haveOut++
+		case !m.Alive:
+		case in:
+			candIn = append(candIn, name)
+		default:
+			candOut = append(candOut, name)
+		}
+	}
+	pick := func(cands []string, want int) []string {
+		rng.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
+		return cands[:max(0, min(want, len(cands)))]
+	}
+	out := pick(candIn, k-haveIn)
+	return append(out, pick(candOut, cross-haveOut)...)
+}
+
+// reconnector periodically rejoins members held dead (see
+// Config.ReconnectInterval).
+func (n *Node) reconnector() {
+	defer close(n.reconnectDone)
+	t := time.NewTicker(n.cfg.ReconnectInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stopc:
+			return
+		case <-t.C:
+		}
+		var addrs []string
+		if _, err := n.do(context.Background(), func() {
+			for _, m := range n.members {
+				if !m.Alive {
+					addrs = append(addrs, m.GossipAddr)
+				}
+			}
+		}); err != nil {
+			return
+		}
+		if len(addrs) > 0 {
+			if k, err := n.mb.ml.Join(addrs); k > 0 {
+				n.log.Debug("rejoined members held dead", "contacted", k, "of", len(addrs))
+			} else {
+				n.log.Debug("members held dead unreachable", "addrs", addrs, "err", err)
+			}
+		}
+	}
+}
+
+// persister writes dirty keys to the store: every FlushInterval in
+// write-behind mode; as soon as asked, with fsync, in sync mode (writes
+// that arrive while one batch is on its way to disk form the next batch:
+// group commit).
+func (n *Node) persister() {
+	defer close(n.persistDone)
+	var tick <-chan time.Time
+	if n.cfg.Durability == WriteBehind {
+		t := time.NewTicker(n.cfg.FlushInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-n.stopc:
+			return
+		case <-tick:
+		case <-n.flushNow:
+		}
+		b, err := n.takeDirty()
+		if err != nil {
+			return // closed
+		}
+		if err := n.persistBatch(b, n.cfg.Durability == Sync); err != nil {
+			n.log.Error("persisting CRDT state failed; will retry", "keys", len(b.puts), "err", err)
+		}
+	}
+}
+
+// persistBatch is a set of keys' encoded states, tagged with its id.
+type persistBatch struct {
+	id   uint64
+	puts []eventlog.Put
+}
+
+// takeDirty asks the loop for the dirty keys' current encodings and
+// starts a new batch.
+func (n *Node) takeDirty() (persistBatch, error) {
+	var b persistBatch
+	_, err := n.do(context.Background(), func() { b = n.cutBatch() })
+	return b, err
+}
+
+// takeDirtyStopped is takeDirty once the loop has stopped.
+func (n *Node) takeDirtyStopped() persistBatch { return n.cutBatch() }
+
+func (n *Node) cutBatch() persistBatch {
+	b := persistBatch{id: n.batch}
+	for _, k := range slices.Sorted(maps.Keys(n.dirty)) {
+		if enc := n.eng.Encoding(k); enc != nil {
+			b.puts = append(b.puts, eventlog.Put{Key: k, Value: enc})
+		}
+	}
+	clear(n.dirty)
+	n.batch++
+	return b
+}
+
+func (n *Node) persistBatch(b persistBatch, sync bool) error {
+	if len(b.puts) > 0 {
+		if err := n.db.CRDT().Apply(b.puts, nil, sync); err != nil {
+			n.dur.fail(b.id, err)
+			// Mark the keys dirty again so that a later batch retries.
+			_, _ = n.do(context.Background(), func() {
+				for _, p := range b.puts {
+					n.dirty[p.Key] = struct{}{}
+				}
+			})
+			return err
+		}
+	}
+	n.dur.advance(b.id)
+	return nil
+}
+
+// durable tracks which persist batches are on disk.
+type durable struct {
+	mu      sync.Mutex
+	done    uint64
+	lastErr error
+	failed  uint64
+	changed chan struct{} // closed and replaced on every change
+}
+
+func (d *durable) init() { d.changed = make(chan struct{}) }
+
+func (d *durable) advance(id uint64) {
+	d.mu.Lock()
+	d.done = max(d.done, id)
+	close(d.changed)
+	d.changed = make(chan struct{})
+	d.mu.Unlock()
+}
+
+func (d *durable) fail(id uint64, err error) {
+	d.mu.Lock()
+	d.failed, d.lastErr = id, err
+	close(d.changed)
+	d.changed = make(chan struct{})
+	d.mu.Unlock()
+}
+
+// wait blocks until batch id is on disk.
+func (d *durable) wait(ctx context.Context, id uint64, stop <-chan struct{}) error {
+	for {
+		d.mu.Lock()
+		done, failed, err, ch := d.done, d.failed, d.lastErr, d.changed
+		d.mu.Unlock()
+		switch {
+		case done >= id:
+			return nil
+		case failed >= id:
+			return fmt.Errorf("mesh: write not persisted: %w", err)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-stop:
+			return ErrClosed
+		}
+	}
+}

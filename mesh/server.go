@@ -1,0 +1,129 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/statemesh/statemesh/crdt"
+	"github.com/statemesh/statemesh/deltas"
+	"github.com/statemesh/statemesh/protocol/peerpb"
+)
+
+// peerServer serves the Peer service. Everything a peer sends is
+// untrusted: sizes are bounded, messages decoded with limits and checked
+// against the stream's declared sender; a bad frame ends the stream with
+// InvalidArgument and changes nothing.
+type peerServer struct {
+	peerpb.UnimplementedPeerServer
+	n *Node
+}
+
+func (s *peerServer) refuse(reason, peer string, err error) error {
+	s.n.met.refused.WithLabelValues(reason).Inc()
+	s.n.log.Warn("refused peer input", "reason", reason, "peer", peer, "err", err)
+	return status.Error(codes.InvalidArgument, err.Error())
+}
+
+func (s *peerServer) Sync(stream peerpb.Peer_SyncServer) error {
+	n := s.n
+	f, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := f.GetHello()
+	switch {
+	case hello == nil:
+		return s.refuse("no-hello", "", errors.New("mesh: a Sync stream must open with a Hello"))
+	case hello.ProtocolVersion != ProtocolVersion:
+		return s.refuse("version", hello.Node, fmt.Errorf("mesh: peer protocol version %d, this node speaks %d", hello.ProtocolVersion, ProtocolVersion))
+	case hello.Node == "" || hello.Node == n.cfg.Name:
+		return s.refuse("hello", hello.Node, fmt.Errorf("mesh: Hello from %q", hello.Node))
+	}
+	from := hello.Node
+	var buf []byte
+	for {
+		f, err := stream.Recv()
+		if err == io.EOF {
+			return stream.SendAndClose(&peerpb.SyncEnd{})
+		}
+		if err != nil {
+			return err
+		}
+		var last bool
+		var part []byte
+		switch fr := f.Frame.(type) {
+		case *peerpb.SyncFrame_Chunk:
+			part = fr.Chunk
+		case *peerpb.SyncFrame_LastChunk:
+			part, last = fr.LastChunk, true
+		default:
+			return s.refuse("frame", from, errors.New("mesh: unexpected frame in a Sync stream"))
+		}
+		if len(buf)+len(part) > n.cfg.Limits.MaxBytes {
+			return s.refuse("too-large", from, fmt.Errorf("mesh: message over %d bytes", n.cfg.Limits.MaxBytes))
+		}
+		buf = append(buf, part...)
+		if !last {
+			continue
+		}
+		m, err := deltas.DecodeMessage(buf, *n.cfg.Limits)
+		size := len(buf)
+		buf = nil // the decoded message may alias it
+		if err != nil {
+			return s.refuse("decode", from, err)
+		}
+		if string(m.From) != from {
+			return s.refuse("misaddressed", from, fmt.Errorf("mesh: message from %q on %s's stream", m.From, from))
+		}
+		m.To = deltas.PeerID(n.cfg.Name) // the wire form does not carry it
+		select {
+		case n.recv <- inbound{msg: m, size: size}:
+		case <-n.stopc:
+			return status.Error(codes.Unavailable, ErrClosed.Error())
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		}
+	}
+}
+
+func (s *peerServer) Write(ctx context.Context, req *peerpb.WriteRequest) (*peerpb.WriteResponse, error) {
+	n := s.n
+	k, err := parseKey(string(req.Key))
+	if err != nil {
+		return nil, s.refuse("write-key", req.From, err)
+	}
+	v, err := crdt.Decode(req.State, n.cfg.Limits.CRDT)
+	if err != nil {
+		return nil, s.refuse("write-decode", req.From, err)
+	}
+	var merr error
+	batch, err := n.do(ctx, func() { _, merr = n.eng.Merge(k.engineKey(), v) })
+	if err == nil && merr != nil {
+		return nil, s.refuse("write-type", req.From, merr)
+	}
+	if err == nil && n.cfg.Durability == Sync {
+		err = n.dur.wait(ctx, batch, n.stopc)
+	}
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return &peerpb.WriteResponse{}, nil
+}
+
+func (s *peerServer) Read(ctx context.Context, req *peerpb.ReadRequest) (*peerpb.ReadResponse, error) {
+	n := s.n
+	k, err := parseKey(string(req.Key))
+	if err != nil {
+		return nil, s.refuse("read-key", req.From, err)
+	}
+	var enc []byte
+	if _, err := n.do(ctx, func() { enc = n.eng.Encoding(k.engineKey()) }); err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return &peerpb.ReadResponse{Found: enc != nil, State: enc}, nil
+}

@@ -1,0 +1,296 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/statemesh/statemesh/crdt"
+	"github.com/statemesh/statemesh/protocol/peerpb"
+)
+
+// Consistency says how many replicas a write or read involves.
+type Consistency uint8
+
+const (
+	// Local: this replica only. A write is acknowledged once applied here
+	// (and on disk in Sync durability); a read returns this replica's
+	// state.
+	Local Consistency = iota
+	// Majority: a write is acknowledged once ⌊N/2⌋+1 replicas hold it
+	// (this one included); a read merges the states of ⌊N/2⌋+1 replicas.
+	// N counts every member not known to have left, dead ones included:
+	// a minority side of a partition cannot reach a majority.
+	Majority
+	// All: every member's replica.
+	All
+)
+
+func (c Consistency) String() string {
+	switch c {
+	case Majority:
+		return "MAJORITY"
+	case All:
+		return "ALL"
+	}
+	return "LOCAL"
+}
+
+// ParseConsistency reads LOCAL, MAJORITY or ALL (any case).
+func ParseConsistency(s string) (Consistency, error) {
+	switch strings.ToUpper(s) {
+	case "LOCAL", "":
+		return Local, nil
+	case "MAJORITY":
+		return Majority, nil
+	case "ALL":
+		return All, nil
+	}
+	return 0, fmt.Errorf("mesh: unknown consistency %q (LOCAL, MAJORITY or ALL)", s)
+}
+
+// Options qualify one write or read.
+type Options struct {
+	Consistency Consistency
+	// Timeout bounds the wait for other replicas; default
+	// Config.WriteTimeout. A deadline on the context also bounds it.
+	Timeout time.Duration
+}
+
+// Mutator changes a CRDT through its delta mutators and returns the delta.
+// It runs on the node's loop goroutine: it must be quick, must not keep v,
+// and must not call the Node. If it fails, it must fail before mutating.
+type Mutator func(v crdt.Value) (delta crdt.Value, err error)
+
+// Update applies fn to key's CRDT of type t (created empty if absent) and
+// returns a copy of the new state. The write is acknowledged according to
+// o.Consistency:
+//   - ErrUnavailable: too few replicas are reachable; nothing was applied.
+//   - ErrTimeout: applied here, not acknowledged by enough replicas in
+//     time; the write stays and spreads by anti-entropy as usual.
+func (n *Node) Update(ctx context.Context, k Key, t crdt.Type, fn Mutator, o Options) (crdt.Value, error) {
+	if err := k.Validate(); err != nil {
+		return nil, err
+	}
+	key := k.engineKey()
+	var (
+		state   crdt.Value
+		delta   []byte
+		targets []Member
+		need    int
+		uerr    error
+	)
+	batch, err := n.do(ctx, func() {
+		targets, need = n.replicasFor(o.Consistency)
+		if len(targets) < need {
+			uerr = fmt.Errorf("%w: %s needs %d other replicas, %d reachable", ErrUnavailable, o.Consistency, need, len(targets))
+			return
+		}
+		d, err := n.eng.Update(key, t, func(v crdt.Value) (crdt.Value, error) { return fn(v) })
+		if err != nil {
+			uerr = err
+			return
+		}
+		if need > 0 {
+			delta = crdt.Encode(d)
+		}
+		state = n.eng.Get(key)
+	})
+	if err == nil {
+		err = uerr
+	}
+	if err == nil && n.cfg.Durability == Sync {
+		err = n.dur.wait(ctx, batch, n.stopc)
+	}
+	if err == nil && need > 0 {
+		err = n.replicate(ctx, targets, need, o, func(ctx context.Context, m Member) error {
+			return n.tr.write(ctx, m, &peerpb.WriteRequest{From: n.cfg.Name, Key: []byte(key), State: delta})
+		})
+	}
+	n.met.writes.WithLabelValues(o.Consistency.String(), resultLabel(err)).Inc()
+	if err != nil && state == nil {
+		return nil, err
+	}
+	return state, err
+}
+
+// Get returns a copy of key's state, or nil if no replica asked holds it.
+// With MAJORITY or ALL it first merges the states of that many replicas
+// into this one.
+func (n *Node) Get(ctx context.Context, k Key, o Options) (crdt.Value, error) {
+	if err := k.Validate(); err != nil {
+		return nil, err
+	}
+	key := k.engineKey()
+	var (
+		targets []Member
+		need    int
+	)
+	if _, err := n.do(ctx, func() { targets, need = n.replicasFor(o.Consistency) }); err != nil {
+		return nil, err
+	}
+	if len(targets) < need {
+		return nil, fmt.Errorf("%w: %s needs %d other replicas, %d reachable", ErrUnavailable, o.Consistency, need, len(targets))
+	}
+	if need > 0 {
+		err := n.replicate(ctx, targets, need, o, func(ctx context.Context, m Member) error {
+			resp, err := n.tr.read(ctx, m, &peerpb.ReadRequest{From: n.cfg.Name, Key: []byte(key)})
+			if err != nil || !resp.Found {
+				return err
+			}
+			v, err := crdt.Decode(resp.State, n.cfg.Limits.CRDT)
+			if err != nil {
+				n.met.refused.WithLabelValues("read-reply").Inc()
+				return fmt.Errorf("mesh: read reply from %s: %w", m.Name, err)
+			}
+			var merr error
+			if _, err := n.do(ctx, func() { _, merr = n.eng.Merge(key, v) }); err != nil {
+				return err
+			}
+			return merr
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	var v crdt.Value
+	_, err := n.do(ctx, func() { v = n.eng.Get(key) })
+	return v, err
+}
+
+// Keys lists the keys this replica holds.
+func (n *Node) Keys(ctx context.Context) ([]Key, error) {
+	var names []string
+	if _, err := n.do(ctx, func() { names = n.eng.Keys() }); err != nil {
+		return nil, err
+	}
+	out := make([]Key, 0, len(names))
+	for _, s := range names {
+		if k, err := parseKey(s); err == nil {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+// Members lists the other members this node knows, dead ones included.
+func (n *Node) Members(ctx context.Context) ([]Member, error) {
+	var out []Member
+	_, err := n.do(ctx, func() {
+		for _, m := range n.members {
+			out = append(out, *m)
+		}
+	})
+	return out, err
+}
+
+// replicasFor returns the reachable other members a consistency level may
+// ask, and how many of them must answer. Runs on the loop.
+func (n *Node) replicasFor(c Consistency) ([]Member, int) {
+	if c == Local {
+		return nil, 0
+	}
+	var alive []Member
+	for _, m := range n.members {
+		if m.Alive {
+			alive = append(alive, *m)
+		}
+	}
+	total := len(n.members) + 1
+	if c == All {
+		return alive, total - 1
+	}
+	return alive, total/2 + 1 - 1
+}
+
+// replicate calls call on every target at once and returns when need of
+// them succeeded, or fails with ErrTimeout when that became impossible in
+// time.
+func (n *Node) replicate(ctx context.Context, targets []Member, need int, o Options, call func(context.Context, Member) error) error {
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = n.cfg.WriteTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	results := make(chan error, len(targets))
+	for _, m := range targets {
+		go func() { results <- call(ctx, m) }()
+	}
+	ok, failed := 0, 0
+	var last error
+	for ok < need {
+		select {
+		case err := <-results:
+			if err == nil {
+				ok++
+				continue
+			}
+			failed++
+			last = err
+			if len(targets)-failed < need {
+				return fmt.Errorf("%w: %d of %d replicas acknowledged: %w", ErrTimeout, ok, need, last)
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %d of %d replicas acknowledged after %s", ErrTimeout, ok, need, timeout)
+		}
+	}
+	return nil
+}
+
+func resultLabel(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, ErrTimeout):
+		return "timeout"
+	case errors.Is(err, ErrUnavailable):
+		return "unavailable"
+	}
+	return "error"
+}
+
+// Watch returns a channel that receives key's state after each change
+// (the latest only: a slow reader skips intermediate states), and a
+// function that ends the watch. The channel is closed when the watch ends
+// or the node stops.
+func (n *Node) Watch(ctx context.Context, k Key) (<-chan crdt.Value, func(), error) {
+	if err := k.Validate(); err != nil {
+		return nil, nil, err
+	}
+	key := k.engineKey()
+	w := &watcher{ch: make(chan crdt.Value, 1)}
+	if _, err := n.do(ctx, func() { n.watchers[key] = append(n.watchers[key], w) }); err != nil {
+		return nil, nil, err
+	}
+	cancel := func() {
+		_, _ = n.do(context.Background(), func() {
+			ws := n.watchers[key]
+			for i, x := range ws {
+				if x == w {
+					n.watchers[key] = append(ws[:i:i], ws[i+1:]...)
+					close(w.ch)
+					break
+				}
+			}
+			if len(n.watchers[key]) == 0 {
+				delete(n.watchers, key)
+			}
+		})
+	}
+	return w.ch, cancel, nil
+}
+
+// watcher receives a key's states; only the loop sends to and closes ch.
+type watcher struct{ ch chan crdt.Value }
+
+// offer replaces any state the reader has not taken yet.
+func (w *watcher) offer(v crdt.Value) {
+	select {
+	case <-w.ch:
+	default:
+	}
+	w.ch <- v
+}
