@@ -12,6 +12,7 @@ import (
 
 	"github.com/statemesh/statemesh/deltas"
 	"github.com/statemesh/statemesh/eventlog"
+	"github.com/statemesh/statemesh/internal/hlc"
 	"github.com/statemesh/statemesh/internal/netfault"
 )
 
@@ -145,6 +146,10 @@ type Config struct {
 	// SecretKey, if set (16, 24 or 32 bytes), encrypts gossip (AES-GCM).
 	SecretKey []byte
 
+	// PhysicalClock feeds the node's hybrid logical clock (LWW register
+	// timestamps). Default hlc.SystemClock; the clock-skew fault wraps it.
+	PhysicalClock hlc.PhysicalClock
+
 	// Faults, if set, is the test seam: every message the node sends
 	// (gossip and peer traffic) is subject to it.
 	Faults *netfault.Faults
@@ -195,6 +200,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.PhysicalClock == nil {
+		c.PhysicalClock = hlc.SystemClock
 	}
 	return c
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/statemesh/statemesh/crdt"
 	"github.com/statemesh/statemesh/deltas"
 	"github.com/statemesh/statemesh/eventlog"
+	"github.com/statemesh/statemesh/internal/hlc"
 	"github.com/statemesh/statemesh/protocol/peerpb"
 )
 
@@ -46,6 +47,7 @@ type Node struct {
 	cfg     Config
 	log     *slog.Logger
 	replica crdt.ReplicaID
+	clock   *hlc.Clock
 	ident   eventlog.Identity
 	db      *eventlog.DB
 	ownDB   bool
@@ -105,6 +107,7 @@ func Start(cfg Config) (*Node, error) {
 		members: map[string]*Member{}, neighbours: map[string]bool{}, peers: map[string]bool{},
 		watchers: map[string][]*watcher{}, dirty: map[string]struct{}{}, batch: 1}
 	n.dur.init()
+	n.clock = hlc.New(cfg.PhysicalClock)
 	r := cfg.Registerer
 	if r == nil {
 		n.reg = prometheus.NewRegistry()
@@ -222,6 +225,12 @@ func (n *Node) abort() {
 
 // Replica is the id this node's writes are tagged with.
 func (n *Node) Replica() crdt.ReplicaID { return n.replica }
+
+// Clock is the node's hybrid logical clock, for LWW register writes.
+func (n *Node) Clock() *hlc.Clock { return n.clock }
+
+// Region is the node's region.
+func (n *Node) Region() string { return n.cfg.Region }
 
 // Name is the node's name.
 func (n *Node) Name() string { return n.cfg.Name }

@@ -1,9 +1,11 @@
 // Command statemesh is the single statemesh binary. Subcommands:
 //
-//	statemesh bench sync [flags]   the delta-sync benchmark (Enes et al.)
+//	statemesh node [flags]         run a mesh node
+//	statemesh ctl [flags] CMD      talk to a node's admin service
+//	statemesh bench NAME [flags]   benchmarks (sync, convergence, mesh)
 //	statemesh version
 //
-// The node, demo, ctl and jepsen subcommands arrive with their issues.
+// The demo and jepsen subcommands arrive with their issues.
 package main
 
 import (
@@ -22,6 +24,8 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, `usage: statemesh <command> [flags]
 
 commands:
+  node         run a mesh node; --help for flags
+  ctl          talk to a node's admin service (members, keys, get, update)
   bench sync   run the delta-sync benchmark; --help for flags
   version      print the version`)
 }
@@ -32,6 +36,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch args[0] {
+	case "node":
+		return runNode(args[1:], stdout, stderr)
+	case "ctl":
+		return runCtl(args[1:], stdout, stderr)
 	case "bench":
 		if len(args) < 2 {
 			fmt.Fprintln(stderr, "usage: statemesh bench <name> [flags]; benchmarks: sync")

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/statemesh/statemesh/protocol/adminpb"
+)
+
+const ctlUsage = `usage: statemesh ctl [--addr HOST:PORT] <command>
+
+commands:
+  members                              list the members the node knows
+  keys                                 list the CRDT keys the node holds
+  get SERVICE ID [--consistency C]     read a key (LOCAL, MAJORITY or ALL)
+  update SERVICE ID --type T --op OP [--arg A] [--consistency C] [--timeout D]
+                                       apply a test update; T: gcounter,
+                                       pncounter, gset, orset, flag, ewflag,
+                                       lwwregister; OP: increment, decrement,
+                                       add, remove, enable, disable, set`
+
+// runCtl runs `statemesh ctl`, a client of a node's admin service.
+func runCtl(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("statemesh ctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintln(stderr, ctlUsage) }
+	addr := fs.String("addr", "127.0.0.1:7948", "the node's admin address")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, ctlUsage)
+		return 2
+	}
+	cc, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Fprintf(stderr, "statemesh ctl: %v\n", err)
+		return 1
+	}
+	defer cc.Close()
+	c := adminpb.NewAdminClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "statemesh ctl: %v\n", err)
+		return 1
+	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	switch cmd {
+	case "members":
+		r, err := c.Members(ctx, &adminpb.MembersRequest{})
+		if err != nil {
+			return fail(err)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tSTATE\tREGION\tGOSSIP\tPEER\tINCARNATION")
+		for _, m := range r.Members {
+			state := "alive"
+			if !m.Alive {
+				state = "dead"
+			}
+			if m.Self {
+				state += " (self)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", m.Name, state, m.Region, m.GossipAddr, m.PeerAddr, m.Incarnation)
+		}
+		_ = tw.Flush()
+		return 0
+	case "keys":
+		r, err := c.Keys(ctx, &adminpb.KeysRequest{})
+		if err != nil {
+			return fail(err)
+		}
+		for _, k := range r.Keys {
+			fmt.Fprintf(stdout, "%s\t%s\n", k.Service, k.Id)
+		}
+		return 0
+	case "get", "update":
+		if len(rest) < 2 {
+			fmt.Fprintln(stderr, ctlUsage)
+			return 2
+		}
+		key := &adminpb.Key{Service: rest[0], Id: rest[1]}
+		sub := flag.NewFlagSet("statemesh ctl "+cmd, flag.ContinueOnError)
+		sub.SetOutput(stderr)
+		consistency := sub.String("consistency", "LOCAL", "LOCAL, MAJORITY or ALL")
+		typ := sub.String("type", "", "CRDT type (update)")
+		op := sub.String("op", "", "operation (update)")
+		arg := sub.String("arg", "", "amount, element or value (update)")
+		timeout := sub.Duration("timeout", 0, "wait for other replicas at most this long (update; 0: the node's default)")
+		if err := sub.Parse(rest[2:]); err != nil {
+			return 2
+		}
+		if cmd == "get" {
+			r, err := c.Get(ctx, &adminpb.GetRequest{Key: key, Consistency: *consistency})
+			if err != nil {
+				return fail(err)
+			}
+			if !r.Found {
+				fmt.Fprintln(stdout, "(not found)")
+				return 0
+			}
+			fmt.Fprintf(stdout, "%s %s\n", r.Type, r.Value)
+			return 0
+		}
+		r, err := c.Update(ctx, &adminpb.UpdateRequest{Key: key, Type: *typ, Op: *op, Arg: *arg,
+			Consistency: *consistency, TimeoutMs: uint32(timeout.Milliseconds())})
+		if err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "%s %s\n", r.Type, r.Value)
+		return 0
+	}
+	fmt.Fprintf(stderr, "statemesh ctl: unknown command %q\n", cmd)
+	fmt.Fprintln(stderr, ctlUsage)
+	return 2
+}

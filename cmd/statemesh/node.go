@@ -1,0 +1,126 @@
+package main
+
+import (
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/statemesh/statemesh/mesh"
+	"github.com/statemesh/statemesh/node"
+)
+
+// runNode runs `statemesh node` until SIGINT or SIGTERM, then leaves the
+// mesh cleanly.
+func runNode(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("statemesh node", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	name := fs.String("name", "", "node name, unique and stable across restarts (required)")
+	bind := fs.String("bind", "127.0.0.1:7946", "gossip (memberlist) address host:port")
+	peer := fs.String("peer", "", "peer gRPC address (default: bind port + 1)")
+	admin := fs.String("admin", "", "admin gRPC address for statemesh ctl (default: bind port + 2; \"off\" to disable)")
+	httpAddr := fs.String("http", "", "HTTP address for /metrics and /healthz (default: bind port + 3; \"off\" to disable)")
+	join := fs.String("join", "", "comma-separated gossip addresses of existing members")
+	region := fs.String("region", "default", "region of the node")
+	zone := fs.String("zone", "", "zone of the node")
+	dataDir := fs.String("data-dir", "", "data directory (empty: in memory, nothing survives a restart)")
+	durability := fs.String("durability", "write-behind", "write-behind or sync (acknowledge local writes after fsync)")
+	preset := fs.String("preset", "lan", "timing preset: lan, wan or local")
+	gossipKey := fs.String("gossip-key", "", "hex-encoded 16, 24 or 32-byte key that encrypts gossip (AES-GCM); every member needs the same")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "statemesh node: "+format+"\n", a...)
+		return 2
+	}
+	if *name == "" {
+		return fail("--name is required")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fail("--log-level: %v", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg := mesh.Config{Name: *name, Region: *region, Zone: *zone, GossipAddr: *bind, DataDir: *dataDir}
+	var err error
+	if cfg.PeerAddr, err = addrOrOffset(*peer, *bind, 1); err != nil {
+		return fail("--peer: %v", err)
+	}
+	if cfg.Durability, err = mesh.ParseDurability(*durability); err != nil {
+		return fail("%v", err)
+	}
+	switch strings.ToLower(*preset) {
+	case "lan":
+		cfg.Preset = mesh.PresetLAN
+	case "wan":
+		cfg.Preset = mesh.PresetWAN
+	case "local":
+		cfg.Preset = mesh.PresetLocal
+	default:
+		return fail("--preset %q: lan, wan or local", *preset)
+	}
+	if *join != "" {
+		cfg.Join = strings.Split(*join, ",")
+	}
+	if *gossipKey != "" {
+		if cfg.SecretKey, err = hex.DecodeString(*gossipKey); err != nil {
+			return fail("--gossip-key: %v", err)
+		}
+	}
+	nc := node.Config{Mesh: cfg, Logger: log}
+	if nc.AdminAddr, err = addrOrOffset(*admin, *bind, 2); err != nil {
+		return fail("--admin: %v", err)
+	}
+	if nc.HTTPAddr, err = addrOrOffset(*httpAddr, *bind, 3); err != nil {
+		return fail("--http: %v", err)
+	}
+	if *dataDir == "" {
+		log.Warn("no --data-dir: state is kept in memory only")
+	}
+	n, err := node.Start(nc)
+	if err != nil {
+		fmt.Fprintf(stderr, "statemesh node: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "statemesh node %s ready: gossip %s, peer %s, admin %s, http %s, replica %s\n",
+		*name, n.Mesh.GossipAddr(), n.Mesh.PeerAddr(), n.AdminAddr(), n.HTTPAddr(), n.Mesh.Replica())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	s := <-sig
+	log.Info("stopping", "signal", s.String())
+	if err := n.Close(); err != nil {
+		fmt.Fprintf(stderr, "statemesh node: stop: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// addrOrOffset returns addr, or base's host with base's port + off when
+// addr is empty; "off" returns "".
+func addrOrOffset(addr, base string, off int) (string, error) {
+	switch addr {
+	case "off":
+		return "", nil
+	case "":
+	default:
+		return addr, nil
+	}
+	host, port, err := net.SplitHostPort(base)
+	if err != nil {
+		return "", err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p == 0 {
+		return net.JoinHostPort(host, "0"), nil
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+off)), nil
+}

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/statemesh/statemesh/crdt"
+	"github.com/statemesh/statemesh/protocol/adminpb"
+)
+
+// binary is the statemesh binary built once for the process tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "statemesh-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "statemesh")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building statemesh: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freePort returns a loopback address with a port free right now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// proc is one `statemesh node` process.
+type proc struct {
+	name, bind, peer, admin, dir string
+	cmd                          *exec.Cmd
+	log                          *os.File
+	client                       adminpb.AdminClient
+	conn                         *grpc.ClientConn
+}
+
+func (p *proc) start(t *testing.T, join []string) {
+	t.Helper()
+	args := []string{"node", "--name", p.name, "--bind", p.bind, "--peer", p.peer, "--admin", p.admin,
+		"--http", "off", "--data-dir", p.dir, "--durability", "sync", "--preset", "local"}
+	if len(join) > 0 {
+		args = append(args, "--join", strings.Join(join, ","))
+	}
+	p.cmd = exec.Command(binary, args...)
+	p.cmd.Stderr = p.log
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "ready") {
+				ready <- true
+			}
+		}
+		ready <- false
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatalf("%s exited before it was ready; see %s", p.name, p.log.Name())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s not ready after 20 s", p.name)
+	}
+	if p.conn == nil {
+		cc, err := grpc.NewClient(p.admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.conn, p.client = cc, adminpb.NewAdminClient(cc)
+	}
+}
+
+func (p *proc) kill9() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	_ = p.cmd.Wait()
+}
+
+func (p *proc) stop() {
+	if p.cmd != nil && p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			p.kill9()
+		}
+	}
+	if p.conn != nil {
+		p.conn.Close()
+	}
+}
+
+// TestKill9LosesNoAcknowledgedSyncWrite runs three real node processes in
+// sync durability, writes to all of them, kills one with SIGKILL in the
+// middle of the writes and restarts it from its data dir: every
+// acknowledged write must be on every node in the end.
+func TestKill9LosesNoAcknowledgedSyncWrite(t *testing.T) {
+	dir := t.TempDir()
+	var procs []*proc
+	for i := range 3 {
+		name := fmt.Sprintf("p%d", i+1)
+		lf, err := os.Create(filepath.Join(dir, name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lf.Close()
+		p := &proc{name: name, bind: freePort(t), peer: freePort(t), admin: freePort(t), dir: filepath.Join(dir, name), log: lf}
+		procs = append(procs, p)
+		defer p.stop()
+	}
+	for i, p := range procs {
+		var join []string
+		for _, q := range procs[:i] {
+			join = append(join, q.bind)
+		}
+		p.start(t, join)
+	}
+	setKey := &adminpb.Key{Service: "test.Set", Id: "s"}
+
+	// Writers: each adds unique elements through one node's admin
+	// service (LOCAL, sync durability: acknowledged after fsync there).
+	var (
+		mu    sync.Mutex
+		acked []string
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				el := fmt.Sprintf("%s-%d", p.name, i)
+				cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+				_, err := p.client.Update(cctx, &adminpb.UpdateRequest{Key: setKey, Type: "orset", Op: "add", Arg: el})
+				ccancel()
+				if err == nil {
+					mu.Lock()
+					acked = append(acked, el)
+					mu.Unlock()
+				} else {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	countAcked := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	waitAcked := func(n int) {
+		deadline := time.Now().Add(20 * time.Second)
+		for countAcked() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d writes acknowledged", countAcked())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitAcked(60)
+	victim := procs[1]
+	victim.kill9()
+	before := countAcked()
+	waitAcked(before + 30) // the others go on
+	victim.start(t, []string{procs[0].bind, procs[2].bind})
+	waitAcked(countAcked() + 60)
+	cancel()
+	wg.Wait()
+
+	mu.Lock()
+	want := append([]string(nil), acked...)
+	mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, p := range procs {
+		for {
+			missing, err := missingElements(p, setKey, want)
+			if err == nil && len(missing) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s lacks %d of %d acknowledged elements (err %v), e.g. %v", p.name, len(missing), len(want), err, missing[:min(5, len(missing))])
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	t.Logf("%d acknowledged writes, all present on all 3 nodes after a kill -9 and restart", len(want))
+}
+
+func missingElements(p *proc, k *adminpb.Key, want []string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r, err := p.client.Get(ctx, &adminpb.GetRequest{Key: k})
+	if err != nil {
+		return want, err
+	}
+	if !r.Found {
+		return want, nil
+	}
+	v, err := crdt.Decode(r.State, crdt.DefaultLimits)
+	if err != nil {
+		return want, err
+	}
+	s, ok := v.(*crdt.ORSet)
+	if !ok {
+		return want, fmt.Errorf("%s holds a %s", p.name, v.Type())
+	}
+	var missing []string
+	for _, el := range want {
+		if !s.Contains([]byte(el)) {
+			missing = append(missing, el)
+		}
+	}
+	return missing, nil
+}

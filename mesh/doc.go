@@ -1,0 +1,61 @@
+// Package mesh is statemesh's replicated CRDT store: membership over
+// memberlist (SWIM with Lifeguard), the Peer gRPC service between nodes,
+// and the goroutine that drives the deltas engine against real networks
+// and a real disk.
+//
+// # Keys and values
+//
+// A key is (service, entity id) and holds one CRDT type for its life;
+// writing it as another type fails with ErrTypeMismatch, on the writer and
+// on every peer (a peer that sends a conflicting type is refused and
+// logged, and nothing changes).
+//
+// # Dissemination
+//
+// Every node keeps a few anti-entropy neighbours: Config.Neighbours random
+// members of its own region and Config.CrossRegion in others, topped up
+// when members die or leave. A node that is chosen takes the chooser as a
+// peer too, so the overlay is symmetric and, as a random k-out graph with
+// k >= 2, connected with high probability. Fresh deltas (local writes and
+// received inflations) are pushed to the neighbours at most PushDelay
+// after they appear (eager push), so a write crosses the mesh at network
+// speed; every TickInterval the engine acknowledges, retransmits what was
+// lost, evicts silent peers and runs digest-driven full-state transfers
+// for new, restarted and long-absent peers (see package deltas).
+//
+// # Consistency
+//
+// Update and Get take a Consistency:
+//
+//   - LOCAL: this replica only.
+//   - MAJORITY: ⌊N/2⌋+1 replicas, this one included. N counts every
+//     member not known to have left, dead ones included, so the minority
+//     side of a partition cannot form a majority.
+//   - ALL: every member.
+//
+// A MAJORITY or ALL write is applied locally, then sent directly to the
+// other reachable members (Peer.Write), and acknowledged when enough of
+// them merged it (and, in sync durability, wrote it to disk). If fewer
+// members are reachable than needed, it fails with ErrUnavailable and is
+// not applied anywhere. If they are reachable but do not all answer in
+// time, it fails with ErrTimeout: the write is applied locally and keeps
+// spreading by anti-entropy; it is never rolled back. A MAJORITY or ALL
+// read merges the states of that many replicas into the local one first.
+//
+// # Durability
+//
+// CRDT state and the node identity live in the node's eventlog database.
+// In WriteBehind mode (the default) changed keys are written every
+// FlushInterval; in Sync mode a write is acknowledged only after an fsync
+// that it shares with the writes around it (group commit). A node that
+// did not stop cleanly restarts with a new replica incarnation, because it
+// may have handed out dots it never persisted; a node that lost its data
+// directory also gets a new incarnation and its state back from its peers.
+//
+// # Faults
+//
+// With Config.Faults set, everything the node sends (memberlist packets
+// and dials, Sync streams, Write and Read calls) passes through the
+// internal/netfault seam, so tests can cut, drop, delay and duplicate
+// traffic between chosen nodes.
+package mesh
