@@ -117,6 +117,8 @@ func (c Config) Validate() error {
 var (
 	ErrTypeMismatch = errors.New("deltas: key holds another CRDT type")
 	ErrBadMessage   = errors.New("deltas: invalid message")
+	// ErrDeleted: the key was deleted and cannot be written again.
+	ErrDeleted = errors.New("deltas: key deleted")
 )
 
 type phase uint8
@@ -164,6 +166,10 @@ type entry struct {
 type Engine struct {
 	cfg   Config
 	state map[string]crdt.Value
+	// tomb holds the deleted keys. A deletion is a key-level top element:
+	// it absorbs every state of the key (as Akka Distributed Data's
+	// DeletedData). Tombstones are kept for good.
+	tomb map[string]struct{}
 	// Caches of each key's wire form and digest, dropped when the key
 	// changes. State-based sync and full-state transfers send one state to
 	// several peers; digests hash the encoding.
@@ -193,6 +199,7 @@ func New(cfg Config) (*Engine, error) {
 	return &Engine{
 		cfg:    cfg.withDefaults(),
 		state:  map[string]crdt.Value{},
+		tomb:   map[string]struct{}{},
 		enc:    map[string][]byte{},
 		hash:   map[string]uint64{},
 		covers: true,
@@ -225,6 +232,33 @@ func (e *Engine) Restore(key string, v crdt.Value) {
 	}
 }
 
+// RestoreDeleted installs a persisted deletion of key, as Restore does
+// for a state.
+func (e *Engine) RestoreDeleted(key string) {
+	delete(e.state, key)
+	e.tomb[key] = struct{}{}
+	delete(e.hash, key)
+	delete(e.enc, key)
+	e.covers = false
+	if e.seq == 0 {
+		e.seq, e.bufStart = 1, 1
+	}
+	for _, pr := range e.peers {
+		pr.phase, pr.heard = phaseEvicted, true
+	}
+}
+
+// Delete deletes key: its state is dropped, the deletion spreads to every
+// peer and wins there over any state of the key, and the key can never be
+// written again (Update fails with ErrDeleted). It reports whether the key
+// was not deleted before. Deleting a key that never existed works too.
+func (e *Engine) Delete(key string) bool {
+	return e.receiveKS("", KeyState{Key: key, Deleted: true})
+}
+
+// Deleted reports whether key was deleted.
+func (e *Engine) Deleted(key string) bool { _, ok := e.tomb[key]; return ok }
+
 // Get returns a copy of key's state, or nil.
 func (e *Engine) Get(key string) crdt.Value {
 	if v, ok := e.state[key]; ok {
@@ -233,14 +267,37 @@ func (e *Engine) Get(key string) crdt.Value {
 	return nil
 }
 
-// Keys returns the keys in order.
+// Keys returns the keys in order (deleted keys excluded).
 func (e *Engine) Keys() []string { return slices.Sorted(maps.Keys(e.state)) }
+
+// allKeys returns the keys and the deleted keys, in order: what digests
+// and state-based sync cover.
+func (e *Engine) allKeys() []string {
+	if len(e.tomb) == 0 {
+		return e.Keys()
+	}
+	return slices.Sorted(func(yield func(string) bool) {
+		for k := range e.state {
+			if !yield(k) {
+				return
+			}
+		}
+		for k := range e.tomb {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+}
 
 // Update applies a local mutation to key, creating it as bottom of type t
 // if absent. fn receives the live value (which it must not keep), calls
 // its mutators and returns their delta; if it fails, it must fail before
 // mutating. The delta is buffered for the peers and returned.
 func (e *Engine) Update(key string, t crdt.Type, fn func(v crdt.Value) (crdt.Value, error)) (crdt.Value, error) {
+	if e.Deleted(key) {
+		return nil, fmt.Errorf("%w: %q", ErrDeleted, key)
+	}
 	v, ok := e.state[key]
 	if !ok {
 		nv, err := crdt.New(t)
@@ -313,9 +370,21 @@ func (e *Engine) PeerDown(p PeerID) {
 // RemovePeer forgets p for good (it left the mesh).
 func (e *Engine) RemovePeer(p PeerID) { delete(e.peers, p) }
 
-// receive joins a state or delta from peer p into key's state, buffering
-// what inflated it, and reports whether the state grew.
-func (e *Engine) receive(p PeerID, key string, d crdt.Value) bool {
+// receiveKS joins a state, delta or deletion from peer p into key's state,
+// buffering what inflated it, and reports whether the state grew.
+func (e *Engine) receiveKS(p PeerID, ks KeyState) bool {
+	key := ks.Key
+	if e.Deleted(key) {
+		return false // the deletion absorbs everything
+	}
+	if ks.Deleted {
+		delete(e.state, key)
+		e.tomb[key] = struct{}{}
+		e.changed(key)
+		e.buffer(key, nil, p)
+		return true
+	}
+	d := ks.State
 	x, ok := e.state[key]
 	if !ok {
 		x, _ = crdt.New(d.Type()) // d.Type() is valid: it was decoded or built by crdt
@@ -348,6 +417,9 @@ func (e *Engine) receive(p PeerID, key string, d crdt.Value) bool {
 func (e *Engine) checkTypes(ks []KeyState) error {
 	var fresh map[string]crdt.Type // types of keys new to the engine
 	for _, k := range ks {
+		if k.Deleted || e.Deleted(k.Key) {
+			continue // a deletion fits any key, and absorbs any state
+		}
 		if k.State == nil {
 			return fmt.Errorf("%w: key %q without a state", ErrBadMessage, k.Key)
 		}
@@ -422,7 +494,7 @@ func (e *Engine) Step(m Message) error {
 	switch b := m.Body.(type) {
 	case *Deltas:
 		for _, k := range b.Deltas {
-			e.receive(m.From, k.Key, k.State)
+			e.receiveKS(m.From, k)
 		}
 		if b.FromSeq <= pr.received && b.ToSeq > pr.received {
 			pr.received = b.ToSeq
@@ -430,7 +502,7 @@ func (e *Engine) Step(m Message) error {
 		pr.ackOwed = true
 	case *States:
 		for _, k := range b.States {
-			e.receive(m.From, k.Key, k.State)
+			e.receiveKS(m.From, k)
 		}
 		if b.Seq > 0 {
 			pr.received = max(pr.received, b.Seq)
@@ -440,7 +512,7 @@ func (e *Engine) Step(m Message) error {
 		e.answerDigest(pr, m.From, b)
 	case *DigestReply:
 		for _, k := range b.States {
-			e.receive(m.From, k.Key, k.State)
+			e.receiveKS(m.From, k)
 		}
 		// A reply to an earlier digest (one that timed out) does not say
 		// what the peer lacks relative to the current one.
@@ -467,6 +539,9 @@ func (e *Engine) ack(pr *peer, n uint64) {
 
 // Digest returns a hash of key's encoded state (0 if absent).
 func (e *Engine) Digest(key string) uint64 {
+	if e.Deleted(key) {
+		return tombHash
+	}
 	if h, ok := e.hash[key]; ok {
 		return h
 	}
@@ -479,6 +554,10 @@ func (e *Engine) Digest(key string) uint64 {
 	e.hash[key] = h
 	return h
 }
+
+// tombHash is the digest of a deleted key (the first 8 bytes of
+// SHA-256("statemesh deleted key")).
+const tombHash = 0x5f1a64a6b0ed1a0b
 
 // Encoding returns key's current state as crdt.Encode writes it, or nil if
 // the key is absent. The bytes are cached and shared: read-only.
@@ -503,6 +582,8 @@ func (e *Engine) states(keys []string) []KeyState {
 	for _, k := range keys {
 		if v, ok := e.state[k]; ok {
 			out = append(out, KeyState{Key: k, State: v.Clone(), Encoded: e.encoding(k)})
+		} else if e.Deleted(k) {
+			out = append(out, KeyState{Key: k, Deleted: true})
 		}
 	}
 	return out
@@ -518,7 +599,7 @@ func (e *Engine) answerDigest(pr *peer, from PeerID, d *Digest) {
 		}
 	}
 	var give []string
-	for _, k := range e.Keys() {
+	for _, k := range e.allKeys() {
 		if h, ok := theirs[k]; !ok || h != e.Digest(k) {
 			give = append(give, k)
 		}
@@ -534,7 +615,7 @@ func (e *Engine) startDigest(pr *peer, to PeerID) {
 	pr.lastProgress = e.tick
 	pr.heard = false
 	d := &Digest{Seq: pr.syncBase}
-	for _, k := range e.Keys() {
+	for _, k := range e.allKeys() {
 		d.Digests = append(d.Digests, KeyDigest{Key: k, Hash: e.Digest(k)})
 	}
 	e.send(pr, to, d)
@@ -564,13 +645,27 @@ func (e *Engine) send(pr *peer, to PeerID, b Body) {
 func (e *Engine) interval(p PeerID, from uint64) []KeyState {
 	byKey := map[string]crdt.Value{}
 	owned := map[string]bool{}
+	var deleted map[string]bool
 	var order []string
 	for s := from; s < e.seq; s++ {
 		en := e.buf[s-e.bufStart]
 		if e.cfg.Mode.BP() && en.origin == p {
 			continue
 		}
+		if deleted[en.key] {
+			continue
+		}
 		v, ok := byKey[en.key]
+		if en.delta == nil { // a deletion absorbs the key's deltas
+			if deleted == nil {
+				deleted = map[string]bool{}
+			}
+			deleted[en.key] = true
+			if !ok {
+				order = append(order, en.key)
+			}
+			continue
+		}
 		switch {
 		case !ok:
 			byKey[en.key] = en.delta
@@ -586,7 +681,11 @@ func (e *Engine) interval(p PeerID, from uint64) []KeyState {
 	slices.Sort(order)
 	out := make([]KeyState, len(order))
 	for i, k := range order {
-		out[i] = KeyState{Key: k, State: byKey[k]}
+		if deleted[k] {
+			out[i] = KeyState{Key: k, Deleted: true}
+		} else {
+			out[i] = KeyState{Key: k, State: byKey[k]}
+		}
 	}
 	return out
 }
@@ -601,9 +700,9 @@ func (e *Engine) Tick() {
 		// read-only.
 		var all []KeyState
 		for _, id := range ids {
-			if pr := e.peers[id]; pr.up && len(e.state) > 0 {
+			if pr := e.peers[id]; pr.up && len(e.state)+len(e.tomb) > 0 {
 				if all == nil {
-					all = e.states(e.Keys())
+					all = e.states(e.allKeys())
 				}
 				e.send(pr, id, &States{States: all})
 			}
@@ -679,7 +778,9 @@ func (e *Engine) sendDue(id PeerID, pr *peer, shared map[uint64][]KeyState) bool
 			ds = e.interval(id, pr.sent)
 			if shared != nil {
 				for i := range ds {
-					ds[i].Encoded = crdt.Encode(ds[i].State)
+					if !ds[i].Deleted {
+						ds[i].Encoded = crdt.Encode(ds[i].State)
+					}
 				}
 				shared[pr.sent] = ds
 			}
@@ -725,11 +826,14 @@ func (e *Engine) Flush() {
 // buffers what inflated it for every peer. It reports whether the state
 // grew; a type mismatch changes nothing.
 func (e *Engine) Merge(key string, v crdt.Value) (bool, error) {
+	if e.Deleted(key) {
+		return false, fmt.Errorf("%w: %q", ErrDeleted, key)
+	}
 	ks := []KeyState{{Key: key, State: v}}
 	if err := e.checkTypes(ks); err != nil {
 		return false, err
 	}
-	return e.receive("", key, v), nil
+	return e.receiveKS("", ks[0]), nil
 }
 
 // collect drops buffered deltas every peer in the horizon has acknowledged.
@@ -756,7 +860,8 @@ func (e *Engine) collect() {
 type Ready struct {
 	// Messages to send, in order.
 	Messages []Message
-	// Persist holds every key whose state changed, with its current state.
+	// Persist holds every key whose state changed, with its current state
+	// (or Deleted).
 	// The values are the engine's own: encode or copy them before calling
 	// the engine again.
 	Persist []KeyState
@@ -768,7 +873,11 @@ func (e *Engine) Ready() Ready {
 	e.out = nil
 	if len(e.dirty) > 0 {
 		for _, k := range slices.Sorted(maps.Keys(e.dirty)) {
-			rd.Persist = append(rd.Persist, KeyState{Key: k, State: e.state[k]})
+			if e.Deleted(k) {
+				rd.Persist = append(rd.Persist, KeyState{Key: k, Deleted: true})
+			} else {
+				rd.Persist = append(rd.Persist, KeyState{Key: k, State: e.state[k]})
+			}
 		}
 		clear(e.dirty)
 	}
@@ -790,7 +899,9 @@ type Stats struct {
 func (e *Engine) Stats() Stats {
 	s := Stats{BufferEntries: len(e.buf), Keys: len(e.state)}
 	for _, en := range e.buf {
-		s.BufferElements += en.delta.Size()
+		if en.delta != nil {
+			s.BufferElements += en.delta.Size()
+		}
 	}
 	for _, v := range e.state {
 		s.StateElements += v.Size()

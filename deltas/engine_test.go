@@ -226,6 +226,10 @@ func (n *network) ids() []deltas.PeerID { return slices.Sorted(maps.Keys(n.eng))
 func (n *network) take(id deltas.PeerID) []deltas.Message {
 	rd := n.eng[id].Ready()
 	for _, ks := range rd.Persist {
+		if ks.Deleted {
+			n.persist[id][ks.Key] = nil
+			continue
+		}
 		n.persist[id][ks.Key] = crdt.Encode(ks.State)
 	}
 	for _, m := range rd.Messages {
@@ -1399,6 +1403,69 @@ func TestRestartWithoutStateIsResynced(t *testing.T) {
 			n.settle(30)
 			if !b2.Get("k").Equal(a.Get("k")) {
 				t.Fatal("the restarted, empty engine did not get the state back")
+			}
+		})
+	}
+}
+
+// TestDelete checks key deletion: it spreads, wins over a concurrent
+// update, survives a full-state transfer to a new peer, and forbids
+// writing the key again.
+func TestDelete(t *testing.T) {
+	for _, mode := range append([]deltas.Mode{deltas.ModeState}, deltaModes...) {
+		t.Run(mode.String(), func(t *testing.T) {
+			a := newEngine(t, "a", 1, mode)
+			b := newEngine(t, "b", 1, mode)
+			n := newNetwork(t, a, b)
+			n.link("a", "b")
+			incr(t, a, "k", 2)
+			incr(t, a, "other", 1)
+			n.round()
+			n.round()
+			// Concurrently: a deletes k, b increments it.
+			if !a.Delete("k") {
+				t.Fatal("Delete of a live key reported no change")
+			}
+			if a.Delete("k") {
+				t.Fatal("a second Delete reported a change")
+			}
+			incr(t, b, "k", 5)
+			for range 5 {
+				n.round()
+			}
+			for _, e := range []*deltas.Engine{a, b} {
+				if !e.Deleted("k") || e.Get("k") != nil {
+					t.Fatalf("%s: k not deleted after sync (Deleted %v)", e.ID(), e.Deleted("k"))
+				}
+				if slices.Contains(e.Keys(), "k") {
+					t.Fatalf("%s lists the deleted key", e.ID())
+				}
+				if _, err := e.Update("k", crdt.TypeGCounter, func(v crdt.Value) (crdt.Value, error) {
+					return v.(*crdt.GCounter).Increment(replica(e.ID()), 1)
+				}); !errors.Is(err, deltas.ErrDeleted) {
+					t.Fatalf("%s: Update of a deleted key: %v, want ErrDeleted", e.ID(), err)
+				}
+				if _, err := e.Merge("k", gcounter(t, map[deltas.PeerID]uint64{"z": 1})); !errors.Is(err, deltas.ErrDeleted) {
+					t.Fatalf("%s: Merge into a deleted key: %v, want ErrDeleted", e.ID(), err)
+				}
+				if e.Get("other") == nil {
+					t.Fatalf("%s lost an unrelated key", e.ID())
+				}
+			}
+			// The deletion was persisted as such.
+			if _, ok := n.persist["a"]["k"]; !ok {
+				t.Fatal("the deletion of k was not in Ready.Persist")
+			}
+			// A new peer gets the deletion by full-state transfer.
+			c := newEngine(t, "c", 1, mode)
+			n.eng["c"] = c
+			n.persist["c"] = map[string][]byte{}
+			n.link("a", "c")
+			for range 5 {
+				n.round()
+			}
+			if !c.Deleted("k") {
+				t.Fatal("a new peer did not learn of the deletion")
 			}
 		})
 	}

@@ -35,10 +35,12 @@ type Message struct {
 // Body is the payload of a Message.
 type Body interface{ isBody() }
 
-// KeyState is the state, or a delta, of one key.
+// KeyState is the state, or a delta, of one key, or its deletion.
 type KeyState struct {
 	Key   string
-	State crdt.Value
+	State crdt.Value // nil when Deleted
+	// Deleted: the key was deleted; the deletion wins over every state.
+	Deleted bool
 	// Encoded is State's wire form when the sender already has it
 	// (crdt.Encode(State)); AppendMessage uses it instead of encoding
 	// again. Never set on decoded messages.
@@ -158,6 +160,11 @@ func appendKeyStates(b []byte, num protowire.Number, ks []KeyState) []byte {
 	for _, k := range ks {
 		var y []byte
 		y = appendBytes(y, 1, []byte(k.Key))
+		if k.Deleted {
+			y = appendUint(y, 3, 1)
+			b = appendField(b, num, y)
+			continue
+		}
 		enc := k.Encoded
 		if enc == nil {
 			enc = crdt.Encode(k.State)
@@ -238,6 +245,13 @@ func DecodeMessage(b []byte, lim Limits) (Message, error) {
 			k, err := key(ks.GetKey(), seen)
 			if err != nil {
 				return nil, err
+			}
+			if ks.GetDeleted() {
+				if ks.GetState() != nil {
+					return nil, decErr("deleted key %q with a state", k)
+				}
+				out = append(out, KeyState{Key: k, Deleted: true})
+				continue
 			}
 			if ks.GetState() == nil {
 				return nil, decErr("key %q without a state", k)

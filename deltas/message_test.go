@@ -103,7 +103,7 @@ func sameMessage(t testing.TB, got, want deltas.Message) {
 			t.Fatalf("%d states, want %d", len(a), len(b))
 		}
 		for i := range a {
-			if a[i].Key != b[i].Key || !a[i].State.Equal(b[i].State) {
+			if a[i].Key != b[i].Key || a[i].Deleted != b[i].Deleted || (!a[i].Deleted && !a[i].State.Equal(b[i].State)) {
 				t.Fatalf("state %d: %q differs from %q", i, a[i].Key, b[i].Key)
 			}
 			if a[i].Encoded != nil {
@@ -167,6 +167,8 @@ func TestMessageRoundTrip(t *testing.T) {
 		{"states, transfer", with(&deltas.States{Seq: 99, States: states})},
 		{"states, state-based", with(&deltas.States{States: states[5:]})},
 		{"states, empty", with(&deltas.States{})},
+		{"deltas with a deletion", with(&deltas.Deltas{FromSeq: 1, ToSeq: 3, Deltas: append([]deltas.KeyState{{Key: "gone", Deleted: true}}, states[:2]...)})},
+		{"transfer of a deletion", with(&deltas.States{Seq: 5, States: []deltas.KeyState{{Key: "gone", Deleted: true}}})},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -288,6 +290,8 @@ func TestDecodeMessageMalformed(t *testing.T) {
 		ok   bool
 	}{
 		{name: "valid", pm: valid(), lim: lim, ok: true},
+		{name: "deletion", pm: deltasOf([]*syncpb.KeyState{{Key: []byte("k"), Deleted: true}}), lim: lim, ok: true},
+		{name: "deletion with a state", pm: deltasOf([]*syncpb.KeyState{{Key: []byte("k"), Deleted: true, State: crdt.ToProto(gset("x"))}}), lim: lim},
 		{name: "empty sender", pm: func() *syncpb.Message { m := valid(); m.From = ""; return m }(), lim: lim},
 		{name: "sender over MaxKeyBytes", pm: func() *syncpb.Message { m := valid(); m.From = long + "x"; return m }(), lim: lim},
 		{name: "sender of MaxKeyBytes", pm: func() *syncpb.Message { m := valid(); m.From = long; return m }(), lim: lim, ok: true},

@@ -432,3 +432,62 @@ func TestWatch(t *testing.T) {
 
 // dbGet reads key's stored state from n's store.
 func dbGet(n *Node, k Key) ([]byte, bool, error) { return n.db.CRDT().Get(k.engineKey()) }
+
+func TestDeleteWinsAndReplicates(t *testing.T) {
+	c := newCluster(t, 3, nil)
+	ctx := context.Background()
+	if err := c.update("n1", counterKey, 3, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitValue(counterKey, 3)
+	ch, cancel, err := c.nodes["n3"].Watch(ctx, counterKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	// n2 is cut off while n1 deletes and n2 writes: the deletion wins.
+	c.faults.Isolate("n2", c.names)
+	if err := c.nodes["n1"].Delete(ctx, counterKey, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.update("n2", counterKey, 100, Options{}); err != nil {
+		t.Fatalf("n2's concurrent write: %v", err)
+	}
+	c.faults.Heal()
+	eventually(t, 10*time.Second, func() error {
+		for _, name := range c.names {
+			v, err := c.nodes[name].Get(ctx, counterKey, Options{})
+			if err != nil || v != nil {
+				return fmt.Errorf("%s still reads %v (err %v)", name, v, err)
+			}
+		}
+		return nil
+	})
+	for _, name := range c.names {
+		if err := c.update(name, counterKey, 1, Options{}); !errors.Is(err, ErrDeleted) {
+			t.Fatalf("%s: write after delete: %v, want ErrDeleted", name, err)
+		}
+	}
+	// The watcher saw the deletion as a nil state.
+	deadline := time.After(5 * time.Second)
+	for seen := false; !seen; {
+		select {
+		case v := <-ch:
+			seen = v == nil
+		case <-deadline:
+			t.Fatal("the watcher never saw the deletion")
+		}
+	}
+	// The deletion survives a restart.
+	if err := c.nodes["n3"].Close(); err != nil {
+		t.Fatal(err)
+	}
+	delete(c.nodes, "n3")
+	n3 := c.start("n3")
+	if err := c.update("n3", counterKey, 1, Options{}); !errors.Is(err, ErrDeleted) {
+		t.Fatalf("after a restart, write to the deleted key: %v, want ErrDeleted", err)
+	}
+	if v, _ := n3.Get(ctx, counterKey, Options{}); v != nil {
+		t.Fatal("the deleted key is back after a restart")
+	}
+}

@@ -27,6 +27,8 @@ var (
 	ErrClosed       = errors.New("mesh: node closed")
 	ErrInvalidKey   = errors.New("mesh: invalid key")
 	ErrTypeMismatch = deltas.ErrTypeMismatch
+	// ErrDeleted: the key was deleted; it cannot be written again.
+	ErrDeleted = deltas.ErrDeleted
 	// ErrTimeout: a MAJORITY or ALL write or read did not collect its
 	// acknowledgements in time. A timed-out write is applied locally and
 	// may still reach every replica (it spreads by anti-entropy like any
@@ -188,6 +190,10 @@ func (n *Node) openStore() error {
 	}
 	var keys int
 	err = n.db.CRDT().Load(func(key string, b []byte) error {
+		if string(b) == tombstone {
+			n.eng.RestoreDeleted(key)
+			return nil
+		}
 		v, err := crdt.Decode(b, n.cfg.Limits.CRDT)
 		if err != nil {
 			return fmt.Errorf("%w: key %q: %w", eventlog.ErrCorrupt, key, err)
@@ -429,7 +435,11 @@ func (n *Node) drain() {
 		n.dirty[ks.Key] = struct{}{}
 		if ws := n.watchers[ks.Key]; len(ws) > 0 {
 			for _, w := range ws {
-				w.offer(ks.State.Clone())
+				if ks.Deleted {
+					w.offer(nil)
+				} else {
+					w.offer(ks.State.Clone())
+				}
 			}
 		}
 	}
@@ -595,6 +605,10 @@ func (n *Node) persister() {
 	}
 }
 
+// tombstone is what the store holds for a deleted key. No CRDT encoding
+// starts with a zero byte (protobuf field number 0 is invalid).
+const tombstone = "\x00deleted"
+
 // persistBatch is a set of keys' encoded states, tagged with its id.
 type persistBatch struct {
 	id   uint64
@@ -615,7 +629,9 @@ func (n *Node) takeDirtyStopped() persistBatch { return n.cutBatch() }
 func (n *Node) cutBatch() persistBatch {
 	b := persistBatch{id: n.batch}
 	for _, k := range slices.Sorted(maps.Keys(n.dirty)) {
-		if enc := n.eng.Encoding(k); enc != nil {
+		if n.eng.Deleted(k) {
+			b.puts = append(b.puts, eventlog.Put{Key: k, Value: []byte(tombstone)})
+		} else if enc := n.eng.Encoding(k); enc != nil {
 			b.puts = append(b.puts, eventlog.Put{Key: k, Value: enc})
 		}
 	}

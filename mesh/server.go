@@ -97,12 +97,27 @@ func (s *peerServer) Write(ctx context.Context, req *peerpb.WriteRequest) (*peer
 	if err != nil {
 		return nil, s.refuse("write-key", req.From, err)
 	}
-	v, err := crdt.Decode(req.State, n.cfg.Limits.CRDT)
-	if err != nil {
+	var (
+		v    crdt.Value
+		merr error
+	)
+	if req.Deleted {
+		if len(req.State) > 0 {
+			return nil, s.refuse("write-decode", req.From, errors.New("mesh: a deletion with a state"))
+		}
+	} else if v, err = crdt.Decode(req.State, n.cfg.Limits.CRDT); err != nil {
 		return nil, s.refuse("write-decode", req.From, err)
 	}
-	var merr error
-	batch, err := n.do(ctx, func() { _, merr = n.eng.Merge(k.engineKey(), v) })
+	batch, err := n.do(ctx, func() {
+		if req.Deleted {
+			n.eng.Delete(k.engineKey())
+			return
+		}
+		_, merr = n.eng.Merge(k.engineKey(), v)
+		if errors.Is(merr, ErrDeleted) {
+			merr = nil // the key is deleted here: the write is absorbed
+		}
+	})
 	if err == nil && merr != nil {
 		return nil, s.refuse("write-type", req.From, merr)
 	}
@@ -121,9 +136,14 @@ func (s *peerServer) Read(ctx context.Context, req *peerpb.ReadRequest) (*peerpb
 	if err != nil {
 		return nil, s.refuse("read-key", req.From, err)
 	}
-	var enc []byte
-	if _, err := n.do(ctx, func() { enc = n.eng.Encoding(k.engineKey()) }); err != nil {
+	var (
+		enc     []byte
+		deleted bool
+	)
+	if _, err := n.do(ctx, func() {
+		enc, deleted = n.eng.Encoding(k.engineKey()), n.eng.Deleted(k.engineKey())
+	}); err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	return &peerpb.ReadResponse{Found: enc != nil, State: enc}, nil
+	return &peerpb.ReadResponse{Found: enc != nil, State: enc, Deleted: deleted}, nil
 }

@@ -116,7 +116,46 @@ func (n *Node) Update(ctx context.Context, k Key, t crdt.Type, fn Mutator, o Opt
 	return state, err
 }
 
-// Get returns a copy of key's state, or nil if no replica asked holds it.
+// Delete deletes key on every replica: its state is dropped, the
+// deletion wins over every state of the key, earlier or concurrent, and
+// the key cannot be written again (ErrDeleted), as CloudState's CRDT
+// delete. Consistency applies as for Update. A deleted key costs a
+// tombstone (its name) for good.
+func (n *Node) Delete(ctx context.Context, k Key, o Options) error {
+	if err := k.Validate(); err != nil {
+		return err
+	}
+	key := k.engineKey()
+	var (
+		targets []Member
+		need    int
+		uerr    error
+	)
+	batch, err := n.do(ctx, func() {
+		targets, need = n.replicasFor(o.Consistency)
+		if len(targets) < need {
+			uerr = fmt.Errorf("%w: %s needs %d other replicas, %d reachable", ErrUnavailable, o.Consistency, need, len(targets))
+			return
+		}
+		n.eng.Delete(key)
+	})
+	if err == nil {
+		err = uerr
+	}
+	if err == nil && n.cfg.Durability == Sync {
+		err = n.dur.wait(ctx, batch, n.stopc)
+	}
+	if err == nil && need > 0 {
+		err = n.replicate(ctx, targets, need, o, func(ctx context.Context, m Member) error {
+			return n.tr.write(ctx, m, &peerpb.WriteRequest{From: n.cfg.Name, Key: []byte(key), Deleted: true})
+		})
+	}
+	n.met.writes.WithLabelValues(o.Consistency.String(), resultLabel(err)).Inc()
+	return err
+}
+
+// Get returns a copy of key's state, or nil if no replica asked holds it
+// (or it was deleted).
 // With MAJORITY or ALL it first merges the states of that many replicas
 // into this one.
 func (n *Node) Get(ctx context.Context, k Key, o Options) (crdt.Value, error) {
@@ -137,8 +176,15 @@ func (n *Node) Get(ctx context.Context, k Key, o Options) (crdt.Value, error) {
 	if need > 0 {
 		err := n.replicate(ctx, targets, need, o, func(ctx context.Context, m Member) error {
 			resp, err := n.tr.read(ctx, m, &peerpb.ReadRequest{From: n.cfg.Name, Key: []byte(key)})
-			if err != nil || !resp.Found {
+			if err != nil {
 				return err
+			}
+			if resp.Deleted {
+				_, err := n.do(ctx, func() { n.eng.Delete(key) })
+				return err
+			}
+			if !resp.Found {
+				return nil
 			}
 			v, err := crdt.Decode(resp.State, n.cfg.Limits.CRDT)
 			if err != nil {
@@ -148,6 +194,9 @@ func (n *Node) Get(ctx context.Context, k Key, o Options) (crdt.Value, error) {
 			var merr error
 			if _, err := n.do(ctx, func() { _, merr = n.eng.Merge(key, v) }); err != nil {
 				return err
+			}
+			if errors.Is(merr, ErrDeleted) {
+				return nil // deleted here meanwhile: the read finds nothing
 			}
 			return merr
 		})
@@ -253,7 +302,8 @@ func resultLabel(err error) string {
 }
 
 // Watch returns a channel that receives key's state after each change
-// (the latest only: a slow reader skips intermediate states), and a
+// (the latest only: a slow reader skips intermediate states; nil when the
+// key is deleted), and a
 // function that ends the watch. The channel is closed when the watch ends
 // or the node stops.
 func (n *Node) Watch(ctx context.Context, k Key) (<-chan crdt.Value, func(), error) {

@@ -28,7 +28,7 @@ func errStatus(err error) error {
 	switch {
 	case errors.Is(err, mesh.ErrInvalidKey), errors.Is(err, crdt.ErrInvalidArg):
 		code = codes.InvalidArgument
-	case errors.Is(err, mesh.ErrTypeMismatch):
+	case errors.Is(err, mesh.ErrTypeMismatch), errors.Is(err, mesh.ErrDeleted):
 		code = codes.FailedPrecondition
 	case errors.Is(err, mesh.ErrUnavailable), errors.Is(err, mesh.ErrClosed):
 		code = codes.Unavailable
@@ -103,6 +103,18 @@ func (a *adminServer) Update(ctx context.Context, req *adminpb.UpdateRequest) (*
 		return nil, errStatus(err)
 	}
 	return &adminpb.UpdateResponse{Type: v.Type().String(), Value: Describe(v)}, nil
+}
+
+func (a *adminServer) Delete(ctx context.Context, req *adminpb.DeleteRequest) (*adminpb.DeleteResponse, error) {
+	c, err := mesh.ParseConsistency(req.Consistency)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	o := mesh.Options{Consistency: c, Timeout: time.Duration(req.TimeoutMs) * time.Millisecond}
+	if err := a.m.Delete(ctx, key(req.Key), o); err != nil {
+		return nil, errStatus(err)
+	}
+	return &adminpb.DeleteResponse{}, nil
 }
 
 // TestMutator builds the mutator of a test update: type and op by name,

@@ -20,6 +20,7 @@ commands:
   members                              list the members the node knows
   keys                                 list the CRDT keys the node holds
   get SERVICE ID [--consistency C]     read a key (LOCAL, MAJORITY or ALL)
+  delete SERVICE ID [--consistency C]  delete a key for good
   update SERVICE ID --type T --op OP [--arg A] [--consistency C] [--timeout D]
                                        apply a test update; T: gcounter,
                                        pncounter, gset, orset, flag, ewflag,
@@ -82,7 +83,7 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "%s\t%s\n", k.Service, k.Id)
 		}
 		return 0
-	case "get", "update":
+	case "get", "update", "delete":
 		if len(rest) < 2 {
 			fmt.Fprintln(stderr, ctlUsage)
 			return 2
@@ -97,6 +98,14 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 		timeout := sub.Duration("timeout", 0, "wait for other replicas at most this long (update; 0: the node's default)")
 		if err := sub.Parse(rest[2:]); err != nil {
 			return 2
+		}
+		if cmd == "delete" {
+			if _, err := c.Delete(ctx, &adminpb.DeleteRequest{Key: key, Consistency: *consistency,
+				TimeoutMs: uint32(timeout.Milliseconds())}); err != nil {
+				return fail(err)
+			}
+			fmt.Fprintln(stdout, "deleted")
+			return 0
 		}
 		if cmd == "get" {
 			r, err := c.Get(ctx, &adminpb.GetRequest{Key: key, Consistency: *consistency})

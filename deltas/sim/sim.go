@@ -165,6 +165,10 @@ func (s *Sim) start(i int) error {
 		return err
 	}
 	for _, k := range slices.Sorted(maps.Keys(n.persisted)) {
+		if n.persisted[k] == nil {
+			eng.RestoreDeleted(k)
+			continue
+		}
 		v, err := crdt.Decode(n.persisted[k], crdt.DefaultLimits)
 		if err != nil {
 			return fmt.Errorf("sim: restore %s/%s: %w", n.id, k, err)
@@ -297,6 +301,10 @@ func (s *Sim) drain(i int) error {
 	n := s.nodes[i]
 	rd := n.eng.Ready()
 	for _, ks := range rd.Persist {
+		if ks.Deleted {
+			n.persisted[ks.Key] = nil // a deletion
+			continue
+		}
 		n.persisted[ks.Key] = crdt.Encode(ks.State)
 	}
 	for _, m := range rd.Messages {
@@ -344,7 +352,9 @@ func Elements(m deltas.Message) int {
 	n := 0
 	count := func(ks []deltas.KeyState) {
 		for _, k := range ks {
-			n += k.State.Size()
+			if k.State != nil {
+				n += k.State.Size()
+			}
 		}
 	}
 	switch b := m.Body.(type) {

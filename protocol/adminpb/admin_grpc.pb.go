@@ -27,6 +27,7 @@ const (
 	Admin_Keys_FullMethodName    = "/statemesh.admin.v1.Admin/Keys"
 	Admin_Get_FullMethodName     = "/statemesh.admin.v1.Admin/Get"
 	Admin_Update_FullMethodName  = "/statemesh.admin.v1.Admin/Update"
+	Admin_Delete_FullMethodName  = "/statemesh.admin.v1.Admin/Delete"
 )
 
 // AdminClient is the client API for Admin service.
@@ -41,6 +42,8 @@ type AdminClient interface {
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*GetResponse, error)
 	// Update applies a test update to one key with a consistency level.
 	Update(ctx context.Context, in *UpdateRequest, opts ...grpc.CallOption) (*UpdateResponse, error)
+	// Delete deletes one key for good, with a consistency level.
+	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 }
 
 type adminClient struct {
@@ -91,6 +94,16 @@ func (c *adminClient) Update(ctx context.Context, in *UpdateRequest, opts ...grp
 	return out, nil
 }
 
+func (c *adminClient) Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteResponse)
+	err := c.cc.Invoke(ctx, Admin_Delete_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -103,6 +116,8 @@ type AdminServer interface {
 	Get(context.Context, *GetRequest) (*GetResponse, error)
 	// Update applies a test update to one key with a consistency level.
 	Update(context.Context, *UpdateRequest) (*UpdateResponse, error)
+	// Delete deletes one key for good, with a consistency level.
+	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -124,6 +139,9 @@ func (UnimplementedAdminServer) Get(context.Context, *GetRequest) (*GetResponse,
 }
 func (UnimplementedAdminServer) Update(context.Context, *UpdateRequest) (*UpdateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Update not implemented")
+}
+func (UnimplementedAdminServer) Delete(context.Context, *DeleteRequest) (*DeleteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Delete not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -218,6 +236,24 @@ func _Admin_Update_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Delete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Delete(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Delete_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Delete(ctx, req.(*DeleteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -240,6 +276,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Update",
 			Handler:    _Admin_Update_Handler,
+		},
+		{
+			MethodName: "Delete",
+			Handler:    _Admin_Delete_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

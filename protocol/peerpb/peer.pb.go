@@ -226,8 +226,11 @@ type WriteRequest struct {
 	From  string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
 	// The engine key (see mesh.Key).
 	Key []byte `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
-	// The delta, as crdt.Encode writes it (statemesh.crdt.v1.State).
-	State         []byte `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// The delta, as crdt.Encode writes it (statemesh.crdt.v1.State);
+	// empty when deleted is set.
+	State []byte `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// Delete the key (see mesh.Node.Delete).
+	Deleted       bool `protobuf:"varint,4,opt,name=deleted,proto3" json:"deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -281,6 +284,13 @@ func (x *WriteRequest) GetState() []byte {
 		return x.State
 	}
 	return nil
+}
+
+func (x *WriteRequest) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
 }
 
 type WriteResponse struct {
@@ -375,7 +385,9 @@ type ReadResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Found bool                   `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
 	// The callee's state of the key, as crdt.Encode writes it.
-	State         []byte `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	State []byte `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// The key was deleted (found is false).
+	Deleted       bool `protobuf:"varint,3,opt,name=deleted,proto3" json:"deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -422,6 +434,13 @@ func (x *ReadResponse) GetState() []byte {
 		return x.State
 	}
 	return nil
+}
+
+func (x *ReadResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
 }
 
 // NodeMeta is what a node tells the mesh about itself in memberlist's node
@@ -537,18 +556,20 @@ const file_peer_v1_peer_proto_rawDesc = "" +
 	"\n" +
 	"last_chunk\x18\x03 \x01(\fH\x00R\tlastChunkB\a\n" +
 	"\x05frame\"\t\n" +
-	"\aSyncEnd\"J\n" +
+	"\aSyncEnd\"d\n" +
 	"\fWriteRequest\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12\x14\n" +
-	"\x05state\x18\x03 \x01(\fR\x05state\"\x0f\n" +
+	"\x05state\x18\x03 \x01(\fR\x05state\x12\x18\n" +
+	"\adeleted\x18\x04 \x01(\bR\adeleted\"\x0f\n" +
 	"\rWriteResponse\"3\n" +
 	"\vReadRequest\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x10\n" +
-	"\x03key\x18\x02 \x01(\fR\x03key\":\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\"T\n" +
 	"\fReadResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
-	"\x05state\x18\x02 \x01(\fR\x05state\"\xd7\x01\n" +
+	"\x05state\x18\x02 \x01(\fR\x05state\x12\x18\n" +
+	"\adeleted\x18\x03 \x01(\bR\adeleted\"\xd7\x01\n" +
 	"\bNodeMeta\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x16\n" +

@@ -177,9 +177,13 @@ func (*Message_DigestReply) isMessage_Body() {}
 func (*Message_States) isMessage_Body() {}
 
 type KeyState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	State         *crdtpb.State          `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Absent exactly when deleted is set.
+	State *crdtpb.State `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// The key was deleted. A deletion wins over every state of the key,
+	// earlier or concurrent, and the key cannot be written again.
+	Deleted       bool `protobuf:"varint,3,opt,name=deleted,proto3" json:"deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -226,6 +230,13 @@ func (x *KeyState) GetState() *crdtpb.State {
 		return x.State
 	}
 	return nil
+}
+
+func (x *KeyState) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
 }
 
 // Deltas is the delta-interval [from_seq, to_seq) of the sender's buffer,
@@ -530,10 +541,11 @@ const file_sync_v1_sync_proto_rawDesc = "" +
 	"\x06digest\x18\x06 \x01(\v2\x19.statemesh.sync.v1.DigestH\x00R\x06digest\x12C\n" +
 	"\fdigest_reply\x18\a \x01(\v2\x1e.statemesh.sync.v1.DigestReplyH\x00R\vdigestReply\x123\n" +
 	"\x06states\x18\b \x01(\v2\x19.statemesh.sync.v1.StatesH\x00R\x06statesB\x06\n" +
-	"\x04body\"L\n" +
+	"\x04body\"f\n" +
 	"\bKeyState\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12.\n" +
-	"\x05state\x18\x02 \x01(\v2\x18.statemesh.crdt.v1.StateR\x05state\"o\n" +
+	"\x05state\x18\x02 \x01(\v2\x18.statemesh.crdt.v1.StateR\x05state\x12\x18\n" +
+	"\adeleted\x18\x03 \x01(\bR\adeleted\"o\n" +
 	"\x06Deltas\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x15\n" +
 	"\x06to_seq\x18\x02 \x01(\x04R\x05toSeq\x123\n" +
