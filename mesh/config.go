@@ -1,6 +1,8 @@
 package mesh
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -95,6 +97,9 @@ type Config struct {
 	// node starts a new mesh if none answers and Join is empty; if Join
 	// is not empty and no seed answers, Start fails.
 	Join []string
+	// JoinTimeout bounds how long Start retries the seeds (they may be
+	// starting too). Default 10 s.
+	JoinTimeout time.Duration
 
 	// Preset picks the gossip and anti-entropy timing. Default PresetLAN.
 	Preset Preset
@@ -143,8 +148,17 @@ type Config struct {
 	// Limits bound what the node accepts from peers. Default
 	// deltas.DefaultLimits.
 	Limits *deltas.Limits
-	// SecretKey, if set (16, 24 or 32 bytes), encrypts gossip (AES-GCM).
+	// SecretKey, if set (16, 24 or 32 bytes), encrypts and authenticates
+	// gossip (AES-GCM, memberlist's keyring); a node with another key
+	// cannot join, and its packets are dropped with a log line.
 	SecretKey []byte
+	// TLS, if set, secures the Peer gRPC service on both sides: the server
+	// presents TLS.Certificates and, with ClientAuth set to
+	// tls.RequireAndVerifyClientCert and ClientCAs, demands a client
+	// certificate (mutual TLS); clients present the same certificate and
+	// verify the server against RootCAs. A handshake that fails is logged
+	// with its reason on both sides. MutualTLS builds such a config.
+	TLS *tls.Config
 
 	// PhysicalClock feeds the node's hybrid logical clock (LWW register
 	// timestamps). Default hlc.SystemClock; the clock-skew fault wraps it.
@@ -172,6 +186,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TickInterval <= 0 {
 		c.TickInterval = map[Preset]time.Duration{PresetLAN: 200 * time.Millisecond, PresetWAN: time.Second, PresetLocal: 100 * time.Millisecond}[c.Preset]
+	}
+	if c.JoinTimeout <= 0 {
+		c.JoinTimeout = 10 * time.Second
 	}
 	if c.ReconnectInterval <= 0 {
 		c.ReconnectInterval = map[Preset]time.Duration{PresetLAN: 5 * time.Second, PresetWAN: 30 * time.Second, PresetLocal: 500 * time.Millisecond}[c.Preset]
@@ -233,6 +250,19 @@ func (c Config) Validate() error {
 		return fmt.Errorf("mesh: MaxFrameBytes %d below 1024", c.MaxFrameBytes)
 	}
 	return nil
+}
+
+// MutualTLS returns a TLS configuration for the Peer service where every
+// node presents cert and accepts only peers whose certificates the CA
+// pool signed.
+func MutualTLS(cert tls.Certificate, ca *x509.CertPool) *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      ca,
+		ClientCAs:    ca,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS13,
+	}
 }
 
 // memberlistConfig builds memberlist's configuration from the preset.

@@ -2,8 +2,7 @@ package mesh
 
 import (
 	"fmt"
-	"io"
-	"log"
+	"log/slog"
 	"net"
 	"strconv"
 	"sync"
@@ -86,7 +85,8 @@ func decodeMeta(n *memberlist.Node) (Member, bool, error) {
 	}, pm.Leaving, nil
 }
 
-func startMembership(c Config, meta []byte, logf func(string, ...any)) (*membership, error) {
+func startMembership(c Config, meta []byte, logger *slog.Logger) (*membership, error) {
+	logf := func(msg string, args ...any) { logger.Warn(msg, args...) }
 	host, portStr, err := net.SplitHostPort(c.GossipAddr)
 	if err != nil {
 		return nil, err
@@ -101,7 +101,7 @@ func startMembership(c Config, meta []byte, logf func(string, ...any)) (*members
 	mc.AdvertiseAddr, mc.AdvertisePort = "", 0
 	mc.Delegate = mb
 	mc.Events = mb
-	mc.Logger = log.New(io.Discard, "", 0)
+	mc.Logger = memberlistLog(logger)
 	mc.LogOutput = nil
 	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
 		BindAddrs: []string{host}, BindPort: port, Logger: mc.Logger,

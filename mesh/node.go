@@ -131,23 +131,28 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.lis = lis
 	maxMsg := cfg.Limits.MaxBytes + 64<<10
-	n.srv = grpc.NewServer(grpc.MaxRecvMsgSize(maxMsg), grpc.MaxSendMsgSize(maxMsg))
+	creds := newCreds(cfg.TLS, n.log)
+	sopts := []grpc.ServerOption{grpc.MaxRecvMsgSize(maxMsg), grpc.MaxSendMsgSize(maxMsg)}
+	if creds != nil {
+		sopts = append(sopts, grpc.Creds(creds))
+	}
+	n.srv = grpc.NewServer(sopts...)
 	peerpb.RegisterPeerServer(n.srv, &peerServer{n: n})
 	go func() { _ = n.srv.Serve(lis) }()
-	n.tr = newTransport(cfg.Name, cfg.MaxFrameBytes, maxMsg, nil, cfg.Faults, n.log, n.met)
+	n.tr = newTransport(cfg.Name, cfg.MaxFrameBytes, maxMsg, creds, cfg.Faults, n.log, n.met)
 
 	meta, err := encodeMeta(cfg, n.ident.Incarnation, lis.Addr().String(), false)
 	if err != nil {
 		return nil, err
 	}
 	n.rng = rand.New(rand.NewPCG(n.ident.Incarnation, n.ident.Boots))
-	if n.mb, err = startMembership(cfg, meta, func(msg string, args ...any) { n.log.Warn(msg, args...) }); err != nil {
+	if n.mb, err = startMembership(cfg, meta, n.log); err != nil {
 		return nil, err
 	}
 	go n.loop()
 	go n.persister()
 	go n.reconnector()
-	if err := n.mb.join(cfg.Join, 10*time.Second); err != nil {
+	if err := n.mb.join(cfg.Join, cfg.JoinTimeout); err != nil {
 		return nil, err
 	}
 	ok = true

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"flag"
 	"fmt"
@@ -34,6 +36,9 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 	durability := fs.String("durability", "write-behind", "write-behind or sync (acknowledge local writes after fsync)")
 	preset := fs.String("preset", "lan", "timing preset: lan, wan or local")
 	gossipKey := fs.String("gossip-key", "", "hex-encoded 16, 24 or 32-byte key that encrypts gossip (AES-GCM); every member needs the same")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate for the peer service (mutual TLS; with --tls-key and --tls-ca)")
+	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
+	tlsCA := fs.String("tls-ca", "", "PEM CA bundle: peers must present a certificate it signed")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -75,6 +80,21 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 		if cfg.SecretKey, err = hex.DecodeString(*gossipKey); err != nil {
 			return fail("--gossip-key: %v", err)
 		}
+	}
+	if *tlsCert != "" || *tlsKey != "" || *tlsCA != "" {
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			return fail("--tls-cert/--tls-key: %v", err)
+		}
+		pem, err := os.ReadFile(*tlsCA)
+		if err != nil {
+			return fail("--tls-ca: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fail("--tls-ca: no certificate in %s", *tlsCA)
+		}
+		cfg.TLS = mesh.MutualTLS(cert, pool)
 	}
 	nc := node.Config{Mesh: cfg, Logger: log}
 	if nc.AdminAddr, err = addrOrOffset(*admin, *bind, 2); err != nil {
