@@ -26,10 +26,13 @@ test:
 	$(GO) test -count=1 ./...
 	$(GO) test -count=1 -race $(RACE_PKGS)
 
-## fuzz: a short run of every decoder's fuzz target.
+## fuzz: a short run of every decoder's and peer handler's fuzz target.
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./crdt/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeMessage$$' -fuzztime=$(FUZZTIME) ./deltas/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeIdentity$$' -fuzztime=$(FUZZTIME) ./eventlog/
+	$(GO) test -run='^$$' -fuzz='^FuzzPeerSync$$' -fuzztime=$(FUZZTIME) ./mesh/
+	$(GO) test -run='^$$' -fuzz='^FuzzPeerWrite$$' -fuzztime=$(FUZZTIME) ./mesh/
 
 ## verify: formatting, vet, staticcheck, tidy go.mod, generated code current.
 verify: tools

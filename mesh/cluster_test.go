@@ -491,3 +491,95 @@ func TestDeleteWinsAndReplicates(t *testing.T) {
 		t.Fatal("the deleted key is back after a restart")
 	}
 }
+
+func TestRemoveNode(t *testing.T) {
+	c := newCluster(t, 3, nil)
+	ctx := context.Background()
+	if err := c.RemoveNodeWants(ctx, "n1", "n3", ErrMemberAlive); err != nil {
+		t.Fatal(err)
+	}
+	// n3 dies; while it counts, ALL cannot succeed.
+	if err := c.nodes["n3"].Crash(); err != nil {
+		t.Fatal(err)
+	}
+	delete(c.nodes, "n3")
+	eventually(t, 10*time.Second, func() error {
+		ms, _ := c.nodes["n1"].Members(ctx)
+		for _, m := range ms {
+			if m.Name == "n3" && m.Alive {
+				return fmt.Errorf("n1 sees n3 alive")
+			}
+		}
+		return nil
+	})
+	if err := c.update("n1", counterKey, 1, Options{Consistency: All}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("ALL with a dead member: %v, want ErrUnavailable", err)
+	}
+	// Removed for good: it no longer counts anywhere, ALL works again.
+	if err := c.nodes["n1"].RemoveNode(ctx, "n3", false); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		for _, name := range []string{"n1", "n2"} {
+			ms, _ := c.nodes[name].Members(ctx)
+			for _, m := range ms {
+				if m.Name == "n3" {
+					return fmt.Errorf("%s still lists n3", name)
+				}
+			}
+		}
+		return nil
+	})
+	if err := c.update("n2", counterKey, 1, Options{Consistency: All}); err != nil {
+		t.Fatalf("ALL after the removal: %v", err)
+	}
+	// The system key is not the users'.
+	if _, err := c.nodes["n1"].Update(ctx, removedKey, crdt.TypeGSet, func(v crdt.Value) (crdt.Value, error) {
+		return v.(*crdt.GSet).Add([]byte("n1#1")), nil
+	}, Options{}); !errors.Is(err, ErrInvalidKey) {
+		t.Fatalf("user write to the system key: %v, want ErrInvalidKey", err)
+	}
+	// The removal survives a restart of a node.
+	if err := c.nodes["n2"].Close(); err != nil {
+		t.Fatal(err)
+	}
+	delete(c.nodes, "n2")
+	c.start("n2")
+	c.waitMembers()
+	ms, _ := c.nodes["n2"].Members(ctx)
+	for _, m := range ms {
+		if m.Name == "n3" {
+			t.Fatal("n2 lists the removed n3 after a restart")
+		}
+	}
+}
+
+func TestRemoveDeadAfterHorizon(t *testing.T) {
+	c := newCluster(t, 3, func(cfg *Config) { cfg.RemoveDeadAfter = 500 * time.Millisecond })
+	ctx := context.Background()
+	if err := c.nodes["n2"].Crash(); err != nil {
+		t.Fatal(err)
+	}
+	delete(c.nodes, "n2")
+	eventually(t, 15*time.Second, func() error {
+		for _, name := range []string{"n1", "n3"} {
+			ms, _ := c.nodes[name].Members(ctx)
+			if len(ms) != 1 {
+				return fmt.Errorf("%s lists %d members, want 1", name, len(ms))
+			}
+		}
+		return nil
+	})
+	if err := c.update("n1", counterKey, 1, Options{Consistency: All}); err != nil {
+		t.Fatalf("ALL once the dead member is removed: %v", err)
+	}
+}
+
+// RemoveNodeWants calls RemoveNode on node for target and checks the error.
+func (c *cluster) RemoveNodeWants(ctx context.Context, node, target string, want error) error {
+	err := c.nodes[node].RemoveNode(ctx, target, false)
+	if !errors.Is(err, want) {
+		return fmt.Errorf("RemoveNode(%s) = %v, want %v", target, err, want)
+	}
+	return nil
+}

@@ -139,6 +139,11 @@ type Config struct {
 	// only. Default 100 ms.
 	FlushInterval time.Duration
 
+	// RemoveDeadAfter: a member dead for longer than this is removed from
+	// the mesh for good, as by Node.RemoveNode (0: never; members are then
+	// removed only by hand, statemesh ctl remove-node). Default 0.
+	RemoveDeadAfter time.Duration
+
 	// WriteTimeout bounds MAJORITY and ALL writes and reads that set no
 	// deadline of their own. Default 5 s.
 	WriteTimeout time.Duration

@@ -77,6 +77,8 @@ type Node struct {
 	members    map[string]*Member // other nodes, by name (left ones removed)
 	neighbours map[string]bool
 	peers      map[string]bool // the engine's peers
+	deadSince  map[string]time.Time
+	removed    map[crdt.ReplicaID]bool // removed for good (the system key)
 	watchers   map[string][]*watcher
 	dirty      map[string]struct{} // keys changed since the last persist batch
 	batch      uint64              // id of the batch dirty keys go into
@@ -107,6 +109,7 @@ func Start(cfg Config) (*Node, error) {
 		ops: make(chan *op), recv: make(chan inbound, 64), stopc: make(chan struct{}),
 		loopDone: make(chan struct{}), persistDone: make(chan struct{}), reconnectDone: make(chan struct{}), flushNow: make(chan struct{}, 1),
 		members: map[string]*Member{}, neighbours: map[string]bool{}, peers: map[string]bool{},
+		deadSince: map[string]time.Time{}, removed: map[crdt.ReplicaID]bool{},
 		watchers: map[string][]*watcher{}, dirty: map[string]struct{}{}, batch: 1}
 	n.dur.init()
 	n.clock = hlc.New(cfg.PhysicalClock)
@@ -209,6 +212,9 @@ func (n *Node) openStore() error {
 	})
 	if err != nil {
 		return err
+	}
+	if v := n.eng.Get(removedKey.engineKey()); v != nil {
+		n.applyRemoved(v)
 	}
 	n.met.keys.Set(float64(keys))
 	return nil
@@ -383,6 +389,7 @@ func (n *Node) loop() {
 			n.membershipChanged()
 			n.drain()
 		case <-tick.C:
+			n.removeLongDead(time.Now())
 			n.eng.Tick()
 			n.drain()
 			n.met.bufferEntries.Set(float64(n.eng.Buffered()))
@@ -400,6 +407,10 @@ func (n *Node) loop() {
 func (n *Node) step(in inbound) {
 	from := string(in.msg.From)
 	n.met.received(from, in.size)
+	if _, member := n.members[from]; !member && n.removedName(from) {
+		n.met.refused.WithLabelValues("removed").Inc()
+		return
+	}
 	if err := n.eng.Step(in.msg); err != nil {
 		n.met.refused.WithLabelValues("step").Inc()
 		n.log.Warn("refused a peer message", "peer", from, "err", err)
@@ -438,6 +449,9 @@ func (n *Node) drain() {
 	}
 	for _, ks := range rd.Persist {
 		n.dirty[ks.Key] = struct{}{}
+		if ks.Key == removedKey.engineKey() && !ks.Deleted {
+			n.applyRemoved(ks.State)
+		}
 		if ws := n.watchers[ks.Key]; len(ws) > 0 {
 			for _, w := range ws {
 				if ks.Deleted {
@@ -470,15 +484,15 @@ func (n *Node) membershipChanged() {
 		}
 		id := deltas.PeerID(m.Name)
 		switch {
+		case n.removed[crdt.ReplicaID{Node: m.Name, Incarnation: m.Incarnation}]:
+			if m.Alive {
+				n.log.Warn("a member removed for good is alive; it is ignored (wipe its data dir to rejoin as a new replica)",
+					"member", m.Name, "incarnation", m.Incarnation)
+			}
+			n.forget(m.Name)
 		case ev.left:
 			n.log.Info("member left", "member", m.Name)
-			delete(n.members, m.Name)
-			delete(n.neighbours, m.Name)
-			if n.peers[m.Name] {
-				delete(n.peers, m.Name)
-				n.eng.RemovePeer(id)
-			}
-			n.tr.forget(m.Name)
+			n.forget(m.Name)
 		default:
 			old, known := n.members[m.Name]
 			if !known || old.Alive != m.Alive {
@@ -486,6 +500,11 @@ func (n *Node) membershipChanged() {
 			}
 			mm := m
 			n.members[m.Name] = &mm
+			if m.Alive {
+				delete(n.deadSince, m.Name)
+			} else if _, ok := n.deadSince[m.Name]; !ok {
+				n.deadSince[m.Name] = time.Now()
+			}
 			if n.peers[m.Name] {
 				if m.Alive {
 					n.eng.PeerUp(id)
@@ -498,6 +517,24 @@ func (n *Node) membershipChanged() {
 			}
 		}
 	}
+	n.topUp()
+}
+
+// forget drops a member that left or was removed: it no longer counts
+// for MAJORITY and ALL and is no peer.
+func (n *Node) forget(name string) {
+	delete(n.members, name)
+	delete(n.neighbours, name)
+	delete(n.deadSince, name)
+	if n.peers[name] {
+		delete(n.peers, name)
+		n.eng.RemovePeer(deltas.PeerID(name))
+	}
+	n.tr.forget(name)
+}
+
+// topUp completes the neighbour set and updates the member gauges.
+func (n *Node) topUp() {
 	self := Member{Name: n.cfg.Name, Region: n.cfg.Region}
 	for _, name := range chooseNeighbours(self, n.members, n.neighbours, n.cfg.Neighbours, n.cfg.CrossRegion, n.rng) {
 		n.neighbours[name] = true

@@ -45,6 +45,9 @@ func (s *peerServer) Sync(stream peerpb.Peer_SyncServer) error {
 		return s.refuse("hello", hello.Node, fmt.Errorf("mesh: Hello from %q", hello.Node))
 	}
 	from := hello.Node
+	if err := s.checkMember(stream.Context(), from); err != nil {
+		return err
+	}
 	var buf []byte
 	for {
 		f, err := stream.Recv()
@@ -81,6 +84,11 @@ func (s *peerServer) Sync(stream peerpb.Peer_SyncServer) error {
 			return s.refuse("misaddressed", from, fmt.Errorf("mesh: message from %q on %s's stream", m.From, from))
 		}
 		m.To = deltas.PeerID(n.cfg.Name) // the wire form does not carry it
+		for _, k := range messageKeys(m) {
+			if _, err := parseKey(k); err != nil {
+				return s.refuse("key", from, err)
+			}
+		}
 		select {
 		case n.recv <- inbound{msg: m, size: size}:
 		case <-n.stopc:
@@ -93,6 +101,9 @@ func (s *peerServer) Sync(stream peerpb.Peer_SyncServer) error {
 
 func (s *peerServer) Write(ctx context.Context, req *peerpb.WriteRequest) (*peerpb.WriteResponse, error) {
 	n := s.n
+	if err := s.checkMember(ctx, req.From); err != nil {
+		return nil, err
+	}
 	k, err := parseKey(string(req.Key))
 	if err != nil {
 		return nil, s.refuse("write-key", req.From, err)
@@ -132,6 +143,9 @@ func (s *peerServer) Write(ctx context.Context, req *peerpb.WriteRequest) (*peer
 
 func (s *peerServer) Read(ctx context.Context, req *peerpb.ReadRequest) (*peerpb.ReadResponse, error) {
 	n := s.n
+	if err := s.checkMember(ctx, req.From); err != nil {
+		return nil, err
+	}
 	k, err := parseKey(string(req.Key))
 	if err != nil {
 		return nil, s.refuse("read-key", req.From, err)
@@ -146,4 +160,44 @@ func (s *peerServer) Read(ctx context.Context, req *peerpb.ReadRequest) (*peerpb
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
 	return &peerpb.ReadResponse{Found: enc != nil, State: enc, Deleted: deleted}, nil
+}
+
+// checkMember refuses callers that are not members of the mesh (or were
+// removed from it): the node keeps per-peer state and metrics only for
+// members. A node that has just joined may not be known yet; it retries.
+func (s *peerServer) checkMember(ctx context.Context, name string) error {
+	var known bool
+	if _, err := s.n.do(ctx, func() { _, known = s.n.members[name] }); err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	if !known {
+		s.n.met.refused.WithLabelValues("not-member").Inc()
+		s.n.log.Warn("refused a peer that is not a member", "peer", name)
+		return status.Errorf(codes.FailedPrecondition, "mesh: %q is not a member of this mesh", name)
+	}
+	return nil
+}
+
+// messageKeys lists every key a message names.
+func messageKeys(m deltas.Message) []string {
+	var out []string
+	states := func(ks []deltas.KeyState) {
+		for _, k := range ks {
+			out = append(out, k.Key)
+		}
+	}
+	switch b := m.Body.(type) {
+	case *deltas.Deltas:
+		states(b.Deltas)
+	case *deltas.States:
+		states(b.States)
+	case *deltas.DigestReply:
+		out = append(out, b.Want...)
+		states(b.States)
+	case *deltas.Digest:
+		for _, d := range b.Digests {
+			out = append(out, d.Key)
+		}
+	}
+	return out
 }

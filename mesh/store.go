@@ -71,7 +71,7 @@ type Mutator func(v crdt.Value) (delta crdt.Value, err error)
 //   - ErrTimeout: applied here, not acknowledged by enough replicas in
 //     time; the write stays and spreads by anti-entropy as usual.
 func (n *Node) Update(ctx context.Context, k Key, t crdt.Type, fn Mutator, o Options) (crdt.Value, error) {
-	if err := k.Validate(); err != nil {
+	if err := checkUserKey(k); err != nil {
 		return nil, err
 	}
 	key := k.engineKey()
@@ -122,7 +122,7 @@ func (n *Node) Update(ctx context.Context, k Key, t crdt.Type, fn Mutator, o Opt
 // delete. Consistency applies as for Update. A deleted key costs a
 // tombstone (its name) for good.
 func (n *Node) Delete(ctx context.Context, k Key, o Options) error {
-	if err := k.Validate(); err != nil {
+	if err := checkUserKey(k); err != nil {
 		return err
 	}
 	key := k.engineKey()

@@ -117,6 +117,16 @@ func (a *adminServer) Delete(ctx context.Context, req *adminpb.DeleteRequest) (*
 	return &adminpb.DeleteResponse{}, nil
 }
 
+func (a *adminServer) RemoveNode(ctx context.Context, req *adminpb.RemoveNodeRequest) (*adminpb.RemoveNodeResponse, error) {
+	if err := a.m.RemoveNode(ctx, req.Name, req.Force); err != nil {
+		if errors.Is(err, mesh.ErrMemberAlive) {
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
+		return nil, status.Error(codes.NotFound, err.Error())
+	}
+	return &adminpb.RemoveNodeResponse{}, nil
+}
+
 // TestMutator builds the mutator of a test update: type and op by name,
 // arg the amount (counters) or the element or value.
 func TestMutator(m *mesh.Node, typ, op, arg string) (crdt.Type, mesh.Mutator, error) {

@@ -21,6 +21,7 @@ commands:
   keys                                 list the CRDT keys the node holds
   get SERVICE ID [--consistency C]     read a key (LOCAL, MAJORITY or ALL)
   delete SERVICE ID [--consistency C]  delete a key for good
+  remove-node NAME [--force]           remove a (dead) member from the mesh for good
   update SERVICE ID --type T --op OP [--arg A] [--consistency C] [--timeout D]
                                        apply a test update; T: gcounter,
                                        pncounter, gset, orset, flag, ewflag,
@@ -82,6 +83,22 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 		for _, k := range r.Keys {
 			fmt.Fprintf(stdout, "%s\t%s\n", k.Service, k.Id)
 		}
+		return 0
+	case "remove-node":
+		sub := flag.NewFlagSet("statemesh ctl remove-node", flag.ContinueOnError)
+		sub.SetOutput(stderr)
+		force := sub.Bool("force", false, "remove the member even if it is alive")
+		if len(rest) < 1 {
+			fmt.Fprintln(stderr, ctlUsage)
+			return 2
+		}
+		if err := sub.Parse(rest[1:]); err != nil {
+			return 2
+		}
+		if _, err := c.RemoveNode(ctx, &adminpb.RemoveNodeRequest{Name: rest[0], Force: *force}); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "removed %s\n", rest[0])
 		return 0
 	case "get", "update", "delete":
 		if len(rest) < 2 {

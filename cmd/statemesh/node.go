@@ -39,6 +39,7 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 	tlsCert := fs.String("tls-cert", "", "PEM certificate for the peer service (mutual TLS; with --tls-key and --tls-ca)")
 	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
 	tlsCA := fs.String("tls-ca", "", "PEM CA bundle: peers must present a certificate it signed")
+	removeDead := fs.Duration("remove-dead-after", 0, "remove members dead for longer than this for good (0: only by hand, statemesh ctl remove-node)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -55,7 +56,7 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 		return fail("--log-level: %v", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	cfg := mesh.Config{Name: *name, Region: *region, Zone: *zone, GossipAddr: *bind, DataDir: *dataDir}
+	cfg := mesh.Config{Name: *name, Region: *region, Zone: *zone, GossipAddr: *bind, DataDir: *dataDir, RemoveDeadAfter: *removeDead}
 	var err error
 	if cfg.PeerAddr, err = addrOrOffset(*peer, *bind, 1); err != nil {
 		return fail("--peer: %v", err)

@@ -23,11 +23,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_Members_FullMethodName = "/statemesh.admin.v1.Admin/Members"
-	Admin_Keys_FullMethodName    = "/statemesh.admin.v1.Admin/Keys"
-	Admin_Get_FullMethodName     = "/statemesh.admin.v1.Admin/Get"
-	Admin_Update_FullMethodName  = "/statemesh.admin.v1.Admin/Update"
-	Admin_Delete_FullMethodName  = "/statemesh.admin.v1.Admin/Delete"
+	Admin_Members_FullMethodName    = "/statemesh.admin.v1.Admin/Members"
+	Admin_Keys_FullMethodName       = "/statemesh.admin.v1.Admin/Keys"
+	Admin_Get_FullMethodName        = "/statemesh.admin.v1.Admin/Get"
+	Admin_Update_FullMethodName     = "/statemesh.admin.v1.Admin/Update"
+	Admin_Delete_FullMethodName     = "/statemesh.admin.v1.Admin/Delete"
+	Admin_RemoveNode_FullMethodName = "/statemesh.admin.v1.Admin/RemoveNode"
 )
 
 // AdminClient is the client API for Admin service.
@@ -44,6 +45,8 @@ type AdminClient interface {
 	Update(ctx context.Context, in *UpdateRequest, opts ...grpc.CallOption) (*UpdateResponse, error)
 	// Delete deletes one key for good, with a consistency level.
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
+	// RemoveNode removes a member from the mesh for good.
+	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
 }
 
 type adminClient struct {
@@ -104,6 +107,16 @@ func (c *adminClient) Delete(ctx context.Context, in *DeleteRequest, opts ...grp
 	return out, nil
 }
 
+func (c *adminClient) RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveNodeResponse)
+	err := c.cc.Invoke(ctx, Admin_RemoveNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -118,6 +131,8 @@ type AdminServer interface {
 	Update(context.Context, *UpdateRequest) (*UpdateResponse, error)
 	// Delete deletes one key for good, with a consistency level.
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
+	// RemoveNode removes a member from the mesh for good.
+	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -142,6 +157,9 @@ func (UnimplementedAdminServer) Update(context.Context, *UpdateRequest) (*Update
 }
 func (UnimplementedAdminServer) Delete(context.Context, *DeleteRequest) (*DeleteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Delete not implemented")
+}
+func (UnimplementedAdminServer) RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveNode not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -254,6 +272,24 @@ func _Admin_Delete_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RemoveNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RemoveNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RemoveNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RemoveNode(ctx, req.(*RemoveNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -280,6 +316,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Delete",
 			Handler:    _Admin_Delete_Handler,
+		},
+		{
+			MethodName: "RemoveNode",
+			Handler:    _Admin_RemoveNode_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
