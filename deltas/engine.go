@@ -144,11 +144,15 @@ type peer struct {
 	theirSession uint64
 	received     uint64
 	ackOwed      bool
-	// introduce: the peer has not heard from this session yet. A peer
-	// that knew an earlier run of this engine learns of the restart only
-	// from a message, so one is sent even when there is nothing else to
-	// say.
-	introduce bool
+	// introduce: nothing has been heard from the peer since it became our
+	// peer. A peer that knew an earlier run of this engine learns of the
+	// restart only from a message, and a peer that does not know us at
+	// all takes us as a peer only when a message of ours reaches it; so
+	// until the peer answers, a bare message is sent every
+	// RetransmitTicks even when there is nothing else to say (the first
+	// one may be lost, or refused by a peer that does not know us yet).
+	introduce  bool
+	introduced uint64 // tick of the last introduction sent
 }
 
 type entry struct {
@@ -488,6 +492,7 @@ func (e *Engine) Step(m Message) error {
 	if pr.phase == phaseEvicted {
 		pr.heard = true
 	}
+	pr.introduce = false
 	if m.AckSession == e.cfg.Session {
 		e.ack(pr, m.Ack)
 	}
@@ -629,7 +634,7 @@ func (e *Engine) sendTransfer(pr *peer, to PeerID, want []string) {
 
 // send queues a message to a peer, piggybacking the acknowledgement owed.
 func (e *Engine) send(pr *peer, to PeerID, b Body) {
-	pr.introduce = false
+	pr.introduced = e.tick
 	m := Message{From: e.cfg.ID, To: to, Session: e.cfg.Session, Body: b}
 	if pr.theirSession != 0 {
 		m.AckSession, m.Ack = pr.theirSession, pr.received
@@ -764,7 +769,8 @@ func (e *Engine) tickPeer(id PeerID, pr *peer, shared map[uint64][]KeyState) {
 	if pr.sent > pr.acked && since >= e.cfg.RetransmitTicks && since%e.cfg.RetransmitTicks == 0 {
 		pr.sent = pr.acked
 	}
-	if !e.sendDue(id, pr, shared) && (pr.ackOwed || pr.introduce) {
+	introduce := pr.introduce && (pr.introduced == 0 || e.tick-pr.introduced >= uint64(e.cfg.RetransmitTicks))
+	if !e.sendDue(id, pr, shared) && (pr.ackOwed || introduce) {
 		e.send(pr, id, nil)
 	}
 }

@@ -1470,3 +1470,37 @@ func TestDelete(t *testing.T) {
 		})
 	}
 }
+
+// TestIntroductionRepeatedUntilAnswered: a peer learns of a new engine
+// only from a message; if the first introduction is lost (or refused by
+// a peer that does not know the sender yet), it is sent again until the
+// peer answers, and then the peer's own updates flow to the new engine.
+func TestIntroductionRepeatedUntilAnswered(t *testing.T) {
+	for _, mode := range deltaModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			a := newEngine(t, "a", 1, mode)
+			b := newEngine(t, "b", 1, mode)
+			n := newNetwork(t, a, b)
+			b.PeerUp("a") // only b chose the other as a peer
+			lost := 0
+			n.drop = func(m deltas.Message) bool {
+				if m.From == "b" && lost < 2 {
+					lost++
+					return true
+				}
+				return false
+			}
+			for range 10 {
+				n.round()
+			}
+			if lost != 2 {
+				t.Fatalf("b sent %d introductions, want them repeated until one got through", lost)
+			}
+			incr(t, a, "k", 4)
+			n.settle(20)
+			if !b.Get("k").Equal(a.Get("k")) {
+				t.Fatal("a's update did not reach b: a never took b as a peer")
+			}
+		})
+	}
+}
