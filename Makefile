@@ -14,7 +14,7 @@ PROTOS        := $(shell find protocol -name '*.proto')
 RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/...
 FUZZTIME      ?= 15s
 
-.PHONY: all build test test-race fuzz verify bench bench-sync bench-micro proto tools tools-apt demo clean
+.PHONY: all build test test-race fuzz verify bench bench-sync bench-micro bench-convergence bench-mesh proto tools tools-apt demo clean
 
 all: build
 
@@ -61,13 +61,19 @@ proto: tools tools-apt
 	  --go-grpc_out=. --go-grpc_opt=module=github.com/statemesh/statemesh $(PROTOS)
 
 ## bench: every benchmark; results land in bench/results/.
-bench: bench-sync bench-micro
+bench: bench-sync bench-micro bench-convergence bench-mesh
 
 bench-sync: build
 	./bin/statemesh bench sync
 
 bench-micro:
 	./bench/micro.sh
+
+bench-convergence: build
+	./bin/statemesh bench convergence
+
+bench-mesh: build
+	./bin/statemesh bench mesh
 
 demo:
 	@echo "make demo arrives with the function proxy (issue 5). Until then: make bench-sync runs the sync simulator."; exit 1

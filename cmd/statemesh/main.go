@@ -26,7 +26,9 @@ func usage(w io.Writer) {
 commands:
   node         run a mesh node; --help for flags
   ctl          talk to a node's admin service (members, keys, get, update)
-  bench sync   run the delta-sync benchmark; --help for flags
+  bench sync         the delta-sync benchmark (Enes et al.); --help for flags
+  bench convergence  time for a write to reach every node, N = 8..64
+  bench mesh         LOCAL updates/s per node on 3 nodes, with replication lag
   version      print the version`)
 }
 
@@ -42,14 +44,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runCtl(args[1:], stdout, stderr)
 	case "bench":
 		if len(args) < 2 {
-			fmt.Fprintln(stderr, "usage: statemesh bench <name> [flags]; benchmarks: sync")
+			fmt.Fprintln(stderr, "usage: statemesh bench <name> [flags]; benchmarks: sync, convergence, mesh")
 			return 2
 		}
 		switch args[1] {
 		case "sync":
 			return benchSync(args[2:], stdout, stderr)
+		case "convergence":
+			return benchConvergence(args[2:], stdout, stderr)
+		case "mesh":
+			return benchMesh(args[2:], stdout, stderr)
 		}
-		fmt.Fprintf(stderr, "statemesh bench: unknown benchmark %q (have: sync)\n", args[1])
+		fmt.Fprintf(stderr, "statemesh bench: unknown benchmark %q (have: sync, convergence, mesh)\n", args[1])
 		return 2
 	case "version":
 		fmt.Fprintln(stdout, "statemesh", version)
