@@ -74,7 +74,8 @@ type Config struct {
 	// Mode is the sync algorithm; the zero value is ModeDeltaBPRR.
 	Mode Mode
 	// RetransmitTicks: deltas sent but not acknowledged for this many ticks
-	// are sent again. Default 3.
+	// are sent again; every further retransmission without progress waits
+	// twice as long as the one before, up to EvictTicks/2. Default 3.
 	RetransmitTicks int
 	// EvictTicks: a peer that has not acknowledged anything for this many
 	// ticks while deltas wait for it leaves the buffer's horizon; the
@@ -138,6 +139,12 @@ type peer struct {
 	// those below sent.
 	acked, sent  uint64
 	lastProgress uint64 // tick of the last ack progress (or phase start)
+	// Retransmission backoff: the next retransmission happens when
+	// ticks since lastProgress reach rtoNext (0: RetransmitTicks); each
+	// one without progress doubles the wait (rto), up to EvictTicks/2, so
+	// that a peer which is slow rather than lossy is not buried under
+	// resends of what it is still processing (congestion collapse).
+	rto, rtoNext int
 	syncBase     uint64 // our seq when the current full-state transfer began
 	heard        bool   // heard from since eviction
 	// Incoming: the peer's session and the deltas of it we hold.
@@ -532,6 +539,7 @@ func (e *Engine) ack(pr *peer, n uint64) {
 	if n > pr.acked {
 		pr.acked = n
 		pr.lastProgress = e.tick
+		pr.rto, pr.rtoNext = 0, 0
 	}
 	pr.sent = max(pr.sent, pr.acked)
 	// Only an acknowledgement of the transfer itself ends it: acked was
@@ -766,8 +774,17 @@ func (e *Engine) tickPeer(id PeerID, pr *peer, shared map[uint64][]KeyState) {
 	if !pr.up {
 		return
 	}
-	if pr.sent > pr.acked && since >= e.cfg.RetransmitTicks && since%e.cfg.RetransmitTicks == 0 {
-		pr.sent = pr.acked
+	if pr.sent > pr.acked {
+		rto := max(pr.rto, e.cfg.RetransmitTicks)
+		next := pr.rtoNext
+		if next == 0 {
+			next = rto
+		}
+		if since >= next {
+			pr.sent = pr.acked
+			pr.rto = min(2*rto, max(e.cfg.RetransmitTicks, e.cfg.EvictTicks/2))
+			pr.rtoNext = since + pr.rto
+		}
 	}
 	introduce := pr.introduce && (pr.introduced == 0 || e.tick-pr.introduced >= uint64(e.cfg.RetransmitTicks))
 	if !e.sendDue(id, pr, shared) && (pr.ackOwed || introduce) {
@@ -878,7 +895,14 @@ func (e *Engine) Ready() Ready {
 	rd := Ready{Messages: e.out}
 	e.out = nil
 	if len(e.dirty) > 0 {
-		for _, k := range slices.Sorted(maps.Keys(e.dirty)) {
+		keys := make([]string, 0, len(e.dirty))
+		for k := range e.dirty {
+			keys = append(keys, k)
+		}
+		if len(keys) > 1 {
+			slices.Sort(keys)
+		}
+		for _, k := range keys {
 			if e.Deleted(k) {
 				rd.Persist = append(rd.Persist, KeyState{Key: k, Deleted: true})
 			} else {

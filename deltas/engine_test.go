@@ -1504,3 +1504,30 @@ func TestIntroductionRepeatedUntilAnswered(t *testing.T) {
 		})
 	}
 }
+
+// TestRetransmitBackoff: while a peer acknowledges nothing, each
+// retransmission waits twice as long as the one before (capped at
+// EvictTicks/2), and an acknowledgement resets the wait.
+func TestRetransmitBackoff(t *testing.T) {
+	a := newEngine(t, "a", 1, deltas.ModeDeltaBPRR, ticks(3, 40))
+	a.PeerUp("b")
+	a.Tick()
+	a.Ready() // the introduction
+	incr(t, a, "k", 1)
+	var sentAt []int
+	for tick := 1; tick <= 39; tick++ {
+		a.Tick()
+		for _, m := range a.Ready().Messages {
+			if _, ok := m.Body.(*deltas.Deltas); ok {
+				sentAt = append(sentAt, tick)
+			}
+		}
+	}
+	// Sent at tick 1. Waits count from the last progress (tick 0): resent
+	// 3 ticks after it, then 6 and 12 ticks later; the next wait would be
+	// 24, capped at EvictTicks/2 = 20, past the end of the test.
+	want := []int{1, 3, 9, 21}
+	if !slices.Equal(sentAt, want) {
+		t.Fatalf("deltas sent at ticks %v, want %v", sentAt, want)
+	}
+}

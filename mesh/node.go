@@ -82,10 +82,14 @@ type Node struct {
 	watchers   map[string][]*watcher
 	dirty      map[string]struct{} // keys changed since the last persist batch
 	batch      uint64              // id of the batch dirty keys go into
+	burst      []*op               // ops taken in one turn of the loop
 	push       *time.Timer         // eager push
 	pushArmed  bool
 	rng        *rand.Rand
 }
+
+// maxBurst bounds the ops the loop runs before it drains the engine.
+const maxBurst = 256
 
 type op struct {
 	fn    func()
@@ -363,15 +367,32 @@ func (n *Node) loop() {
 		case <-n.stopc:
 			return
 		case o := <-n.ops:
+			// Run every op already queued (up to a bound) before one
+			// drain: under load, one engine Ready per burst, not per write.
+			burst := append(n.burst[:0], o)
 			o.fn()
-			n.drain()
-			// Whatever o saw is on disk once the open batch is (if it holds
-			// anything), else once the last batch cut is.
-			o.batch = n.batch
-			if len(n.dirty) == 0 {
-				o.batch--
+			for more := true; more && len(burst) < maxBurst; {
+				select {
+				case o := <-n.ops:
+					o.fn()
+					burst = append(burst, o)
+				default:
+					more = false
+				}
 			}
-			close(o.done)
+			n.drain()
+			// Whatever the ops saw is on disk once the open batch is (if
+			// it holds anything), else once the last batch cut is.
+			b := n.batch
+			if len(n.dirty) == 0 {
+				b--
+			}
+			for _, o := range burst {
+				o.batch = b
+				close(o.done)
+			}
+			clear(burst)
+			n.burst = burst
 		case in := <-n.recv:
 			n.step(in)
 			// Take what else has arrived before draining: one drain per
