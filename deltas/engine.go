@@ -226,7 +226,20 @@ func (e *Engine) ID() PeerID { return e.cfg.ID }
 // runs. No buffered delta covers it, so every peer, known or new, gets a
 // digest-driven full-state transfer.
 func (e *Engine) Restore(key string, v crdt.Value) {
+	delete(e.tomb, key)
 	e.state[key] = v.Clone()
+	e.restored(key)
+}
+
+// RestoreDeleted installs a persisted deletion of key, as Restore does
+// for a state.
+func (e *Engine) RestoreDeleted(key string) {
+	delete(e.state, key)
+	e.tomb[key] = struct{}{}
+	e.restored(key)
+}
+
+func (e *Engine) restored(key string) {
 	delete(e.hash, key)
 	delete(e.enc, key)
 	e.covers = false
@@ -238,22 +251,6 @@ func (e *Engine) Restore(key string, v crdt.Value) {
 	}
 	// The restored key is in no buffered delta: peers known already get it
 	// by a full-state transfer, like new ones (PeerUp).
-	for _, pr := range e.peers {
-		pr.phase, pr.heard = phaseEvicted, true
-	}
-}
-
-// RestoreDeleted installs a persisted deletion of key, as Restore does
-// for a state.
-func (e *Engine) RestoreDeleted(key string) {
-	delete(e.state, key)
-	e.tomb[key] = struct{}{}
-	delete(e.hash, key)
-	delete(e.enc, key)
-	e.covers = false
-	if e.seq == 0 {
-		e.seq, e.bufStart = 1, 1
-	}
 	for _, pr := range e.peers {
 		pr.phase, pr.heard = phaseEvicted, true
 	}

@@ -75,41 +75,18 @@ func (n *Node) Update(ctx context.Context, k Key, t crdt.Type, fn Mutator, o Opt
 		return nil, err
 	}
 	key := k.engineKey()
-	var (
-		state   crdt.Value
-		delta   []byte
-		targets []Member
-		need    int
-		uerr    error
-	)
-	batch, err := n.do(ctx, func() {
-		targets, need = n.replicasFor(o.Consistency)
-		if len(targets) < need {
-			uerr = fmt.Errorf("%w: %s needs %d other replicas, %d reachable", ErrUnavailable, o.Consistency, need, len(targets))
-			return
-		}
+	var state crdt.Value
+	err := n.write(ctx, key, o, func(remote bool) (*peerpb.WriteRequest, error) {
 		d, err := n.eng.Update(key, t, func(v crdt.Value) (crdt.Value, error) { return fn(v) })
 		if err != nil {
-			uerr = err
-			return
-		}
-		if need > 0 {
-			delta = crdt.Encode(d)
+			return nil, err
 		}
 		state = n.eng.Get(key)
+		if !remote {
+			return nil, nil
+		}
+		return &peerpb.WriteRequest{From: n.cfg.Name, Key: []byte(key), State: crdt.Encode(d)}, nil
 	})
-	if err == nil {
-		err = uerr
-	}
-	if err == nil && n.cfg.Durability == Sync {
-		err = n.dur.wait(ctx, batch, n.stopc)
-	}
-	if err == nil && need > 0 {
-		err = n.replicate(ctx, targets, need, o, func(ctx context.Context, m Member) error {
-			return n.tr.write(ctx, m, &peerpb.WriteRequest{From: n.cfg.Name, Key: []byte(key), State: delta})
-		})
-	}
-	n.met.writes.WithLabelValues(o.Consistency.String(), resultLabel(err)).Inc()
 	if err != nil && state == nil {
 		return nil, err
 	}
@@ -126,28 +103,40 @@ func (n *Node) Delete(ctx context.Context, k Key, o Options) error {
 		return err
 	}
 	key := k.engineKey()
+	return n.write(ctx, key, o, func(bool) (*peerpb.WriteRequest, error) {
+		n.eng.Delete(key)
+		return &peerpb.WriteRequest{From: n.cfg.Name, Key: []byte(key), Deleted: true}, nil
+	})
+}
+
+// write runs apply on the loop when enough replicas are reachable for
+// o.Consistency (remote says whether any must be asked), waits for the
+// disk in sync durability, then sends the request apply returned to the
+// other replicas and waits for enough acknowledgements.
+func (n *Node) write(ctx context.Context, key string, o Options, apply func(remote bool) (*peerpb.WriteRequest, error)) error {
 	var (
 		targets []Member
 		need    int
-		uerr    error
+		req     *peerpb.WriteRequest
+		aerr    error
 	)
 	batch, err := n.do(ctx, func() {
 		targets, need = n.replicasFor(o.Consistency)
 		if len(targets) < need {
-			uerr = fmt.Errorf("%w: %s needs %d other replicas, %d reachable", ErrUnavailable, o.Consistency, need, len(targets))
+			aerr = fmt.Errorf("%w: %s needs %d other replicas, %d reachable", ErrUnavailable, o.Consistency, need, len(targets))
 			return
 		}
-		n.eng.Delete(key)
+		req, aerr = apply(need > 0)
 	})
 	if err == nil {
-		err = uerr
+		err = aerr
 	}
 	if err == nil && n.cfg.Durability == Sync {
 		err = n.dur.wait(ctx, batch, n.stopc)
 	}
 	if err == nil && need > 0 {
 		err = n.replicate(ctx, targets, need, o, func(ctx context.Context, m Member) error {
-			return n.tr.write(ctx, m, &peerpb.WriteRequest{From: n.cfg.Name, Key: []byte(key), Deleted: true})
+			return n.tr.write(ctx, m, req)
 		})
 	}
 	n.met.writes.WithLabelValues(o.Consistency.String(), resultLabel(err)).Inc()
