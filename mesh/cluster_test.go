@@ -583,3 +583,60 @@ func (c *cluster) RemoveNodeWants(ctx context.Context, node, target string, want
 	}
 	return nil
 }
+
+func TestBackpressureHoldsWritesWhileReplicationLags(t *testing.T) {
+	c := newCluster(t, 2, func(cfg *Config) { cfg.MaxLag = 5 })
+	ctx := context.Background()
+	n1, n2 := c.nodes["n1"], c.nodes["n2"]
+	// Stall n2's loop: it neither applies nor acknowledges anything.
+	stall, stalled := make(chan struct{}), make(chan struct{})
+	go func() {
+		_, _ = n2.do(ctx, func() { close(stalled); <-stall })
+	}()
+	<-stalled
+	// n1 writes until its lag passes the bound; then writes wait.
+	var applied uint64
+	for i := 0; ; i++ {
+		wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, err := n1.Update(wctx, counterKey, crdt.TypeGCounter, increment(n1, 1), Options{})
+		cancel()
+		if errors.Is(err, ErrOverloaded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		applied++
+		if i > 1000 {
+			t.Fatal("writes never held back although n2 acknowledges nothing")
+		}
+	}
+	if applied < 5 {
+		t.Fatalf("held back after %d writes, MaxLag is 5", applied)
+	}
+	// The refused write was not applied.
+	if got := counterValue(t, n1, counterKey); got != applied {
+		t.Fatalf("n1 reads %d after %d acknowledged writes: a refused write was applied", got, applied)
+	}
+	// A write that waits completes once n2 catches up.
+	done := make(chan error, 1)
+	go func() {
+		_, err := n1.Update(ctx, counterKey, crdt.TypeGCounter, increment(n1, 1), Options{})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("a write went through while n2 was stalled: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(stall)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held-back write never completed after n2 caught up")
+	}
+	c.waitValue(counterKey, applied+1)
+}

@@ -144,6 +144,17 @@ type Config struct {
 	// removed only by hand, statemesh ctl remove-node). Default 0.
 	RemoveDeadAfter time.Duration
 
+	// MaxLag is backpressure: while the furthest-behind live neighbour
+	// has more than MaxLag deltas of this node unacknowledged, local
+	// writes wait (in order) until the lag is down to half of it, and a
+	// write whose context ends while it waits fails with ErrOverloaded,
+	// not applied. Without it an overloaded node buffers deltas and
+	// retransmits ever larger windows until it collapses. A neighbour that
+	// stops acknowledging altogether is evicted after the engine's
+	// EvictTicks and no longer holds writes back. Default 20000; negative
+	// disables.
+	MaxLag int
+
 	// WriteTimeout bounds MAJORITY and ALL writes and reads that set no
 	// deadline of their own. Default 5 s.
 	WriteTimeout time.Duration
@@ -209,6 +220,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = 100 * time.Millisecond
+	}
+	if c.MaxLag == 0 {
+		c.MaxLag = 20000
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 5 * time.Second

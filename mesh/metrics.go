@@ -18,6 +18,7 @@ type metrics struct {
 	pendingPersist prometheus.Gauge
 	writes         *prometheus.CounterVec // consistency, result
 	lagSeq         prometheus.Gauge
+	parked         prometheus.Gauge
 }
 
 func newMetrics(r prometheus.Registerer) *metrics {
@@ -47,11 +48,13 @@ func newMetrics(r prometheus.Registerer) *metrics {
 			Help: "Changed keys not yet written to the store."}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "statemesh_mesh_writes_total",
 			Help: "Local writes by consistency and result (ok, timeout, unavailable, error)."}, []string{"consistency", "result"}),
+		parked: prometheus.NewGauge(prometheus.GaugeOpts{Name: "statemesh_mesh_writes_parked",
+			Help: "Local writes held back because replication lags (Config.MaxLag)."}),
 		lagSeq: prometheus.NewGauge(prometheus.GaugeOpts{Name: "statemesh_mesh_replication_lag_deltas",
 			Help: "Deltas the furthest-behind live neighbour has not acknowledged."}),
 	}
 	for _, c := range []prometheus.Collector{m.members, m.msgsSent, m.bytesSent, m.msgsReceived, m.bytesReceived,
-		m.dropped, m.refused, m.transfers, m.bufferEntries, m.keys, m.pendingPersist, m.writes, m.lagSeq} {
+		m.dropped, m.refused, m.transfers, m.bufferEntries, m.keys, m.pendingPersist, m.writes, m.lagSeq, m.parked} {
 		f(c)
 	}
 	return m

@@ -10,6 +10,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,6 +35,9 @@ var (
 	// may still reach every replica (it spreads by anti-entropy like any
 	// other); it is not rolled back.
 	ErrTimeout = errors.New("mesh: timed out waiting for replicas")
+	// ErrOverloaded: a write waited for replication to catch up (see
+	// Config.MaxLag) until its context ended; it was not applied.
+	ErrOverloaded = errors.New("mesh: overloaded: replication is behind")
 	// ErrUnavailable: fewer replicas are reachable than the consistency
 	// level needs. The write was not applied anywhere.
 	ErrUnavailable = errors.New("mesh: not enough reachable replicas")
@@ -83,6 +87,7 @@ type Node struct {
 	dirty      map[string]struct{} // keys changed since the last persist batch
 	batch      uint64              // id of the batch dirty keys go into
 	burst      []*op               // ops taken in one turn of the loop
+	parked     []*op               // writes held back while replication lags
 	push       *time.Timer         // eager push
 	pushArmed  bool
 	rng        *rand.Rand
@@ -93,9 +98,17 @@ const maxBurst = 256
 
 type op struct {
 	fn    func()
-	batch uint64 // set by the loop: the persist batch holding fn's changes
+	write bool         // a local write: held back while replication lags
+	state atomic.Int32 // opPending, opRunning or opCanceled
+	batch uint64       // set by the loop: the persist batch holding fn's changes
 	done  chan struct{}
 }
+
+const (
+	opPending int32 = iota
+	opRunning
+	opCanceled
+)
 
 type inbound struct {
 	msg  deltas.Message
@@ -346,6 +359,91 @@ func (n *Node) do(ctx context.Context, fn func()) (uint64, error) {
 	}
 }
 
+// doWrite is do for a local write: while replication lags behind
+// (Config.MaxLag) the loop holds it back, and if ctx ends first the
+// write is not applied and fails with ErrOverloaded.
+func (n *Node) doWrite(ctx context.Context, fn func()) (uint64, error) {
+	o := &op{fn: fn, write: true, done: make(chan struct{})}
+	select {
+	case n.ops <- o:
+	case <-n.stopc:
+		return 0, ErrClosed
+	case <-ctx.Done():
+		return 0, fmt.Errorf("%w: %w", ErrOverloaded, ctx.Err())
+	}
+	select {
+	case <-o.done:
+		return o.batch, nil
+	case <-ctx.Done():
+		if o.state.CompareAndSwap(opPending, opCanceled) {
+			return 0, fmt.Errorf("%w: %w", ErrOverloaded, ctx.Err())
+		}
+		<-o.done // it is running: it will be done at once
+		return o.batch, nil
+	case <-n.stopc:
+		select {
+		case <-o.done:
+			return o.batch, nil
+		default:
+			return 0, ErrClosed
+		}
+	}
+}
+
+// take runs o as part of the current burst, or parks it when it is a
+// write and replication lags (or writes are parked already: they keep
+// their order). Canceled ops are dropped.
+func (n *Node) take(o *op) {
+	if o.write && (len(n.parked) > 0 || n.lagging()) {
+		n.parked = append(n.parked, o)
+		n.met.parked.Set(float64(len(n.parked)))
+		return
+	}
+	if !o.state.CompareAndSwap(opPending, opRunning) {
+		return // its caller gave up
+	}
+	o.fn()
+	n.burst = append(n.burst, o)
+}
+
+// lagging reports whether the furthest-behind live neighbour has more
+// unacknowledged deltas than Config.MaxLag.
+func (n *Node) lagging() bool { return n.cfg.MaxLag > 0 && n.eng.Lag() > uint64(n.cfg.MaxLag) }
+
+// release runs the parked writes once the lag is down to half the bound.
+func (n *Node) release() {
+	if len(n.parked) == 0 || (n.cfg.MaxLag > 0 && n.eng.Lag() > uint64(n.cfg.MaxLag/2)) {
+		return
+	}
+	parked := n.parked
+	n.parked = nil
+	for _, o := range parked {
+		if o.state.CompareAndSwap(opPending, opRunning) {
+			o.fn()
+			n.burst = append(n.burst, o)
+		}
+	}
+	n.met.parked.Set(0)
+	n.finishBurst()
+}
+
+// finishBurst drains the engine and completes the ops of the burst.
+func (n *Node) finishBurst() {
+	n.drain()
+	// Whatever the ops saw is on disk once the open batch is (if it holds
+	// anything), else once the last batch cut is.
+	b := n.batch
+	if len(n.dirty) == 0 {
+		b--
+	}
+	for _, o := range n.burst {
+		o.batch = b
+		close(o.done)
+	}
+	clear(n.burst)
+	n.burst = n.burst[:0]
+}
+
 // loop owns the engine.
 func (n *Node) loop() {
 	defer close(n.loopDone)
@@ -369,30 +467,16 @@ func (n *Node) loop() {
 		case o := <-n.ops:
 			// Run every op already queued (up to a bound) before one
 			// drain: under load, one engine Ready per burst, not per write.
-			burst := append(n.burst[:0], o)
-			o.fn()
-			for more := true; more && len(burst) < maxBurst; {
+			n.take(o)
+			for more := true; more && len(n.burst) < maxBurst; {
 				select {
 				case o := <-n.ops:
-					o.fn()
-					burst = append(burst, o)
+					n.take(o)
 				default:
 					more = false
 				}
 			}
-			n.drain()
-			// Whatever the ops saw is on disk once the open batch is (if
-			// it holds anything), else once the last batch cut is.
-			b := n.batch
-			if len(n.dirty) == 0 {
-				b--
-			}
-			for _, o := range burst {
-				o.batch = b
-				close(o.done)
-			}
-			clear(burst)
-			n.burst = burst
+			n.finishBurst()
 		case in := <-n.recv:
 			n.step(in)
 			// Take what else has arrived before draining: one drain per
@@ -406,6 +490,7 @@ func (n *Node) loop() {
 				}
 			}
 			n.drain()
+			n.release() // acknowledgements may have brought the lag down
 		case <-n.mb.signal:
 			n.membershipChanged()
 			n.drain()
@@ -413,6 +498,7 @@ func (n *Node) loop() {
 			n.removeLongDead(time.Now())
 			n.eng.Tick()
 			n.drain()
+			n.release()
 			n.met.bufferEntries.Set(float64(n.eng.Buffered()))
 			n.met.lagSeq.Set(float64(n.eng.Lag()))
 			n.met.keys.Set(float64(n.eng.Len()))

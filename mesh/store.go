@@ -120,7 +120,7 @@ func (n *Node) write(ctx context.Context, key string, o Options, apply func(remo
 		req     *peerpb.WriteRequest
 		aerr    error
 	)
-	batch, err := n.do(ctx, func() {
+	batch, err := n.doWrite(ctx, func() {
 		targets, need = n.replicasFor(o.Consistency)
 		if len(targets) < need {
 			aerr = fmt.Errorf("%w: %s needs %d other replicas, %d reachable", ErrUnavailable, o.Consistency, need, len(targets))
@@ -286,6 +286,8 @@ func resultLabel(err error) string {
 		return "timeout"
 	case errors.Is(err, ErrUnavailable):
 		return "unavailable"
+	case errors.Is(err, ErrOverloaded):
+		return "overloaded"
 	}
 	return "error"
 }
