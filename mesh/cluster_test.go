@@ -640,3 +640,27 @@ func TestBackpressureHoldsWritesWhileReplicationLags(t *testing.T) {
 	}
 	c.waitValue(counterKey, applied+1)
 }
+
+func TestTwoRegionsConverge(t *testing.T) {
+	c := newCluster(t, 4, func(cfg *Config) {
+		cfg.Region = map[string]string{"n1": "eu", "n2": "eu", "n3": "us", "n4": "us"}[cfg.Name]
+		cfg.Neighbours, cfg.CrossRegion = 1, 1
+	})
+	ms, err := c.nodes["n3"].Members(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	regions := map[string]string{}
+	for _, m := range ms {
+		regions[m.Name] = m.Region
+	}
+	if regions["n1"] != "eu" || regions["n4"] != "us" {
+		t.Fatalf("n3 sees regions %v", regions)
+	}
+	for i, name := range c.names {
+		if err := c.update(name, counterKey, uint64(i+1), Options{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.waitValue(counterKey, 10)
+}
