@@ -18,7 +18,7 @@ const (
 	MaxIDBytes      = 1024
 )
 
-func (k Key) String() string { return k.Service + "/" + k.ID }
+func (k Key) String() string { return k.engineKey() }
 
 // Validate checks the key's parts.
 func (k Key) Validate() error {

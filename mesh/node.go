@@ -130,6 +130,8 @@ func Start(cfg Config) (*Node, error) {
 		watchers: map[string][]*watcher{}, dirty: map[string]struct{}{}, batch: 1}
 	n.dur.init()
 	n.clock = hlc.New(cfg.PhysicalClock)
+	n.push = time.NewTimer(time.Hour)
+	n.push.Stop()
 	r := cfg.Registerer
 	if r == nil {
 		n.reg = prometheus.NewRegistry()
@@ -213,7 +215,6 @@ func (n *Node) openStore() error {
 	if n.eng, err = deltas.New(ecfg); err != nil {
 		return err
 	}
-	var keys int
 	err = n.db.CRDT().Load(func(key string, b []byte) error {
 		if string(b) == tombstone {
 			n.eng.RestoreDeleted(key)
@@ -224,16 +225,15 @@ func (n *Node) openStore() error {
 			return fmt.Errorf("%w: key %q: %w", eventlog.ErrCorrupt, key, err)
 		}
 		n.eng.Restore(key, v)
-		keys++
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if v := n.eng.Get(removedKey.engineKey()); v != nil {
+	if v := n.eng.Get(removedEngineKey); v != nil {
 		n.applyRemoved(v)
 	}
-	n.met.keys.Set(float64(keys))
+	n.met.keys.Set(float64(n.eng.Len()))
 	return nil
 }
 
@@ -305,13 +305,10 @@ func (n *Node) shutdown(clean bool) error {
 	}
 	n.srv.Stop()
 	n.tr.close()
-	if !clean {
-		n.stopLoops()
-	} else {
-		// Stop the loop, then write what is still dirty.
-		n.stopLoops()
-		errs = append(errs, n.persistBatch(n.takeDirtyStopped(), true))
-		errs = append(errs, n.db.MarkClean())
+	n.stopLoops()
+	if clean {
+		// The loop has stopped: write what is still dirty from here.
+		errs = append(errs, n.persistBatch(n.cutBatch(), true), n.db.MarkClean())
 	}
 	if n.ownDB {
 		errs = append(errs, n.db.Close())
@@ -335,9 +332,24 @@ func (n *Node) stopLoops() {
 }
 
 // do runs fn on the loop goroutine and waits for it; it returns the
-// persist batch holding fn's changes.
+// persist batch holding fn's changes. If ctx ends before fn has started,
+// fn never runs.
 func (n *Node) do(ctx context.Context, fn func()) (uint64, error) {
-	o := &op{fn: fn, done: make(chan struct{})}
+	return n.run(ctx, &op{fn: fn, done: make(chan struct{})})
+}
+
+// doWrite is do for a local write: while replication lags behind
+// (Config.MaxLag) the loop holds it back, and if ctx ends first the
+// write is not applied and fails with ErrOverloaded.
+func (n *Node) doWrite(ctx context.Context, fn func()) (uint64, error) {
+	b, err := n.run(ctx, &op{fn: fn, write: true, done: make(chan struct{})})
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		err = fmt.Errorf("%w: %w", ErrOverloaded, err)
+	}
+	return b, err
+}
+
+func (n *Node) run(ctx context.Context, o *op) (uint64, error) {
 	select {
 	case n.ops <- o:
 	case <-n.stopc:
@@ -348,39 +360,14 @@ func (n *Node) do(ctx context.Context, fn func()) (uint64, error) {
 	select {
 	case <-o.done:
 		return o.batch, nil
-	case <-n.stopc:
-		// The loop may have finished o before stopping.
-		select {
-		case <-o.done:
-			return o.batch, nil
-		default:
-			return 0, ErrClosed
-		}
-	}
-}
-
-// doWrite is do for a local write: while replication lags behind
-// (Config.MaxLag) the loop holds it back, and if ctx ends first the
-// write is not applied and fails with ErrOverloaded.
-func (n *Node) doWrite(ctx context.Context, fn func()) (uint64, error) {
-	o := &op{fn: fn, write: true, done: make(chan struct{})}
-	select {
-	case n.ops <- o:
-	case <-n.stopc:
-		return 0, ErrClosed
-	case <-ctx.Done():
-		return 0, fmt.Errorf("%w: %w", ErrOverloaded, ctx.Err())
-	}
-	select {
-	case <-o.done:
-		return o.batch, nil
 	case <-ctx.Done():
 		if o.state.CompareAndSwap(opPending, opCanceled) {
-			return 0, fmt.Errorf("%w: %w", ErrOverloaded, ctx.Err())
+			return 0, ctx.Err()
 		}
 		<-o.done // it is running: it will be done at once
 		return o.batch, nil
 	case <-n.stopc:
+		// The loop may have finished o before stopping.
 		select {
 		case <-o.done:
 			return o.batch, nil
@@ -457,8 +444,6 @@ func (n *Node) loop() {
 	}()
 	tick := time.NewTicker(n.cfg.TickInterval)
 	defer tick.Stop()
-	n.push = time.NewTimer(time.Hour)
-	n.push.Stop()
 	defer n.push.Stop()
 	for {
 		select {
@@ -514,8 +499,10 @@ func (n *Node) loop() {
 func (n *Node) step(in inbound) {
 	from := string(in.msg.From)
 	n.met.received(from, in.size)
-	if _, member := n.members[from]; !member && n.removedName(from) {
-		n.met.refused.WithLabelValues("removed").Inc()
+	m, member := n.members[from]
+	if !member {
+		// It left or was removed after its stream was accepted.
+		n.met.refused.WithLabelValues("not-member").Inc()
 		return
 	}
 	if err := n.eng.Step(in.msg); err != nil {
@@ -527,7 +514,7 @@ func (n *Node) step(in inbound) {
 		// The engine took the sender as a peer: it chose us as its
 		// neighbour.
 		n.peers[from] = true
-		if m, ok := n.members[from]; ok && !m.Alive {
+		if !m.Alive {
 			n.eng.PeerDown(in.msg.From)
 		}
 	}
@@ -556,7 +543,7 @@ func (n *Node) drain() {
 	}
 	for _, ks := range rd.Persist {
 		n.dirty[ks.Key] = struct{}{}
-		if ks.Key == removedKey.engineKey() && !ks.Deleted {
+		if ks.Key == removedEngineKey && !ks.Deleted {
 			n.applyRemoved(ks.State)
 		}
 		if ws := n.watchers[ks.Key]; len(ws) > 0 {
@@ -569,7 +556,7 @@ func (n *Node) drain() {
 			}
 		}
 	}
-	if !n.pushArmed && n.push != nil {
+	if !n.pushArmed {
 		n.push.Reset(n.cfg.PushDelay)
 		n.pushArmed = true
 	}
@@ -772,9 +759,6 @@ func (n *Node) takeDirty() (persistBatch, error) {
 	return b, err
 }
 
-// takeDirtyStopped is takeDirty once the loop has stopped.
-func (n *Node) takeDirtyStopped() persistBatch { return n.cutBatch() }
-
 func (n *Node) cutBatch() persistBatch {
 	b := persistBatch{id: n.batch}
 	for _, k := range slices.Sorted(maps.Keys(n.dirty)) {
@@ -819,18 +803,22 @@ func (d *durable) init() { d.changed = make(chan struct{}) }
 
 func (d *durable) advance(id uint64) {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.done = max(d.done, id)
-	close(d.changed)
-	d.changed = make(chan struct{})
-	d.mu.Unlock()
+	d.notify()
 }
 
 func (d *durable) fail(id uint64, err error) {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.failed, d.lastErr = id, err
+	d.notify()
+}
+
+// notify wakes the waiters; d.mu is held.
+func (d *durable) notify() {
 	close(d.changed)
 	d.changed = make(chan struct{})
-	d.mu.Unlock()
 }
 
 // wait blocks until batch id is on disk.

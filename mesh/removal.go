@@ -18,7 +18,10 @@ const SystemService = "statemesh.system"
 // removedKey holds the replicas removed from the mesh for good, as a GSet
 // of "name#incarnation": removal is forever and every node learns of it
 // by the same anti-entropy as user data.
-var removedKey = Key{Service: SystemService, ID: "removed-replicas"}
+var (
+	removedKey       = Key{Service: SystemService, ID: "removed-replicas"}
+	removedEngineKey = removedKey.engineKey()
+)
 
 // ErrMemberAlive: RemoveNode refuses a member that is alive, unless forced.
 var ErrMemberAlive = errors.New("mesh: member is alive")
@@ -79,7 +82,7 @@ func (n *Node) RemoveNode(ctx context.Context, name string, force bool) error {
 // markRemoved adds r to the removed set. Runs on the loop; drain applies
 // it.
 func (n *Node) markRemoved(r crdt.ReplicaID) error {
-	_, err := n.eng.Update(removedKey.engineKey(), crdt.TypeGSet, func(v crdt.Value) (crdt.Value, error) {
+	_, err := n.eng.Update(removedEngineKey, crdt.TypeGSet, func(v crdt.Value) (crdt.Value, error) {
 		return v.(*crdt.GSet).Add(replicaElement(r)), nil
 	})
 	if err == nil {
@@ -127,14 +130,4 @@ func (n *Node) applyRemoved(v crdt.Value) {
 	if n.rng != nil { // running, not restoring
 		n.topUp()
 	}
-}
-
-// removedName reports whether some incarnation of name was removed.
-func (n *Node) removedName(name string) bool {
-	for r := range n.removed {
-		if r.Node == name {
-			return true
-		}
-	}
-	return false
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -123,7 +124,7 @@ func (n *Node) write(ctx context.Context, key string, o Options, apply func(remo
 	batch, err := n.doWrite(ctx, func() {
 		targets, need = n.replicasFor(o.Consistency)
 		if len(targets) < need {
-			aerr = fmt.Errorf("%w: %s needs %d other replicas, %d reachable", ErrUnavailable, o.Consistency, need, len(targets))
+			aerr = unavailable(o.Consistency, need, len(targets))
 			return
 		}
 		req, aerr = apply(need > 0)
@@ -160,7 +161,7 @@ func (n *Node) Get(ctx context.Context, k Key, o Options) (crdt.Value, error) {
 		return nil, err
 	}
 	if len(targets) < need {
-		return nil, fmt.Errorf("%w: %s needs %d other replicas, %d reachable", ErrUnavailable, o.Consistency, need, len(targets))
+		return nil, unavailable(o.Consistency, need, len(targets))
 	}
 	if need > 0 {
 		err := n.replicate(ctx, targets, need, o, func(ctx context.Context, m Member) error {
@@ -243,6 +244,10 @@ func (n *Node) replicasFor(c Consistency) ([]Member, int) {
 	return alive, total/2 + 1 - 1
 }
 
+func unavailable(c Consistency, need, reachable int) error {
+	return fmt.Errorf("%w: %s needs %d other replicas, %d reachable", ErrUnavailable, c, need, reachable)
+}
+
 // replicate calls call on every target at once and returns when need of
 // them succeeded, or fails with ErrTimeout when that became impossible in
 // time.
@@ -294,9 +299,8 @@ func resultLabel(err error) string {
 
 // Watch returns a channel that receives key's state after each change
 // (the latest only: a slow reader skips intermediate states; nil when the
-// key is deleted), and a
-// function that ends the watch. The channel is closed when the watch ends
-// or the node stops.
+// key is deleted), and a function that ends the watch. The channel is
+// closed when the watch ends or the node stops.
 func (n *Node) Watch(ctx context.Context, k Key) (<-chan crdt.Value, func(), error) {
 	if err := k.Validate(); err != nil {
 		return nil, nil, err
@@ -309,12 +313,9 @@ func (n *Node) Watch(ctx context.Context, k Key) (<-chan crdt.Value, func(), err
 	cancel := func() {
 		_, _ = n.do(context.Background(), func() {
 			ws := n.watchers[key]
-			for i, x := range ws {
-				if x == w {
-					n.watchers[key] = append(ws[:i:i], ws[i+1:]...)
-					close(w.ch)
-					break
-				}
+			if i := slices.Index(ws, w); i >= 0 {
+				n.watchers[key] = slices.Delete(ws, i, i+1)
+				close(w.ch)
 			}
 			if len(n.watchers[key]) == 0 {
 				delete(n.watchers, key)

@@ -162,9 +162,7 @@ func (t *transport) run(pc *peerConn) {
 			if err != nil {
 				t.log.Debug("sync stream failed to open", "peer", pc.name, "addr", pc.addr, "err", err)
 				t.counters.dropped.WithLabelValues("unreachable").Inc()
-				if !sleepCtx(pc.ctx, backoff) {
-					continue
-				}
+				sleepCtx(pc.ctx, backoff)
 				backoff = min(2*backoff, time.Second)
 				continue
 			}
