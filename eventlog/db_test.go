@@ -249,9 +249,6 @@ func TestTooLarge(t *testing.T) {
 
 // TestMaxValue stores one MaxValueBytes value with the default options.
 func TestMaxValue(t *testing.T) {
-	if testing.Short() {
-		t.Skip("writes 64 MiB")
-	}
 	o := testOptions(t)
 	db := mustOpen(t, o)
 	v := bytes.Repeat([]byte("0123456789abcdef"), MaxValueBytes/16)
