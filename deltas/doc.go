@@ -24,9 +24,20 @@
 // own deltas with BP); receivers acknowledge, piggybacked on their next
 // message, the highest sequence below which they hold every delta. Sends
 // are pipelined: an interval is sent once and resent from acked only after
-// RetransmitTicks without progress, so loss costs a retransmission and
-// duplication or reordering cost nothing (joins are idempotent and
-// commutative).
+// RetransmitTicks without progress (each further resend without progress
+// waits twice as long, up to EvictTicks/2, so a slow peer is not buried
+// under resends), so loss costs a retransmission and duplication or
+// reordering cost nothing (joins are idempotent and commutative). Flush
+// sends the due intervals between ticks (the mesh's eager push).
+//
+// A peer learns of an engine, or of its restart, only from a message: until
+// a new peer has answered, the engine sends it a bare message every
+// RetransmitTicks even when it has nothing else to say.
+//
+// Delete removes a key for good: the deletion travels like a delta
+// (KeyState.Deleted), absorbs every state of the key, earlier or
+// concurrent, and later writes fail with ErrDeleted. Merge joins a state
+// obtained outside the protocol (a replicated write, a remote read).
 //
 // The buffer is collected below the smallest acknowledgement of the peers
 // in its horizon. A peer that acknowledges nothing for EvictTicks while

@@ -5,7 +5,8 @@
 //
 // # Keys and values
 //
-// A key is (service, entity id) and holds one CRDT type for its life;
+// A key is (service, entity id) and holds one CRDT type for its life
+// (Delete ends it for good: a tombstone that wins over every state);
 // writing it as another type fails with ErrTypeMismatch, on the writer and
 // on every peer (a peer that sends a conflicting type is refused and
 // logged, and nothing changes).
@@ -51,6 +52,18 @@
 // did not stop cleanly restarts with a new replica incarnation, because it
 // may have handed out dots it never persisted; a node that lost its data
 // directory also gets a new incarnation and its state back from its peers.
+//
+// # Backpressure, membership and removal
+//
+// While the furthest-behind live neighbour has more than Config.MaxLag
+// deltas unacknowledged, local writes wait until the lag is half that; a
+// write whose context ends while it waits fails with ErrOverloaded and is
+// not applied. Only members may open Sync streams or call Write and Read,
+// and every key a peer names must be a valid mesh key. RemoveNode (or
+// Config.RemoveDeadAfter) removes a member's replica for good through a
+// GSet under the reserved SystemService, which spreads like user data:
+// it then counts for no consistency level and is no peer. Its
+// contributions to CRDT state are not folded out (pruning) yet.
 //
 // # Faults
 //
