@@ -146,18 +146,42 @@ func TestMemberlistPartitionAndHeal(t *testing.T) {
 	f.SetDelay(0, 5*time.Millisecond)
 	f.SetDuplicate(0.25)
 
-	if _, err := nodes[1].ml.Join([]string{nodes[0].addr}); err != nil {
-		t.Fatalf("n2 join: %v", err)
+	// untilAllSeeAll waits for every node to see every other alive,
+	// calling rejoin every 500 ms meanwhile. memberlist never probes or
+	// push-pulls a node it holds dead, so once a node is (even falsely)
+	// held dead, as a 50 ms probe timeout allows under -race on a loaded
+	// machine, only a periodic push-pull or an explicit Join repairs it.
+	untilAllSeeAll := func(what string, rejoin func() error) {
+		t.Helper()
+		var joins int
+		var lastJoin time.Time
+		took := eventually(t, 5*time.Second, what, func() (bool, string) {
+			if ok, state := allSeeAll(); ok {
+				return true, state
+			}
+			if time.Since(lastJoin) > 500*time.Millisecond {
+				joins++
+				lastJoin = time.Now()
+				if err := rejoin(); err != nil {
+					t.Logf("join %d: %v", joins, err)
+				}
+			}
+			return allSeeAll()
+		})
+		t.Logf("%s in %v with %d Join round(s)", what, took, joins)
 	}
-	if _, err := nodes[2].ml.Join([]string{nodes[0].addr}); err != nil {
-		t.Fatalf("n3 join: %v", err)
-	}
-	took := eventually(t, 5*time.Second, "all three alive after join", allSeeAll)
-	t.Logf("joined in %v", took)
+	untilAllSeeAll("all three alive after join", func() error {
+		for _, n := range nodes[1:] {
+			if _, err := n.ml.Join([]string{nodes[0].addr}); err != nil {
+				return fmt.Errorf("%s: %w", n.name, err)
+			}
+		}
+		return nil
+	})
 
 	isolated, rest := nodes[2], nodes[:2]
 	f.Isolate(isolated.name, names)
-	took = eventually(t, 5*time.Second, "n1 and n2 mark n3 dead", func() (bool, string) {
+	took := eventually(t, 5*time.Second, "n1 and n2 mark n3 dead", func() (bool, string) {
 		var b strings.Builder
 		ok := true
 		for _, n := range rest {
@@ -185,22 +209,10 @@ func TestMemberlistPartitionAndHeal(t *testing.T) {
 	// One Join has sufficed in every run; repeat it in case a refutation is
 	// lost.
 	f.Heal()
-	var joins int
-	var lastJoin time.Time
-	took = eventually(t, 5*time.Second, "all three alive after heal", func() (bool, string) {
-		if ok, state := allSeeAll(); ok {
-			return true, state
-		}
-		if time.Since(lastJoin) > 500*time.Millisecond {
-			joins++
-			lastJoin = time.Now()
-			if _, err := isolated.ml.Join([]string{rest[0].addr, rest[1].addr}); err != nil {
-				t.Logf("rejoin %d: %v", joins, err)
-			}
-		}
-		return allSeeAll()
+	untilAllSeeAll("all three alive after heal", func() error {
+		_, err := isolated.ml.Join([]string{rest[0].addr, rest[1].addr})
+		return err
 	})
-	t.Logf("healed in %v with %d Join call(s)", took, joins)
 
 	dropped, duplicated, delayed := f.Counters()
 	t.Logf("counters: dropped %d, duplicated %d, delayed %d", dropped, duplicated, delayed)
