@@ -86,6 +86,14 @@ type batcher struct {
 	db  *DB
 	txn *badger.Txn
 	n   int // entries in txn
+
+	// maxBytes, if positive, bounds the keys and values held by txn:
+	// Badger counts a value-log value as a ~12-byte pointer against its
+	// transaction limit but keeps the value in memory until commit, so a
+	// batcher fed from a stream (Shard.Restore) would otherwise hold
+	// thousands of large values at once.
+	maxBytes int
+	bytes    int // keys and values in txn
 }
 
 func (db *DB) newBatcher() *batcher {
@@ -93,17 +101,23 @@ func (db *DB) newBatcher() *batcher {
 }
 
 func (w *batcher) set(e *badger.Entry) error {
-	return w.write(func(txn *badger.Txn) error { return txn.SetEntry(e) })
+	return w.write(len(e.Key)+len(e.Value), func(txn *badger.Txn) error { return txn.SetEntry(e) })
 }
 
 func (w *batcher) delete(key []byte) error {
-	return w.write(func(txn *badger.Txn) error { return txn.Delete(key) })
+	return w.write(len(key), func(txn *badger.Txn) error { return txn.Delete(key) })
 }
 
-// write adds one entry; when the transaction is full (ErrTxnTooBig, which
-// leaves it unchanged) it commits it and retries in a new one.
-func (w *batcher) write(op func(*badger.Txn) error) error {
-	err := op(w.txn)
+// write adds one entry of size bytes; when the transaction is full
+// (ErrTxnTooBig, which leaves it unchanged, or maxBytes) it commits it and
+// retries in a new one.
+func (w *batcher) write(size int, op func(*badger.Txn) error) error {
+	var err error
+	if w.maxBytes > 0 && w.n > 0 && w.bytes+size > w.maxBytes {
+		err = badger.ErrTxnTooBig
+	} else {
+		err = op(w.txn)
+	}
 	if errors.Is(err, badger.ErrTxnTooBig) && w.n > 0 {
 		if err = w.commit(); err != nil {
 			return err
@@ -115,13 +129,14 @@ func (w *batcher) write(op func(*badger.Txn) error) error {
 		return fmt.Errorf("eventlog: write: %w", err)
 	}
 	w.n++
+	w.bytes += size
 	return nil
 }
 
 // commit commits the current transaction (a no-op when it is empty).
 func (w *batcher) commit() error {
 	txn, n := w.txn, w.n
-	w.txn, w.n = nil, 0
+	w.txn, w.n, w.bytes = nil, 0, 0
 	if n == 0 {
 		txn.Discard()
 		return nil

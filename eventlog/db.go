@@ -22,21 +22,61 @@ var (
 	ErrWrongNode = errors.New("eventlog: data directory belongs to another node")
 	// ErrClosed: the DB was closed.
 	ErrClosed = errors.New("eventlog: closed")
-	// ErrTooLarge: a key or value exceeds MaxKeyBytes or MaxValueBytes.
+	// ErrTooLarge: a key, value, event, state, request id or result
+	// exceeds its limit (MaxKeyBytes, MaxValueBytes, MaxEventBytes,
+	// MaxEventsPerAppend, MaxRequestIDBytes). Nothing was written.
 	ErrTooLarge = errors.New("eventlog: key or value too large")
+	// ErrInvalidEntity: an Entity fails Validate.
+	ErrInvalidEntity = errors.New("eventlog: invalid entity")
+	// ErrOutOfOrder: a write would move something backwards: the applied
+	// index, or an entity snapshot (older than the stored one, or beyond
+	// the entity's head). Nothing was written.
+	ErrOutOfOrder = errors.New("eventlog: out of order")
+	// ErrBatchTooLarge: a Shard.Update transaction outgrew Badger's
+	// transaction limit. Nothing was written; split the batch and retry.
+	ErrBatchTooLarge = errors.New("eventlog: batch too large for one transaction")
+	// ErrBadStream: a shard snapshot stream (Shard.Restore) or a backup
+	// (RestoreDir) is malformed, truncated, or for another shard.
+	ErrBadStream = errors.New("eventlog: invalid stream")
+	// ErrStopped: Shard.Save or Shard.Restore was stopped through its
+	// stop channel.
+	ErrStopped = errors.New("eventlog: stopped")
+	// ErrShardPending: a Shard.Restore or Shard.Drop failed half way
+	// through replacing the shard's data; the shard refuses reads and
+	// writes until a Restore or Drop of it succeeds (or the DB is reopened,
+	// which completes the interrupted operation).
+	ErrShardPending = errors.New("eventlog: shard has an interrupted restore or drop")
+	// ErrDirNotEmpty: RestoreDir's directory exists and is not empty.
+	ErrDirNotEmpty = errors.New("eventlog: directory not empty")
 )
 
 // Table prefixes: the first byte of every Badger key (see the package
-// documentation). Reserved tables are declared so that nobody reuses them.
+// documentation).
 const (
-	tableMeta     byte = 'm'
-	tableCRDT     byte = 'c'
-	tableJournal  byte = 'j' // reserved: event journals
-	tableSnapshot byte = 's' // reserved: journal snapshots
-	tableApplied  byte = 'a' // reserved: applied index per journal
+	tableMeta byte = 'm'
+	tableCRDT byte = 'c'
+
+	// A shard's data (journal.go): each key continues with the 8-byte
+	// big-endian shard id.
+	tableApplied      byte = 'a' // applied index
+	tableHead         byte = 'h' // entity -> seq of its last event
+	tableJournal      byte = 'j' // entity, seq -> event
+	tableRequestIndex byte = 'q' // request index, request id -> nothing
+	tableRequest      byte = 'r' // request id -> index, result
+	tableSnapshot     byte = 's' // entity -> seq, snapshot state
+	tableValue        byte = 'v' // entity -> version, state or tombstone
+
+	// Bookkeeping of Shard.Restore and Shard.Drop (shardsnap.go), per
+	// shard too, but not part of its data.
+	tablePending byte = 'p' // an interrupted restore or drop
+	tableStaging byte = 'x' // a restore's staged copy: table byte, suffix -> value
 )
 
-var _ = [...]byte{tableJournal, tableSnapshot, tableApplied} // reserved, not yet used
+// shardTables are the tables of a shard's data, in key order: what Save
+// streams (in this order), Restore replaces and Drop deletes.
+var shardTables = [...]byte{
+	tableApplied, tableHead, tableJournal, tableRequestIndex, tableRequest, tableSnapshot, tableValue,
+}
 
 // layoutVersion is stored by Badger as its external magic number; Open
 // fails on a directory written with another layout.
@@ -213,6 +253,20 @@ type DB struct {
 	idMu        sync.Mutex
 	markedClean atomic.Bool
 
+	// shards holds the lock state of every shard a Shard handle was made
+	// for (a few words each, never removed: shards are few and long-lived).
+	shards struct {
+		sync.Mutex
+		m map[uint64]*shardState
+	}
+
+	// savePoints are the SavePoints neither saved nor released: Close
+	// discards their read transactions.
+	savePoints struct {
+		sync.Mutex
+		m map[*SavePoint]struct{}
+	}
+
 	closeOnce sync.Once
 	closeErr  error
 	mu        struct {
@@ -223,8 +277,9 @@ type DB struct {
 	}
 }
 
-// Open validates o, opens (or creates) the database and starts value-log
-// GC. The caller must Close it.
+// Open validates o, opens (or creates) the database, finishes any shard
+// Restore or Drop a crash interrupted (see Shard.Restore) and starts
+// value-log GC. The caller must Close it.
 func Open(o Options) (*DB, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
@@ -245,6 +300,11 @@ func Open(o Options) (*DB, error) {
 		db.maxValue = int(valueThreshold(o.MemTableSize)) - 1
 	}
 	db.mu.drained = make(chan struct{})
+	// Complete what a crash interrupted before anyone reads a shard.
+	if err := db.recoverShards(); err != nil {
+		_ = bdb.Close()
+		return nil, err
+	}
 	if o.InMemory || o.GCInterval < 0 {
 		close(db.gcDone) // Badger has no value log to collect
 	} else {
@@ -295,9 +355,10 @@ func (db *DB) collect(ratio float64) {
 	}
 }
 
-// Close stops value-log GC, waits for operations in flight and closes
-// Badger. It is idempotent: later calls return the first call's result.
-// It must not be called from a callback of this DB (CRDTStore.Load).
+// Close stops value-log GC, waits for operations in flight, discards the
+// SavePoints never saved or released, and closes Badger. It is idempotent: later calls
+// return the first call's result. It must not be called from a callback of
+// this DB (CRDTStore.Load, Shard.Update).
 func (db *DB) Close() error {
 	db.closeOnce.Do(func() {
 		db.mu.Lock()
@@ -312,6 +373,7 @@ func (db *DB) Close() error {
 		if wait {
 			<-db.mu.drained
 		}
+		db.discardSavePoints()
 		if err := db.bdb.Close(); err != nil {
 			db.closeErr = fmt.Errorf("eventlog: close: %w", err)
 		}

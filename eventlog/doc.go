@@ -1,6 +1,7 @@
 // Package eventlog owns every Badger database a statemesh node opens: one
-// DB per data directory, holding the node's durable CRDT state and its
-// identity, and (in a later step) its event journals and snapshots.
+// DB per data directory, holding the node's durable CRDT state, its
+// identity, and the data of the Raft shards it hosts (event journals,
+// entity snapshots, value entities, request results, applied indexes).
 //
 // # Key layout
 //
@@ -8,13 +9,34 @@
 //
 //	'm' meta       small records of the node itself: "identity" (Identity)
 //	'c' CRDT state CRDT key (arbitrary bytes) -> encoded CRDT state (opaque)
-//	'j' journal    reserved for event journals (next step)
-//	's' snapshots  reserved for journal snapshots (next step)
-//	'a' applied    reserved for the applied index of each journal (next step)
 //
-// Tables never share a prefix, so a table is one Badger prefix scan and one
-// DropPrefix. New tables take a new byte; the reserved ones must not be
-// used for anything else. The layout version is Badger's external magic
+// and, for the shards, the table byte, the 8-byte big-endian shard id, then:
+//
+//	'a' applied    (nothing)              -> applied index
+//	'h' head       entity                 -> seq of the entity's last event
+//	'j' journal    entity, seq (u64 BE)   -> event (its bytes, as they are)
+//	'q' req. index index (u64 BE), id     -> nothing
+//	'r' requests   request id             -> index, result
+//	's' snapshots  entity                 -> seq, snapshot state
+//	'v' values     entity                 -> version, deleted flag, state
+//	'p' pending    (nothing)              -> an interrupted Restore or Drop
+//	'x' staging    table byte, key suffix -> value: a Restore's staged copy
+//
+// 'a' to 'v' are the shard's data; 'p' and 'x' are Restore's and Drop's
+// bookkeeping, never streamed by Save.
+//
+// An entity is its Type and its ID, each as a 2-byte big-endian length and
+// the bytes: prefix-free, so ("a", "bc") and ("ab", "c") never collide and
+// one entity's journal prefix never matches another's keys; a journal
+// prefix scan returns the events in seq order. The record encodings (one
+// version byte, big-endian numbers) are listed in records.go; every record
+// read is decoded with validation, and one that does not decode is
+// ErrCorrupt naming its key (j/7/"cart"/"c1"/3: table/shard/entity/seq).
+//
+// Tables never share a prefix, so a table is one Badger prefix scan, and a
+// shard is one prefix per table. New tables take a new byte (the shard
+// tables were added to layout 1 without changing it: layout-1 directories
+// had none of their keys). The layout version is Badger's external magic
 // number (layoutVersion): a directory written with another layout refuses
 // to open instead of being misread.
 //
@@ -26,6 +48,18 @@
 // 8-byte version suffix), so MaxKeyBytes is 64000, which leaves room for the
 // table byte and for longer composite prefixes later. Limits are checked
 // before anything is written and reported as ErrTooLarge.
+//
+// In a shard, an entity is at most MaxEntityBytes, a request id at most
+// MaxRequestIDBytes, one Append at most MaxEventsPerAppend events, and an
+// event, snapshot, value state or request result at most
+// DB.MaxStateBytes: MaxEventBytes (1 MiB) with on-disk options, less in
+// memory (about 600 KiB with 16 MiB memtables). Both that bound and
+// whether an Update fits one Badger transaction (ErrBatchTooLarge, see
+// Shard.Update) depend on the DB's options, so the replicas of a Raft shard
+// must run with the same MemTableSize and the same in-memory choice, or the
+// consensus layer must bound commands below the smallest replica's limits:
+// a state machine that refuses on one replica what another accepts
+// diverges.
 //
 // # Durability
 //
@@ -46,6 +80,63 @@
 //
 // Value-log GC runs in a goroutine owned by the DB (Options.GCInterval);
 // Close stops it before it closes Badger.
+//
+// # Shards: journals, values, requests
+//
+// DB.Shard(id) is one Raft shard's data; shards share the DB and are
+// independent of each other. Its reads (Load, Events, Head, Value,
+// Request, Applied) each run in one read-only transaction, so Load's
+// snapshot and events are consistent. Shard.Update runs a function in one
+// read-write transaction that reads its own writes and commits atomically:
+// ShardTxn.Append gives events the seqs head+1, head+2, ... (gapless
+// across transactions), PutSnapshot keeps the latest entity snapshot
+// (events are kept; Load returns the events after it), PutValue and
+// DeleteValue version value entities (a delete leaves a tombstone that
+// keeps the version, so versions never go back), PutRequest records a
+// request's result for deduplication, indexed by Raft index in 'q' so
+// ForgetRequests is a range scan, and SetApplied sets the applied index.
+//
+// # The applied index
+//
+// The applied index is written in the same Badger transaction as the
+// writes of the entries it covers, so after any crash the stored data is
+// exactly the data of the entries up to the stored applied index (what
+// Dragonboat's IOnDiskStateMachine.Open must return). It never goes
+// backwards (ErrOutOfOrder), except through Restore or Drop. A commit is
+// not synced (see Durability): a power loss may lose the latest commits,
+// but the applied index and the data it covers are lost together, because
+// each commit carries both and Badger replays only whole transactions.
+//
+// # Shard snapshots: Save and Restore
+//
+// Shard.PrepareSave takes a point-in-time view (a Badger read transaction:
+// Dragonboat's PrepareSnapshot) and SavePoint.Save streams it later while
+// Updates go on (SaveSnapshot). The stream holds every key of the shard in
+// every shard table, the applied index included, in key order, framed with
+// a magic, a format version, the shard id, and a trailer with the record
+// count and a CRC-32C; it is deterministic.
+//
+// Shard.Restore replaces the shard's data with a stream's, all or nothing.
+// It validates and stages the whole stream in the 'x' table first (bounded
+// memory, any size), with the live data untouched and readable; any error
+// there (a malformed, truncated, corrupt or other shard's stream:
+// ErrBadStream; ErrStopped; a read error) deletes the staged copy and
+// leaves the shard exactly as it was. Then a 'p' record commits the
+// restore, and the live data is replaced under the shard's exclusive lock
+// (readers wait, and never see a mix); the staged copy is deleted only
+// after the new live data is synced. A crash after the commit point is
+// completed by the next Open, which also deletes staged copies of restores
+// that never committed. Shard.Drop deletes a shard the same way. Neither
+// uses Badger's DropPrefix, which would block every other shard's writes.
+//
+// # Backup
+//
+// DB.Backup writes a consistent full backup of the whole DB (Badger's
+// Backup) while it is in use. RestoreDir loads one into an empty or new
+// directory, validating the backup's framing and keys before Badger sees
+// them, leaving the directory as it was on error, and marking the restored
+// identity not clean: the next Boot takes a new incarnation, because the
+// node may have issued dots after the backup was taken.
 //
 // # Identity and incarnations
 //
