@@ -1,0 +1,352 @@
+package consensus
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/statemesh/statemesh/eventlog"
+	"github.com/statemesh/statemesh/protocol/consensuspb"
+)
+
+// MaxEntryBytes bounds one encoded Raft entry (an operation with all its
+// events). It is checked when proposing and again, deterministically, when
+// applying. It stays well below what one Badger transaction can hold with
+// eventlog's default options, so that an entry never fails to apply on one
+// replica and succeed on another.
+const MaxEntryBytes = 1 << 20
+
+// forgetPerUpdate bounds the request records one Update forgets.
+const forgetPerUpdate = 1024
+
+// stateMachine is one shard's Dragonboat on-disk state machine over the
+// node's eventlog. Update is deterministic: it reads nothing but the
+// entries and the shard's stored data (no clock, no randomness, no
+// configuration that may differ between replicas beyond DedupWindow, which
+// every node of a cluster must share).
+type stateMachine struct {
+	shard       *eventlog.Shard
+	db          *eventlog.DB
+	dedupWindow uint64
+	applied     uint64 // last applied index; Update's goroutine only
+}
+
+var _ sm.IOnDiskStateMachine = (*stateMachine)(nil)
+
+func newStateMachine(db *eventlog.DB, shard, dedupWindow uint64) *stateMachine {
+	return &stateMachine{shard: db.Shard(shard), db: db, dedupWindow: dedupWindow}
+}
+
+// Open returns the applied index stored with the shard's data; Dragonboat
+// replays the log from there.
+func (m *stateMachine) Open(<-chan struct{}) (uint64, error) {
+	a, err := m.shard.Applied()
+	if err != nil {
+		return 0, err
+	}
+	m.applied = a
+	return a, nil
+}
+
+// Update applies entries in as few eventlog transactions as fit, each
+// one committing its entries' effects with the index of its last entry.
+// Entries at or below the stored applied index are skipped, so that
+// applying is idempotent whatever Dragonboat replays after a restart or a
+// snapshot recovery.
+func (m *stateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
+	for len(entries) > 0 && entries[0].Index <= m.applied {
+		entries[0].Result = sm.Result{Value: uint64(consensuspb.Code_CODE_OK)}
+		entries = entries[1:]
+	}
+	all := entries
+	for len(entries) > 0 {
+		n := len(entries)
+		for {
+			err := m.shard.Update(func(tx *eventlog.ShardTxn) error {
+				for i := range entries[:n] {
+					r, err := m.apply(tx, &entries[i])
+					if err != nil {
+						return err
+					}
+					entries[i].Result = r
+				}
+				last := entries[n-1].Index
+				if last > m.dedupWindow {
+					// At most forgetPerUpdate records per transaction, so
+					// forgetting never makes one too large; the rest goes
+					// with the next updates. The count depends only on the
+					// stored data, so every replica forgets the same ones.
+					if _, err := tx.ForgetRequestsN(last-m.dedupWindow, forgetPerUpdate); err != nil {
+						return err
+					}
+				}
+				return tx.SetApplied(last)
+			})
+			if errors.Is(err, eventlog.ErrBatchTooLarge) && n > 1 {
+				n /= 2
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("consensus: apply entries %d..%d: %w", entries[0].Index, entries[n-1].Index, err)
+			}
+			break
+		}
+		m.applied = entries[n-1].Index
+		entries = entries[n:]
+	}
+	return all, nil
+}
+
+// apply applies one entry inside tx and returns its result. Invalid
+// entries and failed expectations are results, not errors; an error means
+// the store failed and the shard must stop.
+func (m *stateMachine) apply(tx *eventlog.ShardTxn, e *sm.Entry) (sm.Result, error) {
+	res, err := m.applyEntry(tx, e)
+	if err != nil {
+		return sm.Result{}, err
+	}
+	res.Index = e.Index
+	data, err := proto.Marshal(res)
+	if err != nil {
+		return sm.Result{}, err
+	}
+	return sm.Result{Value: uint64(res.Code), Data: data}, nil
+}
+
+func (m *stateMachine) applyEntry(tx *eventlog.ShardTxn, e *sm.Entry) (*consensuspb.Result, error) {
+	invalid := func(format string, args ...any) *consensuspb.Result {
+		return &consensuspb.Result{Code: consensuspb.Code_CODE_INVALID, Message: fmt.Sprintf(format, args...)}
+	}
+	if len(e.Cmd) > MaxEntryBytes {
+		return invalid("entry of %d bytes exceeds %d", len(e.Cmd), MaxEntryBytes), nil
+	}
+	var ent consensuspb.Entry
+	if err := proto.Unmarshal(e.Cmd, &ent); err != nil {
+		return invalid("entry does not decode: %v", err), nil
+	}
+	if len(ent.RequestId) > eventlog.MaxRequestIDBytes {
+		return invalid("request id of %d bytes", len(ent.RequestId)), nil
+	}
+	entity := entityOf(ent.Entity)
+	if err := entity.Validate(); err != nil {
+		return invalid("%v", err), nil
+	}
+	if len(ent.RequestId) > 0 {
+		prior, found, err := tx.Request(ent.RequestId)
+		if err != nil {
+			return nil, err
+		}
+		if found {
+			var r consensuspb.Result
+			if err := proto.Unmarshal(prior, &r); err != nil {
+				return nil, fmt.Errorf("%w: request result: %v", eventlog.ErrCorrupt, err)
+			}
+			return &r, nil
+		}
+	}
+	var res *consensuspb.Result
+	var err error
+	switch op := ent.Op.(type) {
+	case *consensuspb.Entry_Append:
+		res, err = m.applyAppend(tx, entity, op.Append)
+	case *consensuspb.Entry_PutValue:
+		res, err = m.applyValue(tx, entity, op.PutValue.CheckVersion, op.PutValue.ExpectedVersion, op.PutValue.State, false)
+	case *consensuspb.Entry_DeleteValue:
+		res, err = m.applyValue(tx, entity, op.DeleteValue.CheckVersion, op.DeleteValue.ExpectedVersion, nil, true)
+	default:
+		return invalid("entry has no operation"), nil
+	}
+	if err != nil {
+		if isInputError(err) {
+			return invalid("%v", err), nil
+		}
+		return nil, err
+	}
+	if res.Code == consensuspb.Code_CODE_OK && len(ent.RequestId) > 0 {
+		res.Index = e.Index
+		b, err := proto.Marshal(res)
+		if err != nil {
+			return nil, err
+		}
+		if err := tx.PutRequest(ent.RequestId, e.Index, b); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// isInputError reports whether a store error was caused by the entry's
+// contents (limits, entity names): deterministic, so the entry is refused
+// the same way on every replica.
+func isInputError(err error) bool {
+	return errors.Is(err, eventlog.ErrTooLarge) || errors.Is(err, eventlog.ErrInvalidEntity)
+}
+
+func (m *stateMachine) applyAppend(tx *eventlog.ShardTxn, e Entity, a *consensuspb.Append) (*consensuspb.Result, error) {
+	head, err := tx.Head(e)
+	if err != nil {
+		return nil, err
+	}
+	if head != a.ExpectedSeq {
+		return &consensuspb.Result{Code: consensuspb.Code_CODE_CONFLICT, Seq: head,
+			Message: fmt.Sprintf("entity %s/%s is at sequence %d, not %d", e.Type, e.ID, head, a.ExpectedSeq)}, nil
+	}
+	if len(a.Events) > eventlog.MaxEventsPerAppend {
+		return &consensuspb.Result{Code: consensuspb.Code_CODE_INVALID,
+			Message: fmt.Sprintf("%d events exceed %d", len(a.Events), eventlog.MaxEventsPerAppend)}, nil
+	}
+	seq := head
+	if len(a.Events) > 0 {
+		first, err := tx.Append(e, a.Events)
+		if err != nil {
+			return nil, err
+		}
+		seq = first + uint64(len(a.Events)) - 1
+	}
+	if a.HasSnapshot && seq > 0 {
+		if err := tx.PutSnapshot(e, seq, a.Snapshot); err != nil {
+			return nil, err
+		}
+	}
+	return &consensuspb.Result{Code: consensuspb.Code_CODE_OK, Seq: seq, Reply: a.Reply}, nil
+}
+
+func (m *stateMachine) applyValue(tx *eventlog.ShardTxn, e Entity, check bool, expected uint64, state []byte, del bool) (*consensuspb.Result, error) {
+	v, found, err := tx.Value(e)
+	if err != nil {
+		return nil, err
+	}
+	var current uint64
+	if found {
+		current = v.Version
+	}
+	if check && current != expected {
+		return &consensuspb.Result{Code: consensuspb.Code_CODE_CONFLICT, Seq: current,
+			Message: fmt.Sprintf("value %s/%s is at version %d, not %d", e.Type, e.ID, current, expected)}, nil
+	}
+	var version uint64
+	switch {
+	case del && (!found || v.Deleted):
+		version = current // nothing to delete
+	case del:
+		version, err = tx.DeleteValue(e)
+	default:
+		version, err = tx.PutValue(e, state)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &consensuspb.Result{Code: consensuspb.Code_CODE_OK, Seq: version}, nil
+}
+
+// Queries Lookup answers. They read committed data only; a linearizable
+// read (SyncRead) runs Lookup after the ReadIndex round.
+type (
+	loadQuery struct {
+		entity    Entity
+		requestID []byte
+	}
+	loadResult struct {
+		state EntityState
+		prior *consensuspb.Result // the result recorded for requestID, if any
+	}
+	valueQuery  struct{ entity Entity }
+	valueResult struct {
+		value Value
+		found bool
+	}
+)
+
+// Lookup answers a query from the stored data. Dragonboat may call it
+// concurrently with Update; every read is one consistent eventlog view.
+func (m *stateMachine) Lookup(q any) (any, error) {
+	switch q := q.(type) {
+	case loadQuery:
+		var r loadResult
+		if len(q.requestID) > 0 {
+			prior, found, err := m.shard.Request(q.requestID)
+			if err != nil {
+				return nil, err
+			}
+			if found {
+				r.prior = new(consensuspb.Result)
+				if err := proto.Unmarshal(prior, r.prior); err != nil {
+					return nil, fmt.Errorf("%w: request result: %v", eventlog.ErrCorrupt, err)
+				}
+				return r, nil
+			}
+		}
+		st, err := m.shard.Load(q.entity)
+		if err != nil {
+			return nil, err
+		}
+		r.state = st
+		return r, nil
+	case valueQuery:
+		v, found, err := m.shard.Value(q.entity)
+		if err != nil {
+			return nil, err
+		}
+		return valueResult{value: v, found: found}, nil
+	default:
+		return nil, fmt.Errorf("consensus: unknown query %T", q)
+	}
+}
+
+// Sync makes everything applied so far durable; Dragonboat calls it before
+// it compacts the Raft log past the applied index.
+func (m *stateMachine) Sync() error { return m.db.Sync() }
+
+// PrepareSnapshot captures a consistent eventlog view of the shard as of
+// the last applied entry (Dragonboat calls it between Updates); SaveSnapshot
+// then streams exactly that view while Updates go on, so the same snapshot
+// index always yields the same bytes.
+func (m *stateMachine) PrepareSnapshot() (any, error) {
+	return m.shard.PrepareSave()
+}
+
+// SaveSnapshot streams the prepared view to w.
+func (m *stateMachine) SaveSnapshot(ctx any, w io.Writer, stop <-chan struct{}) error {
+	p, ok := ctx.(*eventlog.SavePoint)
+	if !ok {
+		return fmt.Errorf("consensus: snapshot context is a %T", ctx)
+	}
+	if err := p.Save(w, stop); err != nil {
+		if errors.Is(err, eventlog.ErrStopped) {
+			return sm.ErrSnapshotStopped
+		}
+		return err
+	}
+	return nil
+}
+
+// RecoverFromSnapshot replaces the shard's data with a snapshot's.
+func (m *stateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) error {
+	if err := m.shard.Restore(r, stop); err != nil {
+		if errors.Is(err, eventlog.ErrStopped) {
+			return sm.ErrSnapshotStopped
+		}
+		return err
+	}
+	a, err := m.shard.Applied()
+	if err != nil {
+		return err
+	}
+	m.applied = a
+	return nil
+}
+
+// Close releases nothing: the DB belongs to the Host's owner.
+func (m *stateMachine) Close() error { return nil }
+
+func entityOf(e *consensuspb.Entity) Entity {
+	if e == nil {
+		return Entity{}
+	}
+	return Entity{Type: e.Type, ID: e.Id}
+}
+
+func entityPB(e Entity) *consensuspb.Entity { return &consensuspb.Entity{Type: e.Type, Id: e.ID} }
