@@ -20,6 +20,8 @@ import (
 	dblogger "github.com/lni/dragonboat/v4/logger"
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/grpc"
+
+	"github.com/statemesh/statemesh/eventlog"
 )
 
 // Host runs this node's replicas of the cluster's Raft shards: one
@@ -38,6 +40,8 @@ type Host struct {
 	// other; commands arriving through other nodes are still correct
 	// through the expected sequence number.
 	locks [256]sync.Mutex
+	// startMu serialises StartReplica requests.
+	startMu sync.Mutex
 
 	conns struct {
 		sync.Mutex
@@ -115,6 +119,13 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 	if started == 0 && cfg.Bootstrap {
 		members := map[uint64]dragonboat.Target{rid: cfg.RaftAddress}
 		for s := uint64(1); s <= uint64(cfg.Shards); s++ {
+			// A new Raft log counts entries from 1: data restored from a
+			// backup is kept, but its applied index must not make the
+			// state machine skip the new log's entries.
+			if err := cfg.DB.Shard(s).Update(func(tx *eventlog.ShardTxn) error { return tx.ResetApplied() }); err != nil {
+				nh.Close()
+				return nil, fmt.Errorf("consensus: bootstrap shard %d: %w", s, err)
+			}
 			if err := nh.StartOnDiskReplica(members, false, h.newSM, h.shardConfig(s)); err != nil {
 				nh.Close()
 				return nil, fmt.Errorf("consensus: bootstrap shard %d: %w", s, err)

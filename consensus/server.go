@@ -138,8 +138,19 @@ func (s *Server) StartReplica(_ context.Context, req *consensuspb.StartReplicaRe
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
 	defer h.exit()
+	h.startMu.Lock() // one start at a time: a retried request must not clear a starting shard
+	defer h.startMu.Unlock()
 	if h.hasShard(req.Shard) {
 		return &consensuspb.StartReplicaResponse{}, nil
+	}
+	if !h.nh.HasNodeInfo(req.Shard, h.replicaID) {
+		// A new replica gets the shard's data from the leader (log or
+		// snapshot) from index 1; whatever this node's eventlog holds for
+		// the shard (an earlier membership, a restored backup) must not
+		// mix with it.
+		if err := h.cfg.DB.Shard(req.Shard).Drop(); err != nil {
+			return nil, status.Errorf(codes.Internal, "clear shard %d: %v", req.Shard, err)
+		}
 	}
 	err = h.nh.StartOnDiskReplica(nil, true, h.newSM, h.shardConfig(req.Shard))
 	if err != nil && !errors.Is(err, dragonboat.ErrShardAlreadyExist) {

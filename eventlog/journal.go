@@ -367,6 +367,16 @@ func (tx *ShardTxn) SetApplied(index uint64) error {
 	return tx.set(appliedKey(tx.s.id), encodeApplied(index))
 }
 
+// ResetApplied sets the applied index back to 0, keeping the data: for a
+// shard whose data is about to be taken over by a new Raft log (a cluster
+// bootstrapped over restored data), whose entries count from 1 again.
+func (tx *ShardTxn) ResetApplied() error {
+	if err := tx.writable(); err != nil {
+		return err
+	}
+	return tx.set(appliedKey(tx.s.id), encodeApplied(0))
+}
+
 // Head returns the seq of e's last event, 0 if none.
 func (tx *ShardTxn) Head(e Entity) (uint64, error) {
 	if err := tx.readable(); err != nil {
