@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 
 	"github.com/statemesh/statemesh/deltas"
 	"github.com/statemesh/statemesh/eventlog"
@@ -93,6 +94,12 @@ type Config struct {
 	// RaftAddr is published in the node's metadata for the consensus
 	// layer; the mesh does not use it.
 	RaftAddr string
+	// RaftReplicaID is published with RaftAddr: the node's Raft replica id.
+	RaftReplicaID uint64
+	// Services, if set, registers more gRPC services on the peer server
+	// before it starts serving (the consensus layer's forwarding service),
+	// so they share its listener, TLS and message limits.
+	Services func(*grpc.Server)
 	// Join lists gossip addresses of existing members ("host:port"). The
 	// node starts a new mesh if none answers and Join is empty; if Join
 	// is not empty and no seed answers, Start fails.

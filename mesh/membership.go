@@ -26,7 +26,9 @@ type Member struct {
 	Zone        string
 	PeerAddr    string
 	RaftAddr    string
-	GossipAddr  string
+	// RaftReplicaID is the node's Raft replica id (0: no consensus).
+	RaftReplicaID uint64
+	GossipAddr    string
 	// Alive is false while the failure detector holds the node dead.
 	Alive bool
 }
@@ -52,7 +54,7 @@ type membership struct {
 func encodeMeta(c Config, incarnation uint64, peerAddr string, leaving bool) ([]byte, error) {
 	b, err := proto.Marshal(&peerpb.NodeMeta{
 		ProtocolVersion: ProtocolVersion, Incarnation: incarnation,
-		Region: c.Region, Zone: c.Zone, PeerAddr: peerAddr, RaftAddr: c.RaftAddr, Leaving: leaving,
+		Region: c.Region, Zone: c.Zone, PeerAddr: peerAddr, RaftAddr: c.RaftAddr, RaftReplicaId: c.RaftReplicaID, Leaving: leaving,
 	})
 	if err != nil {
 		return nil, err
@@ -81,7 +83,7 @@ func decodeMeta(n *memberlist.Node) (Member, bool, error) {
 	}
 	return Member{
 		Name: n.Name, Incarnation: pm.Incarnation, Region: pm.Region, Zone: pm.Zone,
-		PeerAddr: pm.PeerAddr, RaftAddr: pm.RaftAddr, GossipAddr: n.Address(), Alive: true,
+		PeerAddr: pm.PeerAddr, RaftAddr: pm.RaftAddr, RaftReplicaID: pm.RaftReplicaId, GossipAddr: n.Address(), Alive: true,
 	}, pm.Leaving, nil
 }
 

@@ -160,6 +160,9 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.srv = grpc.NewServer(sopts...)
 	peerpb.RegisterPeerServer(n.srv, &peerServer{n: n})
+	if cfg.Services != nil {
+		cfg.Services(n.srv)
+	}
 	go func() { _ = n.srv.Serve(lis) }()
 	n.tr = newTransport(cfg.Name, cfg.MaxFrameBytes, maxMsg, creds, cfg.Faults, n.log, n.met)
 

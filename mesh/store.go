@@ -225,6 +225,18 @@ func (n *Node) Members(ctx context.Context) ([]Member, error) {
 	return out, err
 }
 
+// RemovedReplicas lists the replicas removed from the mesh for good
+// (RemoveNode, or dead past Config.RemoveDeadAfter).
+func (n *Node) RemovedReplicas(ctx context.Context) ([]crdt.ReplicaID, error) {
+	var out []crdt.ReplicaID
+	_, err := n.do(ctx, func() {
+		for r := range n.removed {
+			out = append(out, r)
+		}
+	})
+	return out, err
+}
+
 // replicasFor returns the reachable other members a consistency level may
 // ask, and how many of them must answer. Runs on the loop.
 func (n *Node) replicasFor(c Consistency) ([]Member, int) {

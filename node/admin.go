@@ -12,14 +12,18 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/statemesh/statemesh/consensus"
 	"github.com/statemesh/statemesh/crdt"
+	"github.com/statemesh/statemesh/eventlog"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/protocol/adminpb"
 )
 
 type adminServer struct {
 	adminpb.UnimplementedAdminServer
-	m *mesh.Node
+	m  *mesh.Node
+	c  *consensus.Host // nil: no consensus
+	db *eventlog.DB    // nil: in memory
 }
 
 // errStatus maps mesh errors to gRPC codes.
@@ -246,4 +250,116 @@ func Describe(v crdt.Value) string {
 		return "{" + strings.Join(ks, ", ") + "}"
 	}
 	return v.Type().String()
+}
+
+// consensusStatus maps consensus errors to gRPC codes.
+func consensusStatus(err error) error {
+	code := codes.Internal
+	switch {
+	case errors.Is(err, consensus.ErrInvalid):
+		code = codes.InvalidArgument
+	case errors.Is(err, consensus.ErrConflict):
+		code = codes.Aborted
+	case errors.Is(err, consensus.ErrRejected):
+		code = codes.FailedPrecondition
+	case errors.Is(err, consensus.ErrNoHandler):
+		code = codes.Unimplemented
+	case errors.Is(err, consensus.ErrUnavailable), errors.Is(err, consensus.ErrNotLeader), errors.Is(err, consensus.ErrClosed):
+		code = codes.Unavailable
+	case errors.Is(err, consensus.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	}
+	return status.Error(code, err.Error())
+}
+
+func (a *adminServer) host() (*consensus.Host, error) {
+	if a.c == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this node runs no consensus (no Raft address)")
+	}
+	return a.c, nil
+}
+
+func (a *adminServer) Command(ctx context.Context, req *adminpb.CommandRequest) (*adminpb.CommandResponse, error) {
+	h, err := a.host()
+	if err != nil {
+		return nil, err
+	}
+	r, err := h.Command(ctx, consensus.Entity{Type: req.Type, ID: req.Id}, req.Command, req.RequestId)
+	if err != nil {
+		return nil, consensusStatus(err)
+	}
+	return &adminpb.CommandResponse{Seq: r.Seq, Reply: r.Data}, nil
+}
+
+func (a *adminServer) Events(ctx context.Context, req *adminpb.EventsRequest) (*adminpb.EventsResponse, error) {
+	h, err := a.host()
+	if err != nil {
+		return nil, err
+	}
+	st, err := h.Load(ctx, consensus.Entity{Type: req.Type, ID: req.Id})
+	if err != nil {
+		return nil, consensusStatus(err)
+	}
+	out := &adminpb.EventsResponse{Seq: st.Seq, SnapshotSeq: st.SnapshotSeq, Snapshot: st.Snapshot}
+	for _, e := range st.Events {
+		out.Events = append(out.Events, e.Data)
+	}
+	return out, nil
+}
+
+func (a *adminServer) ShardLeaders(context.Context, *adminpb.ShardLeadersRequest) (*adminpb.ShardLeadersResponse, error) {
+	h, err := a.host()
+	if err != nil {
+		return nil, err
+	}
+	out := &adminpb.ShardLeadersResponse{}
+	for _, l := range h.Leaders() {
+		out.Leaders = append(out.Leaders, &adminpb.ShardLeader{Shard: l.Shard, ReplicaId: l.ReplicaID, Node: l.Node, Term: l.Term, Local: l.Local})
+	}
+	return out, nil
+}
+
+// backupChunk is the size of one streamed backup message.
+const backupChunk = 256 << 10
+
+func (a *adminServer) Backup(_ *adminpb.BackupRequest, stream adminpb.Admin_BackupServer) error {
+	if a.db == nil {
+		return status.Error(codes.FailedPrecondition, "this node keeps its state in memory: nothing to back up")
+	}
+	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&adminpb.BackupChunk{Data: b}) }}
+	if _, err := a.db.Backup(w); err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	return w.flush()
+}
+
+// chunkWriter turns a byte stream into messages of at most backupChunk
+// bytes.
+type chunkWriter struct {
+	buf  []byte
+	send func([]byte) error
+}
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), backupChunk-len(w.buf))
+		w.buf = append(w.buf, p[:k]...)
+		p = p[k:]
+		if len(w.buf) == backupChunk {
+			if err := w.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (w *chunkWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	err := w.send(w.buf)
+	w.buf = w.buf[:0:0]
+	return err
 }

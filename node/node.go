@@ -1,7 +1,8 @@
-// Package node assembles one statemesh node: the mesh (membership, peer
-// transport, replicated CRDT store), the admin gRPC service that
-// `statemesh ctl` talks to, and an HTTP endpoint with Prometheus metrics.
-// The consensus layer and the function proxy join it with their issues.
+// Package node assembles one statemesh node: its eventlog database, the
+// mesh (membership, peer transport, replicated CRDT store), the consensus
+// host (Raft shards for event-sourced and value entities), the admin gRPC
+// service that `statemesh ctl` talks to, and an HTTP endpoint with
+// Prometheus metrics. The function proxy joins it with its issue.
 package node
 
 import (
@@ -11,13 +12,18 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
+	"github.com/statemesh/statemesh/consensus"
+	"github.com/statemesh/statemesh/eventlog"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/protocol/adminpb"
 )
@@ -31,17 +37,42 @@ type Config struct {
 	AdminAddr string
 	// HTTPAddr serves /metrics (Prometheus) and /healthz. Empty: none.
 	HTTPAddr string
-	Logger   *slog.Logger
+	// Consensus configures the Raft shards; RaftAddr empty disables them.
+	Consensus ConsensusConfig
+	Logger    *slog.Logger
+}
+
+// ConsensusConfig is the node's part of consensus.Config; the rest comes
+// from the mesh and the data directory.
+type ConsensusConfig struct {
+	// RaftAddr is where the Raft transport listens ("host:port"). Empty:
+	// the node runs no consensus.
+	RaftAddr string
+	// Bootstrap creates the shards on this node if it has none: set it on
+	// the one node that starts a new cluster (statemesh node does when it
+	// is given no --join).
+	Bootstrap bool
+	// Shards and Replicas: see consensus.Config (0: its defaults).
+	Shards, Replicas int
+	// Handlers run commands by entity type, besides the built-in LogType.
+	Handlers map[string]consensus.Handler
+	// Tweak, if set, edits the consensus config last (tests).
+	Tweak func(*consensus.Config)
 }
 
 // Node is a running statemesh node.
 type Node struct {
-	Mesh     *mesh.Node
-	log      *slog.Logger
-	admin    *grpc.Server
-	adminLis net.Listener
-	http     *http.Server
-	httpLis  net.Listener
+	Mesh *mesh.Node
+	// Consensus is nil when the node runs no consensus.
+	Consensus *consensus.Host
+	db        *eventlog.DB
+	tmpDir    string // removed on close: the data dir of a node without one
+	dir       *directory
+	log       *slog.Logger
+	admin     *grpc.Server
+	adminLis  net.Listener
+	http      *http.Server
+	httpLis   net.Listener
 }
 
 // Start starts the node's parts; on error nothing is left running.
@@ -54,23 +85,87 @@ func Start(cfg Config) (*Node, error) {
 	mc := cfg.Mesh
 	mc.Logger = cfg.Logger
 	mc.Registerer = reg
-	m, err := mesh.Start(mc)
-	if err != nil {
-		return nil, err
-	}
-	n := &Node{Mesh: m, log: cfg.Logger}
+	n := &Node{log: cfg.Logger}
 	ok := false
 	defer func() {
 		if !ok {
 			_ = n.stop(false)
 		}
 	}()
+	// The node owns its database: the mesh and the consensus host share
+	// it. Consensus needs a directory even without --data-dir, so such a
+	// node keeps everything in a temporary one, removed when it stops.
+	cc := cfg.Consensus
+	dataDir := mc.DataDir
+	if mc.DB == nil && (dataDir != "" || cc.RaftAddr != "") {
+		if dataDir == "" {
+			d, err := os.MkdirTemp("", "statemesh-"+mc.Name+"-")
+			if err != nil {
+				return nil, fmt.Errorf("node: %w", err)
+			}
+			n.tmpDir, dataDir = d, d
+		}
+		o := eventlog.DefaultOptions(filepath.Join(dataDir, "data"))
+		o.SyncWrites = mc.Durability == mesh.Sync
+		o.Logger = cfg.Logger
+		db, err := eventlog.Open(o)
+		if err != nil {
+			return nil, err
+		}
+		n.db, mc.DB = db, db
+	}
+	var srv *consensus.Server
+	if cc.RaftAddr != "" {
+		rid, err := consensus.LoadReplicaID(filepath.Join(dataDir, "consensus"))
+		if err != nil {
+			return nil, err
+		}
+		srv = consensus.NewServer()
+		mc.RaftAddr, mc.RaftReplicaID, mc.Services = cc.RaftAddr, rid, srv.Register
+	}
+	m, err := mesh.Start(mc)
+	if err != nil {
+		return nil, err
+	}
+	n.Mesh = m
+	if cc.RaftAddr != "" {
+		self := consensus.Member{Name: mc.Name, ReplicaID: mc.RaftReplicaID, RaftAddress: cc.RaftAddr,
+			PeerAddress: m.PeerAddr(), Alive: true}
+		n.dir = newDirectory(m, self)
+		ccfg := consensus.DefaultConfig()
+		ccfg.NodeName, ccfg.Dir, ccfg.DB, ccfg.RaftAddress = mc.Name, filepath.Join(dataDir, "consensus"), n.db, cc.RaftAddr
+		ccfg.Bootstrap, ccfg.Directory, ccfg.Logger, ccfg.Registerer = cc.Bootstrap, n.dir, cfg.Logger, reg
+		if cc.Shards > 0 {
+			ccfg.Shards = cc.Shards
+		}
+		if cc.Replicas > 0 {
+			ccfg.Replicas = cc.Replicas
+		}
+		ccfg.Handlers = map[string]consensus.Handler{LogType: logHandler}
+		for t, h := range cc.Handlers {
+			ccfg.Handlers[t] = h
+		}
+		if mc.TLS != nil {
+			ccfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(mc.TLS))}
+		}
+		if cc.Tweak != nil {
+			cc.Tweak(&ccfg)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		h, err := consensus.Start(ctx, ccfg)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		n.Consensus = h
+		srv.Bind(h)
+	}
 	if cfg.AdminAddr != "" {
 		if n.adminLis, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 			return nil, fmt.Errorf("node: admin listener: %w", err)
 		}
 		n.admin = grpc.NewServer()
-		adminpb.RegisterAdminServer(n.admin, &adminServer{m: m})
+		adminpb.RegisterAdminServer(n.admin, &adminServer{m: m, c: n.Consensus, db: n.db})
 		go func() { _ = n.admin.Serve(n.adminLis) }()
 	}
 	if cfg.HTTPAddr != "" {
@@ -116,10 +211,24 @@ func (n *Node) stop(clean bool) error {
 	if n.admin != nil {
 		n.admin.Stop()
 	}
-	if clean {
-		errs = append(errs, n.Mesh.Close())
-	} else {
-		errs = append(errs, n.Mesh.Crash())
+	if n.Consensus != nil {
+		errs = append(errs, n.Consensus.Close())
+	}
+	if n.dir != nil {
+		n.dir.close()
+	}
+	if n.Mesh != nil {
+		if clean {
+			errs = append(errs, n.Mesh.Close())
+		} else {
+			errs = append(errs, n.Mesh.Crash())
+		}
+	}
+	if n.db != nil {
+		errs = append(errs, n.db.Close())
+	}
+	if n.tmpDir != "" {
+		errs = append(errs, os.RemoveAll(n.tmpDir))
 	}
 	return errors.Join(errs...)
 }

@@ -40,6 +40,9 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
 	tlsCA := fs.String("tls-ca", "", "PEM CA bundle: peers must present a certificate it signed")
 	removeDead := fs.Duration("remove-dead-after", 0, "remove members dead for longer than this for good (0: only by hand, statemesh ctl remove-node)")
+	raft := fs.String("raft", "", "Raft transport address for event-sourced and value entities (default: bind port + 4; \"off\" to disable)")
+	shards := fs.Int("shards", 0, "number of Raft shards; the same on every node, fixed for the cluster's life (default 16)")
+	bootstrap := fs.String("bootstrap", "auto", "create the Raft shards on this node: auto (when --join is empty), true or false")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -104,16 +107,28 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 	if nc.HTTPAddr, err = addrOrOffset(*httpAddr, *bind, 3); err != nil {
 		return fail("--http: %v", err)
 	}
+	if nc.Consensus.RaftAddr, err = addrOrOffset(*raft, *bind, 4); err != nil {
+		return fail("--raft: %v", err)
+	}
+	nc.Consensus.Shards = *shards
+	switch *bootstrap {
+	case "auto":
+		nc.Consensus.Bootstrap = *join == ""
+	case "true", "false":
+		nc.Consensus.Bootstrap = *bootstrap == "true"
+	default:
+		return fail("--bootstrap %q: auto, true or false", *bootstrap)
+	}
 	if *dataDir == "" {
-		log.Warn("no --data-dir: state is kept in memory only")
+		log.Warn("no --data-dir: state is kept in memory (or a temporary directory) only")
 	}
 	n, err := node.Start(nc)
 	if err != nil {
 		fmt.Fprintf(stderr, "statemesh node: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "statemesh node %s ready: gossip %s, peer %s, admin %s, http %s, replica %s\n",
-		*name, n.Mesh.GossipAddr(), n.Mesh.PeerAddr(), n.AdminAddr(), n.HTTPAddr(), n.Mesh.Replica())
+	fmt.Fprintf(stdout, "statemesh node %s ready: gossip %s, peer %s, admin %s, http %s, raft %s, replica %s\n",
+		*name, n.Mesh.GossipAddr(), n.Mesh.PeerAddr(), n.AdminAddr(), n.HTTPAddr(), nc.Consensus.RaftAddr, n.Mesh.Replica())
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s := <-sig

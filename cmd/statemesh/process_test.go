@@ -52,17 +52,19 @@ func freePort(t *testing.T) string {
 
 // proc is one `statemesh node` process.
 type proc struct {
-	name, bind, peer, admin, dir string
-	cmd                          *exec.Cmd
-	log                          *os.File
-	client                       adminpb.AdminClient
-	conn                         *grpc.ClientConn
+	name, bind, peer, admin, raft, dir string
+	extra                              []string
+	cmd                                *exec.Cmd
+	log                                *os.File
+	client                             adminpb.AdminClient
+	conn                               *grpc.ClientConn
 }
 
 func (p *proc) start(t *testing.T, join []string) {
 	t.Helper()
 	args := []string{"node", "--name", p.name, "--bind", p.bind, "--peer", p.peer, "--admin", p.admin,
-		"--http", "off", "--data-dir", p.dir, "--durability", "sync", "--preset", "local"}
+		"--http", "off", "--raft", p.raft, "--data-dir", p.dir, "--durability", "sync", "--preset", "local"}
+	args = append(args, p.extra...)
 	if len(join) > 0 {
 		args = append(args, "--join", strings.Join(join, ","))
 	}
@@ -137,7 +139,7 @@ func TestKill9LosesNoAcknowledgedSyncWrite(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer lf.Close()
-		p := &proc{name: name, bind: freePort(t), peer: freePort(t), admin: freePort(t), dir: filepath.Join(dir, name), log: lf}
+		p := &proc{name: name, bind: freePort(t), peer: freePort(t), admin: freePort(t), raft: freePort(t), dir: filepath.Join(dir, name), log: lf}
 		procs = append(procs, p)
 		defer p.stop()
 	}

@@ -795,6 +795,485 @@ func (x *UpdateResponse) GetValue() string {
 	return ""
 }
 
+type CommandRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Type    string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Id      string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Command []byte                 `protobuf:"bytes,3,opt,name=command,proto3" json:"command,omitempty"`
+	// Optional: the same id on a retry applies the command at most once.
+	RequestId     []byte `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandRequest) Reset() {
+	*x = CommandRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandRequest) ProtoMessage() {}
+
+func (x *CommandRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandRequest.ProtoReflect.Descriptor instead.
+func (*CommandRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CommandRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *CommandRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CommandRequest) GetCommand() []byte {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *CommandRequest) GetRequestId() []byte {
+	if x != nil {
+		return x.RequestId
+	}
+	return nil
+}
+
+type CommandResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Reply         []byte                 `protobuf:"bytes,2,opt,name=reply,proto3" json:"reply,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandResponse) Reset() {
+	*x = CommandResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandResponse) ProtoMessage() {}
+
+func (x *CommandResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandResponse.ProtoReflect.Descriptor instead.
+func (*CommandResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CommandResponse) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *CommandResponse) GetReply() []byte {
+	if x != nil {
+		return x.Reply
+	}
+	return nil
+}
+
+type EventsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsRequest) Reset() {
+	*x = EventsRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsRequest) ProtoMessage() {}
+
+func (x *EventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
+func (*EventsRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *EventsRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *EventsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type EventsResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Seq         uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	SnapshotSeq uint64                 `protobuf:"varint,2,opt,name=snapshot_seq,json=snapshotSeq,proto3" json:"snapshot_seq,omitempty"`
+	Snapshot    []byte                 `protobuf:"bytes,3,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	// The events after the snapshot, in order; the first has sequence
+	// number snapshot_seq + 1.
+	Events        [][]byte `protobuf:"bytes,4,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsResponse) Reset() {
+	*x = EventsResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsResponse) ProtoMessage() {}
+
+func (x *EventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsResponse.ProtoReflect.Descriptor instead.
+func (*EventsResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *EventsResponse) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *EventsResponse) GetSnapshotSeq() uint64 {
+	if x != nil {
+		return x.SnapshotSeq
+	}
+	return 0
+}
+
+func (x *EventsResponse) GetSnapshot() []byte {
+	if x != nil {
+		return x.Snapshot
+	}
+	return nil
+}
+
+func (x *EventsResponse) GetEvents() [][]byte {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type ShardLeadersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardLeadersRequest) Reset() {
+	*x = ShardLeadersRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardLeadersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardLeadersRequest) ProtoMessage() {}
+
+func (x *ShardLeadersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardLeadersRequest.ProtoReflect.Descriptor instead.
+func (*ShardLeadersRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+type ShardLeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         uint64                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	ReplicaId     uint64                 `protobuf:"varint,2,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	Node          string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	Term          uint64                 `protobuf:"varint,4,opt,name=term,proto3" json:"term,omitempty"`
+	Local         bool                   `protobuf:"varint,5,opt,name=local,proto3" json:"local,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardLeader) Reset() {
+	*x = ShardLeader{}
+	mi := &file_admin_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardLeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardLeader) ProtoMessage() {}
+
+func (x *ShardLeader) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardLeader.ProtoReflect.Descriptor instead.
+func (*ShardLeader) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ShardLeader) GetShard() uint64 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *ShardLeader) GetReplicaId() uint64 {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return 0
+}
+
+func (x *ShardLeader) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ShardLeader) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *ShardLeader) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
+}
+
+type ShardLeadersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Leaders       []*ShardLeader         `protobuf:"bytes,1,rep,name=leaders,proto3" json:"leaders,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardLeadersResponse) Reset() {
+	*x = ShardLeadersResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardLeadersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardLeadersResponse) ProtoMessage() {}
+
+func (x *ShardLeadersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardLeadersResponse.ProtoReflect.Descriptor instead.
+func (*ShardLeadersResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ShardLeadersResponse) GetLeaders() []*ShardLeader {
+	if x != nil {
+		return x.Leaders
+	}
+	return nil
+}
+
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+type BackupChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupChunk) Reset() {
+	*x = BackupChunk{}
+	mi := &file_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupChunk) ProtoMessage() {}
+
+func (x *BackupChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
+func (*BackupChunk) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *BackupChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_admin_v1_admin_proto_rawDesc = "" +
@@ -849,7 +1328,37 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"timeout_ms\x18\x06 \x01(\rR\ttimeoutMs\":\n" +
 	"\x0eUpdateResponse\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value2\xed\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"m\n" +
+	"\x0eCommandRequest\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
+	"\acommand\x18\x03 \x01(\fR\acommand\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\fR\trequestId\"9\n" +
+	"\x0fCommandResponse\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
+	"\x05reply\x18\x02 \x01(\fR\x05reply\"3\n" +
+	"\rEventsRequest\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"y\n" +
+	"\x0eEventsResponse\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12!\n" +
+	"\fsnapshot_seq\x18\x02 \x01(\x04R\vsnapshotSeq\x12\x1a\n" +
+	"\bsnapshot\x18\x03 \x01(\fR\bsnapshot\x12\x16\n" +
+	"\x06events\x18\x04 \x03(\fR\x06events\"\x15\n" +
+	"\x13ShardLeadersRequest\"\x80\x01\n" +
+	"\vShardLeader\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\x04R\x05shard\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x02 \x01(\x04R\treplicaId\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x12\n" +
+	"\x04term\x18\x04 \x01(\x04R\x04term\x12\x14\n" +
+	"\x05local\x18\x05 \x01(\bR\x05local\"Q\n" +
+	"\x14ShardLeadersResponse\x129\n" +
+	"\aleaders\x18\x01 \x03(\v2\x1f.statemesh.admin.v1.ShardLeaderR\aleaders\"\x0f\n" +
+	"\rBackupRequest\"!\n" +
+	"\vBackupChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xc5\x06\n" +
 	"\x05Admin\x12R\n" +
 	"\aMembers\x12\".statemesh.admin.v1.MembersRequest\x1a#.statemesh.admin.v1.MembersResponse\x12I\n" +
 	"\x04Keys\x12\x1f.statemesh.admin.v1.KeysRequest\x1a .statemesh.admin.v1.KeysResponse\x12F\n" +
@@ -857,7 +1366,11 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x06Update\x12!.statemesh.admin.v1.UpdateRequest\x1a\".statemesh.admin.v1.UpdateResponse\x12O\n" +
 	"\x06Delete\x12!.statemesh.admin.v1.DeleteRequest\x1a\".statemesh.admin.v1.DeleteResponse\x12[\n" +
 	"\n" +
-	"RemoveNode\x12%.statemesh.admin.v1.RemoveNodeRequest\x1a&.statemesh.admin.v1.RemoveNodeResponseB1Z/github.com/statemesh/statemesh/protocol/adminpbb\x06proto3"
+	"RemoveNode\x12%.statemesh.admin.v1.RemoveNodeRequest\x1a&.statemesh.admin.v1.RemoveNodeResponse\x12R\n" +
+	"\aCommand\x12\".statemesh.admin.v1.CommandRequest\x1a#.statemesh.admin.v1.CommandResponse\x12O\n" +
+	"\x06Events\x12!.statemesh.admin.v1.EventsRequest\x1a\".statemesh.admin.v1.EventsResponse\x12a\n" +
+	"\fShardLeaders\x12'.statemesh.admin.v1.ShardLeadersRequest\x1a(.statemesh.admin.v1.ShardLeadersResponse\x12N\n" +
+	"\x06Backup\x12!.statemesh.admin.v1.BackupRequest\x1a\x1f.statemesh.admin.v1.BackupChunk0\x01B1Z/github.com/statemesh/statemesh/protocol/adminpbb\x06proto3"
 
 var (
 	file_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -871,22 +1384,31 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_admin_v1_admin_proto_rawDescData
 }
 
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_admin_v1_admin_proto_goTypes = []any{
-	(*RemoveNodeRequest)(nil),  // 0: statemesh.admin.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil), // 1: statemesh.admin.v1.RemoveNodeResponse
-	(*DeleteRequest)(nil),      // 2: statemesh.admin.v1.DeleteRequest
-	(*DeleteResponse)(nil),     // 3: statemesh.admin.v1.DeleteResponse
-	(*MembersRequest)(nil),     // 4: statemesh.admin.v1.MembersRequest
-	(*Member)(nil),             // 5: statemesh.admin.v1.Member
-	(*MembersResponse)(nil),    // 6: statemesh.admin.v1.MembersResponse
-	(*KeysRequest)(nil),        // 7: statemesh.admin.v1.KeysRequest
-	(*Key)(nil),                // 8: statemesh.admin.v1.Key
-	(*KeysResponse)(nil),       // 9: statemesh.admin.v1.KeysResponse
-	(*GetRequest)(nil),         // 10: statemesh.admin.v1.GetRequest
-	(*GetResponse)(nil),        // 11: statemesh.admin.v1.GetResponse
-	(*UpdateRequest)(nil),      // 12: statemesh.admin.v1.UpdateRequest
-	(*UpdateResponse)(nil),     // 13: statemesh.admin.v1.UpdateResponse
+	(*RemoveNodeRequest)(nil),    // 0: statemesh.admin.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),   // 1: statemesh.admin.v1.RemoveNodeResponse
+	(*DeleteRequest)(nil),        // 2: statemesh.admin.v1.DeleteRequest
+	(*DeleteResponse)(nil),       // 3: statemesh.admin.v1.DeleteResponse
+	(*MembersRequest)(nil),       // 4: statemesh.admin.v1.MembersRequest
+	(*Member)(nil),               // 5: statemesh.admin.v1.Member
+	(*MembersResponse)(nil),      // 6: statemesh.admin.v1.MembersResponse
+	(*KeysRequest)(nil),          // 7: statemesh.admin.v1.KeysRequest
+	(*Key)(nil),                  // 8: statemesh.admin.v1.Key
+	(*KeysResponse)(nil),         // 9: statemesh.admin.v1.KeysResponse
+	(*GetRequest)(nil),           // 10: statemesh.admin.v1.GetRequest
+	(*GetResponse)(nil),          // 11: statemesh.admin.v1.GetResponse
+	(*UpdateRequest)(nil),        // 12: statemesh.admin.v1.UpdateRequest
+	(*UpdateResponse)(nil),       // 13: statemesh.admin.v1.UpdateResponse
+	(*CommandRequest)(nil),       // 14: statemesh.admin.v1.CommandRequest
+	(*CommandResponse)(nil),      // 15: statemesh.admin.v1.CommandResponse
+	(*EventsRequest)(nil),        // 16: statemesh.admin.v1.EventsRequest
+	(*EventsResponse)(nil),       // 17: statemesh.admin.v1.EventsResponse
+	(*ShardLeadersRequest)(nil),  // 18: statemesh.admin.v1.ShardLeadersRequest
+	(*ShardLeader)(nil),          // 19: statemesh.admin.v1.ShardLeader
+	(*ShardLeadersResponse)(nil), // 20: statemesh.admin.v1.ShardLeadersResponse
+	(*BackupRequest)(nil),        // 21: statemesh.admin.v1.BackupRequest
+	(*BackupChunk)(nil),          // 22: statemesh.admin.v1.BackupChunk
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
 	8,  // 0: statemesh.admin.v1.DeleteRequest.key:type_name -> statemesh.admin.v1.Key
@@ -894,23 +1416,32 @@ var file_admin_v1_admin_proto_depIdxs = []int32{
 	8,  // 2: statemesh.admin.v1.KeysResponse.keys:type_name -> statemesh.admin.v1.Key
 	8,  // 3: statemesh.admin.v1.GetRequest.key:type_name -> statemesh.admin.v1.Key
 	8,  // 4: statemesh.admin.v1.UpdateRequest.key:type_name -> statemesh.admin.v1.Key
-	4,  // 5: statemesh.admin.v1.Admin.Members:input_type -> statemesh.admin.v1.MembersRequest
-	7,  // 6: statemesh.admin.v1.Admin.Keys:input_type -> statemesh.admin.v1.KeysRequest
-	10, // 7: statemesh.admin.v1.Admin.Get:input_type -> statemesh.admin.v1.GetRequest
-	12, // 8: statemesh.admin.v1.Admin.Update:input_type -> statemesh.admin.v1.UpdateRequest
-	2,  // 9: statemesh.admin.v1.Admin.Delete:input_type -> statemesh.admin.v1.DeleteRequest
-	0,  // 10: statemesh.admin.v1.Admin.RemoveNode:input_type -> statemesh.admin.v1.RemoveNodeRequest
-	6,  // 11: statemesh.admin.v1.Admin.Members:output_type -> statemesh.admin.v1.MembersResponse
-	9,  // 12: statemesh.admin.v1.Admin.Keys:output_type -> statemesh.admin.v1.KeysResponse
-	11, // 13: statemesh.admin.v1.Admin.Get:output_type -> statemesh.admin.v1.GetResponse
-	13, // 14: statemesh.admin.v1.Admin.Update:output_type -> statemesh.admin.v1.UpdateResponse
-	3,  // 15: statemesh.admin.v1.Admin.Delete:output_type -> statemesh.admin.v1.DeleteResponse
-	1,  // 16: statemesh.admin.v1.Admin.RemoveNode:output_type -> statemesh.admin.v1.RemoveNodeResponse
-	11, // [11:17] is the sub-list for method output_type
-	5,  // [5:11] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	19, // 5: statemesh.admin.v1.ShardLeadersResponse.leaders:type_name -> statemesh.admin.v1.ShardLeader
+	4,  // 6: statemesh.admin.v1.Admin.Members:input_type -> statemesh.admin.v1.MembersRequest
+	7,  // 7: statemesh.admin.v1.Admin.Keys:input_type -> statemesh.admin.v1.KeysRequest
+	10, // 8: statemesh.admin.v1.Admin.Get:input_type -> statemesh.admin.v1.GetRequest
+	12, // 9: statemesh.admin.v1.Admin.Update:input_type -> statemesh.admin.v1.UpdateRequest
+	2,  // 10: statemesh.admin.v1.Admin.Delete:input_type -> statemesh.admin.v1.DeleteRequest
+	0,  // 11: statemesh.admin.v1.Admin.RemoveNode:input_type -> statemesh.admin.v1.RemoveNodeRequest
+	14, // 12: statemesh.admin.v1.Admin.Command:input_type -> statemesh.admin.v1.CommandRequest
+	16, // 13: statemesh.admin.v1.Admin.Events:input_type -> statemesh.admin.v1.EventsRequest
+	18, // 14: statemesh.admin.v1.Admin.ShardLeaders:input_type -> statemesh.admin.v1.ShardLeadersRequest
+	21, // 15: statemesh.admin.v1.Admin.Backup:input_type -> statemesh.admin.v1.BackupRequest
+	6,  // 16: statemesh.admin.v1.Admin.Members:output_type -> statemesh.admin.v1.MembersResponse
+	9,  // 17: statemesh.admin.v1.Admin.Keys:output_type -> statemesh.admin.v1.KeysResponse
+	11, // 18: statemesh.admin.v1.Admin.Get:output_type -> statemesh.admin.v1.GetResponse
+	13, // 19: statemesh.admin.v1.Admin.Update:output_type -> statemesh.admin.v1.UpdateResponse
+	3,  // 20: statemesh.admin.v1.Admin.Delete:output_type -> statemesh.admin.v1.DeleteResponse
+	1,  // 21: statemesh.admin.v1.Admin.RemoveNode:output_type -> statemesh.admin.v1.RemoveNodeResponse
+	15, // 22: statemesh.admin.v1.Admin.Command:output_type -> statemesh.admin.v1.CommandResponse
+	17, // 23: statemesh.admin.v1.Admin.Events:output_type -> statemesh.admin.v1.EventsResponse
+	20, // 24: statemesh.admin.v1.Admin.ShardLeaders:output_type -> statemesh.admin.v1.ShardLeadersResponse
+	22, // 25: statemesh.admin.v1.Admin.Backup:output_type -> statemesh.admin.v1.BackupChunk
+	16, // [16:26] is the sub-list for method output_type
+	6,  // [6:16] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_admin_v1_admin_proto_init() }
@@ -924,7 +1455,7 @@ func file_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,12 +23,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_Members_FullMethodName    = "/statemesh.admin.v1.Admin/Members"
-	Admin_Keys_FullMethodName       = "/statemesh.admin.v1.Admin/Keys"
-	Admin_Get_FullMethodName        = "/statemesh.admin.v1.Admin/Get"
-	Admin_Update_FullMethodName     = "/statemesh.admin.v1.Admin/Update"
-	Admin_Delete_FullMethodName     = "/statemesh.admin.v1.Admin/Delete"
-	Admin_RemoveNode_FullMethodName = "/statemesh.admin.v1.Admin/RemoveNode"
+	Admin_Members_FullMethodName      = "/statemesh.admin.v1.Admin/Members"
+	Admin_Keys_FullMethodName         = "/statemesh.admin.v1.Admin/Keys"
+	Admin_Get_FullMethodName          = "/statemesh.admin.v1.Admin/Get"
+	Admin_Update_FullMethodName       = "/statemesh.admin.v1.Admin/Update"
+	Admin_Delete_FullMethodName       = "/statemesh.admin.v1.Admin/Delete"
+	Admin_RemoveNode_FullMethodName   = "/statemesh.admin.v1.Admin/RemoveNode"
+	Admin_Command_FullMethodName      = "/statemesh.admin.v1.Admin/Command"
+	Admin_Events_FullMethodName       = "/statemesh.admin.v1.Admin/Events"
+	Admin_ShardLeaders_FullMethodName = "/statemesh.admin.v1.Admin/ShardLeaders"
+	Admin_Backup_FullMethodName       = "/statemesh.admin.v1.Admin/Backup"
 )
 
 // AdminClient is the client API for Admin service.
@@ -47,6 +51,18 @@ type AdminClient interface {
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	// RemoveNode removes a member from the mesh for good.
 	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
+	// Command runs a command for an event-sourced entity through the node's
+	// consensus host (the built-in type "statemesh.log" appends the command
+	// as one event).
+	Command(ctx context.Context, in *CommandRequest, opts ...grpc.CallOption) (*CommandResponse, error)
+	// Events reads an event-sourced entity linearizably.
+	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (*EventsResponse, error)
+	// ShardLeaders lists every shard's leader as this node knows it.
+	ShardLeaders(ctx context.Context, in *ShardLeadersRequest, opts ...grpc.CallOption) (*ShardLeadersResponse, error)
+	// Backup streams a full backup of the node's data (Badger's backup
+	// format, in chunks); `statemesh ctl restore` loads it into an empty
+	// data directory.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
 }
 
 type adminClient struct {
@@ -117,6 +133,55 @@ func (c *adminClient) RemoveNode(ctx context.Context, in *RemoveNodeRequest, opt
 	return out, nil
 }
 
+func (c *adminClient) Command(ctx context.Context, in *CommandRequest, opts ...grpc.CallOption) (*CommandResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CommandResponse)
+	err := c.cc.Invoke(ctx, Admin_Command_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (*EventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EventsResponse)
+	err := c.cc.Invoke(ctx, Admin_Events_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ShardLeaders(ctx context.Context, in *ShardLeadersRequest, opts ...grpc.CallOption) (*ShardLeadersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ShardLeadersResponse)
+	err := c.cc.Invoke(ctx, Admin_ShardLeaders_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Admin_ServiceDesc.Streams[0], Admin_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_BackupClient = grpc.ServerStreamingClient[BackupChunk]
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -133,6 +198,18 @@ type AdminServer interface {
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	// RemoveNode removes a member from the mesh for good.
 	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
+	// Command runs a command for an event-sourced entity through the node's
+	// consensus host (the built-in type "statemesh.log" appends the command
+	// as one event).
+	Command(context.Context, *CommandRequest) (*CommandResponse, error)
+	// Events reads an event-sourced entity linearizably.
+	Events(context.Context, *EventsRequest) (*EventsResponse, error)
+	// ShardLeaders lists every shard's leader as this node knows it.
+	ShardLeaders(context.Context, *ShardLeadersRequest) (*ShardLeadersResponse, error)
+	// Backup streams a full backup of the node's data (Badger's backup
+	// format, in chunks); `statemesh ctl restore` loads it into an empty
+	// data directory.
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -160,6 +237,18 @@ func (UnimplementedAdminServer) Delete(context.Context, *DeleteRequest) (*Delete
 }
 func (UnimplementedAdminServer) RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveNode not implemented")
+}
+func (UnimplementedAdminServer) Command(context.Context, *CommandRequest) (*CommandResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Command not implemented")
+}
+func (UnimplementedAdminServer) Events(context.Context, *EventsRequest) (*EventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Events not implemented")
+}
+func (UnimplementedAdminServer) ShardLeaders(context.Context, *ShardLeadersRequest) (*ShardLeadersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ShardLeaders not implemented")
+}
+func (UnimplementedAdminServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -290,6 +379,71 @@ func _Admin_RemoveNode_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Command_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Command(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Command_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Command(ctx, req.(*CommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_Events_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Events(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Events_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Events(ctx, req.(*EventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ShardLeaders_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ShardLeadersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ShardLeaders(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ShardLeaders_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ShardLeaders(ctx, req.(*ShardLeadersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_BackupServer = grpc.ServerStreamingServer[BackupChunk]
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -321,7 +475,25 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "RemoveNode",
 			Handler:    _Admin_RemoveNode_Handler,
 		},
+		{
+			MethodName: "Command",
+			Handler:    _Admin_Command_Handler,
+		},
+		{
+			MethodName: "Events",
+			Handler:    _Admin_Events_Handler,
+		},
+		{
+			MethodName: "ShardLeaders",
+			Handler:    _Admin_ShardLeaders_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Backup",
+			Handler:       _Admin_Backup_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "admin/v1/admin.proto",
 }

@@ -458,7 +458,10 @@ type NodeMeta struct {
 	RaftAddr string `protobuf:"bytes,6,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
 	// Set just before a graceful leave: when the node then disappears, the
 	// others forget it instead of counting it as a dead replica.
-	Leaving       bool `protobuf:"varint,7,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	Leaving bool `protobuf:"varint,7,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	// The node's Raft replica id (the same in every shard); 0 if it runs no
+	// consensus.
+	RaftReplicaId uint64 `protobuf:"varint,8,opt,name=raft_replica_id,json=raftReplicaId,proto3" json:"raft_replica_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -542,6 +545,13 @@ func (x *NodeMeta) GetLeaving() bool {
 	return false
 }
 
+func (x *NodeMeta) GetRaftReplicaId() uint64 {
+	if x != nil {
+		return x.RaftReplicaId
+	}
+	return 0
+}
+
 var File_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_peer_v1_peer_proto_rawDesc = "" +
@@ -569,7 +579,7 @@ const file_peer_v1_peer_proto_rawDesc = "" +
 	"\fReadResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\fR\x05state\x12\x18\n" +
-	"\adeleted\x18\x03 \x01(\bR\adeleted\"\xd7\x01\n" +
+	"\adeleted\x18\x03 \x01(\bR\adeleted\"\xff\x01\n" +
 	"\bNodeMeta\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x16\n" +
@@ -577,7 +587,8 @@ const file_peer_v1_peer_proto_rawDesc = "" +
 	"\x04zone\x18\x04 \x01(\tR\x04zone\x12\x1b\n" +
 	"\tpeer_addr\x18\x05 \x01(\tR\bpeerAddr\x12\x1b\n" +
 	"\traft_addr\x18\x06 \x01(\tR\braftAddr\x12\x18\n" +
-	"\aleaving\x18\a \x01(\bR\aleaving2\xdf\x01\n" +
+	"\aleaving\x18\a \x01(\bR\aleaving\x12&\n" +
+	"\x0fraft_replica_id\x18\b \x01(\x04R\rraftReplicaId2\xdf\x01\n" +
 	"\x04Peer\x12B\n" +
 	"\x04Sync\x12\x1c.statemesh.peer.v1.SyncFrame\x1a\x1a.statemesh.peer.v1.SyncEnd(\x01\x12J\n" +
 	"\x05Write\x12\x1f.statemesh.peer.v1.WriteRequest\x1a .statemesh.peer.v1.WriteResponse\x12G\n" +
