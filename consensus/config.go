@@ -71,6 +71,11 @@ type Config struct {
 	// that is still protected by its expected sequence number. Default
 	// 1,000,000 (at 10,000 commands/s per shard, over a minute and a half).
 	DedupWindow uint64
+	// EntityCacheBytes bounds the entity states a node keeps after running
+	// their commands, so that the next command on the same entity skips
+	// the linearizable read (see the command path in the package doc); 0
+	// disables the cache. Default 32 MiB.
+	EntityCacheBytes int
 	// Handlers runs commands, by entity type. A command for a type with no
 	// handler fails with ErrNoHandler.
 	Handlers map[string]Handler
@@ -114,6 +119,7 @@ func DefaultConfig() Config {
 		SnapshotEntries:    10000,
 		CompactionOverhead: 5000,
 		DedupWindow:        1_000_000,
+		EntityCacheBytes:   32 << 20,
 		PlacementInterval:  time.Second,
 		OpTimeout:          5 * time.Second,
 		MaxForwardHops:     3,

@@ -384,3 +384,59 @@ func TestPlacementReplacesRemovedNode(t *testing.T) {
 	}
 	c.checkReplicasAgree(e, want)
 }
+
+// TestStaleCacheIsNeverTrusted plants stale entity states in a node's
+// cache: a command with events is refused by the state machine as a
+// conflict and re-run on fresh state; a command without events (a read)
+// is answered from a linearizable read, not from the cache.
+func TestStaleCacheIsNeverTrusted(t *testing.T) {
+	c := newCluster(t, 3, 1, map[string]Handler{"log": appendHandler, "reg": registerHandler})
+	ctx := ctxT(t, 20*time.Second)
+	h := c.nodes[0].h
+	e := Entity{Type: "log", ID: "stale"}
+	var want [][]byte
+	for i := range 3 {
+		p := fmt.Appendf(nil, "e%d", i)
+		if _, err := c.nodes[1].h.Command(ctx, e, p, nil); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, p)
+	}
+	h.cache.advance(e, EntityState{}, [][]byte{[]byte("e0")}, false, nil) // seq 1: stale
+	r, err := h.Command(ctx, e, []byte("e3"), nil)
+	if err != nil || r.Seq != 4 || string(r.Data) != "4" {
+		t.Fatalf("command on a stale cache: %+v %v, want seq 4", r, err)
+	}
+	want = append(want, []byte("e3"))
+	c.checkReplicasAgree(e, want)
+
+	reg := Entity{Type: "reg", ID: "r"}
+	if _, err := c.nodes[2].h.Command(ctx, reg, []byte("w\x00new"), nil); err != nil {
+		t.Fatal(err)
+	}
+	h.cache.advance(reg, EntityState{}, [][]byte{[]byte("old")}, false, nil)
+	r, err = h.Command(ctx, reg, []byte("r"), nil)
+	if err != nil || string(r.Data) != "new" {
+		t.Fatalf("read through a stale cache: %q %v, want \"new\"", r.Data, err)
+	}
+}
+
+// TestLeadersSpreadOverNodes: the bootstrap node leads every shard at
+// first; placement moves leaderships until no node leads more than its
+// share.
+func TestLeadersSpreadOverNodes(t *testing.T) {
+	const shards = 6
+	c := newCluster(t, 3, shards, nil)
+	eventually(t, 20*time.Second, "each node leads 2 of 6 shards", func() bool {
+		led := map[string]int{}
+		for s := uint64(1); s <= shards; s++ {
+			for _, nd := range c.nodes {
+				id, _, valid, err := nd.h.nh.GetLeaderID(s)
+				if err == nil && valid && id == nd.rid {
+					led[nd.name]++
+				}
+			}
+		}
+		return led["n1"] == 2 && led["n2"] == 2 && led["n3"] == 2
+	})
+}

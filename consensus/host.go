@@ -42,6 +42,7 @@ type Host struct {
 	locks [256]sync.Mutex
 	// startMu serialises StartReplica requests.
 	startMu sync.Mutex
+	cache   *entityCache
 
 	conns struct {
 		sync.Mutex
@@ -104,6 +105,7 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 	h.conns.m = map[string]*grpc.ClientConn{}
 	h.routes.m = map[uint64]string{}
 	h.met = newMetrics(cfg.Registerer)
+	h.cache = newEntityCache(cfg.EntityCacheBytes)
 
 	started := 0
 	for s := uint64(1); s <= uint64(cfg.Shards); s++ {

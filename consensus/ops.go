@@ -358,38 +358,63 @@ func (h *Host) localCommand(ctx context.Context, shard uint64, req *consensuspb.
 	mu.Lock()
 	defer mu.Unlock()
 	for range maxConflictRetries {
-		r, err := h.read(ctx, shard, loadQuery{entity: e, requestID: req.RequestId})
-		if err != nil {
-			return nil, err
+		state, cached := h.cache.get(e)
+		if !cached {
+			r, err := h.read(ctx, shard, loadQuery{entity: e, requestID: req.RequestId})
+			if err != nil {
+				return nil, err
+			}
+			lr := r.(loadResult)
+			if lr.prior != nil {
+				h.met.duplicates.Inc()
+				return &consensuspb.CommandResponse{Seq: lr.prior.Seq, Reply: lr.prior.Reply}, nil
+			}
+			state = lr.state
 		}
-		lr := r.(loadResult)
-		if lr.prior != nil {
-			h.met.duplicates.Inc()
-			return &consensuspb.CommandResponse{Seq: lr.prior.Seq, Reply: lr.prior.Reply}, nil
-		}
-		eff, err := handler.Handle(ctx, Command{Entity: e, State: lr.state, Payload: req.Command})
+		eff, err := handler.Handle(ctx, Command{Entity: e, State: state, Payload: req.Command})
 		if err != nil {
+			if cached {
+				// The handler may have refused stale state: decide on
+				// fresh state before failing the command.
+				h.cache.drop(e)
+				continue
+			}
 			return nil, fmt.Errorf("%w: %v", ErrRejected, err)
 		}
 		if len(eff.Events) == 0 && !eff.HasSnapshot {
+			if cached {
+				// A reply without events is only as fresh as the state it
+				// read: cached state may be stale, so read linearizably.
+				h.cache.drop(e)
+				continue
+			}
 			// Nothing to persist: the reply reflects a linearizable read,
 			// so it needs no Raft round of its own.
-			return &consensuspb.CommandResponse{Seq: lr.state.Seq, Reply: eff.Reply}, nil
+			return &consensuspb.CommandResponse{Seq: state.Seq, Reply: eff.Reply}, nil
 		}
 		entry := &consensuspb.Entry{RequestId: req.RequestId, Entity: req.Entity,
-			Op: &consensuspb.Entry_Append{Append: &consensuspb.Append{ExpectedSeq: lr.state.Seq,
+			Op: &consensuspb.Entry_Append{Append: &consensuspb.Append{ExpectedSeq: state.Seq,
 				Events: eff.Events, HasSnapshot: eff.HasSnapshot, Snapshot: eff.Snapshot, Reply: eff.Reply}}}
 		res, err := h.propose(ctx, shard, entry)
 		if err != nil {
+			h.cache.drop(e)
 			return nil, err
 		}
 		switch res.Code {
 		case consensuspb.Code_CODE_OK:
+			if res.Duplicate {
+				h.met.duplicates.Inc()
+				h.cache.drop(e)
+			} else {
+				h.cache.advance(e, state, eff.Events, eff.HasSnapshot, eff.Snapshot)
+			}
 			return &consensuspb.CommandResponse{Seq: res.Seq, Reply: res.Reply}, nil
 		case consensuspb.Code_CODE_CONFLICT:
 			h.met.conflicts.Inc()
+			h.cache.drop(e)
 			continue
 		default:
+			h.cache.drop(e)
 			return nil, errorOf(res.Code, res.Message)
 		}
 	}

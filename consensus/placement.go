@@ -54,6 +54,62 @@ func (h *Host) placementLoop() {
 				h.log.Debug("placement", "shard", s, "err", err)
 			}
 		}
+		h.balanceLeaders()
+	}
+}
+
+// balanceLeaders moves at most one shard's leadership per round away from
+// this node while it leads more than its share. Leaders do the command
+// path's work (handlers, reads, proposals), so a node that leads every
+// shard (the bootstrap node, at first) would do nearly all of it. The share
+// is ⌈shards with a leader / nodes holding voting replicas⌉, and the new
+// leader is the live replica of the shard that leads the fewest shards, so
+// only overloaded nodes act and the moves converge.
+func (h *Host) balanceLeaders() {
+	info := h.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+	alive := map[uint64]bool{}
+	for _, m := range h.cfg.Directory.Members() {
+		if m.Alive && m.ReplicaID != 0 {
+			alive[m.ReplicaID] = true
+		}
+	}
+	led := map[uint64]int{}
+	voters := map[uint64]bool{}
+	total := 0
+	for _, si := range info.ShardInfoList {
+		for id := range si.Replicas {
+			voters[id] = true
+		}
+		if si.LeaderID != 0 {
+			led[si.LeaderID]++
+			total++
+		}
+	}
+	if len(voters) < 2 {
+		return
+	}
+	share := (total + len(voters) - 1) / len(voters)
+	if led[h.replicaID] <= share {
+		return
+	}
+	for _, si := range info.ShardInfoList {
+		if si.LeaderID != h.replicaID {
+			continue
+		}
+		var target uint64
+		for id := range si.Replicas {
+			if id != h.replicaID && alive[id] && led[id] < share && (target == 0 || led[id] < led[target]) {
+				target = id
+			}
+		}
+		if target == 0 {
+			continue
+		}
+		if err := h.nh.RequestLeaderTransfer(si.ShardID, target); err == nil {
+			h.log.Debug("placement: moving leadership", "shard", si.ShardID, "to", target)
+			h.met.placement.WithLabelValues("leader").Inc()
+		}
+		return
 	}
 }
 

@@ -108,7 +108,9 @@ func (m *stateMachine) apply(tx *eventlog.ShardTxn, e *sm.Entry) (sm.Result, err
 	if err != nil {
 		return sm.Result{}, err
 	}
-	res.Index = e.Index
+	if !res.Duplicate {
+		res.Index = e.Index
+	}
 	data, err := proto.Marshal(res)
 	if err != nil {
 		return sm.Result{}, err
@@ -144,6 +146,7 @@ func (m *stateMachine) applyEntry(tx *eventlog.ShardTxn, e *sm.Entry) (*consensu
 			if err := proto.Unmarshal(prior, &r); err != nil {
 				return nil, fmt.Errorf("%w: request result: %v", eventlog.ErrCorrupt, err)
 			}
+			r.Duplicate = true
 			return &r, nil
 		}
 	}

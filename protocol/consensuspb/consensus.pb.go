@@ -537,7 +537,10 @@ type Result struct {
 	Reply   []byte `protobuf:"bytes,3,opt,name=reply,proto3" json:"reply,omitempty"`
 	Message string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
 	// The Raft index the entry was applied at.
-	Index         uint64 `protobuf:"varint,5,opt,name=index,proto3" json:"index,omitempty"`
+	Index uint64 `protobuf:"varint,5,opt,name=index,proto3" json:"index,omitempty"`
+	// Set when the result is the one recorded for the entry's request id,
+	// returned again without applying anything.
+	Duplicate     bool `protobuf:"varint,6,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -605,6 +608,13 @@ func (x *Result) GetIndex() uint64 {
 		return x.Index
 	}
 	return 0
+}
+
+func (x *Result) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
 }
 
 type CommandRequest struct {
@@ -1173,13 +1183,14 @@ const file_consensus_v1_consensus_proto_rawDesc = "" +
 	"\x05state\x18\x03 \x01(\fR\x05state\"]\n" +
 	"\vDeleteValue\x12#\n" +
 	"\rcheck_version\x18\x01 \x01(\bR\fcheckVersion\x12)\n" +
-	"\x10expected_version\x18\x02 \x01(\x04R\x0fexpectedVersion\"\x92\x01\n" +
+	"\x10expected_version\x18\x02 \x01(\x04R\x0fexpectedVersion\"\xb0\x01\n" +
 	"\x06Result\x120\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x1c.statemesh.consensus.v1.CodeR\x04code\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05reply\x18\x03 \x01(\fR\x05reply\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12\x14\n" +
-	"\x05index\x18\x05 \x01(\x04R\x05index\"\x95\x01\n" +
+	"\x05index\x18\x05 \x01(\x04R\x05index\x12\x1c\n" +
+	"\tduplicate\x18\x06 \x01(\bR\tduplicate\"\x95\x01\n" +
 	"\x0eCommandRequest\x126\n" +
 	"\x06entity\x18\x01 \x01(\v2\x1e.statemesh.consensus.v1.EntityR\x06entity\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\fR\acommand\x12\x1d\n" +
