@@ -53,10 +53,11 @@ type Config struct {
 	// ElectionTicks is the election timeout in ticks of RTT: a follower
 	// that hears nothing from its leader for this long starts an
 	// election. Must exceed 2×HeartbeatTicks (Raft suggests 10×). Default
-	// 20 (200ms with the default RTT).
+	// 50 (500ms with the default RTT; etcd's default is 1s).
 	ElectionTicks uint64
 	// HeartbeatTicks is the leader's heartbeat interval in ticks. Default
-	// 2 (20ms with the default RTT).
+	// 5 (50ms with the default RTT; etcd's default is 100ms). Every shard
+	// heartbeats on its own, so this is most of an idle node's CPU.
 	HeartbeatTicks uint64
 	// SnapshotEntries: a shard takes a Raft snapshot (and compacts its log)
 	// every this many applied entries; 0 disables. Default 10000.
@@ -114,8 +115,8 @@ func DefaultConfig() Config {
 		Shards:             16,
 		Replicas:           3,
 		RTT:                10 * time.Millisecond,
-		ElectionTicks:      20,
-		HeartbeatTicks:     2,
+		ElectionTicks:      50,
+		HeartbeatTicks:     5,
 		SnapshotEntries:    10000,
 		CompactionOverhead: 5000,
 		DedupWindow:        1_000_000,

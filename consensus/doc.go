@@ -13,13 +13,15 @@
 // with one replica; placement then adds live nodes until each shard has
 // Config.Replicas replicas (or as many as there are nodes), and replaces
 // the replicas of nodes removed for good. Only a shard's leader changes
-// its membership, one change at a time (see placement.go).
+// its membership, one change at a time, and a node that leads more than
+// its share of shards hands one leadership per round to the replica that
+// leads fewest (see placement.go).
 //
 // Raft timing is in ticks of Config.RTT: a leader heartbeats every
 // HeartbeatTicks and a follower that hears nothing for ElectionTicks
 // starts an election (with pre-vote and check-quorum, so a partitioned
 // node neither disrupts the majority when it returns nor keeps believing
-// it leads). The defaults (10ms, 2, 20) suit loopback and LAN; across
+// it leads). The defaults (10ms, 5, 50) suit loopback and LAN; across
 // regions set RTT near the real round trip. Dragonboat's LogDB uses its
 // "tiny" configuration (about 256 MB of memory at most), sized for small
 // machines.
@@ -34,20 +36,30 @@
 //     service; a node without a replica forwards to one that has one. A
 //     forwarded request carries a hop count and is refused past
 //     Config.MaxForwardHops, so a stale view of the leader cannot loop.
-//  2. Load. The entity (latest snapshot and the events after it) is read
-//     with a linearizable read (Raft ReadIndex, then a local lookup), so
-//     the handler sees every event acknowledged before the command began.
-//     The same read reports whether the command's request id was applied
-//     before; if so, the first reply is returned and nothing else happens.
+//  2. Load. The entity (latest snapshot and the events after it) comes,
+//     on the first attempt, from the state this node kept after the
+//     entity's previous command (entityCache, bounded by
+//     Config.EntityCacheBytes) or else from the local replica's applied
+//     data, with no Raft round. On the leader that is nearly always
+//     current; step 4 catches the rare stale state. Every later attempt
+//     reads linearizably (Raft ReadIndex, then a local lookup). The read
+//     also reports whether the command's request id was applied before;
+//     if so, the recorded reply is returned and nothing else happens.
 //  3. Handle. The Handler for the entity type decides the events, an
 //     optional snapshot and the reply. A command that decides no events
-//     replies at once: its read was linearizable.
+//     replies at once if its state came from a linearizable read, and is
+//     re-run on one otherwise: a reply is never computed from state that
+//     might be stale. A handler error on unverified state is re-checked
+//     the same way before the command fails.
 //  4. Propose. One Raft entry carries the entity, the expected sequence
 //     number (the entity's last one at step 2), the events, the snapshot,
 //     the reply and the request id. The reply is returned only after the
-//     entry is applied. If another writer got there first, the state
-//     machine answers "conflict" and the path goes back to step 2 (a few
-//     times, then ErrConflict).
+//     entry is applied. If another writer got there first (or the kept
+//     state was stale), the state machine answers "conflict" and the path
+//     goes back to step 2 with a linearizable read (a few times, then
+//     ErrConflict). Because the entry is applied only if the entity's
+//     sequence number is still the one the handler saw, the handler's
+//     decision is linearized at the entry's application.
 //
 // Commands on one entity are serialised on each node, so one node's
 // concurrent commands do not conflict with each other. Leader changes, an

@@ -357,23 +357,40 @@ func (h *Host) localCommand(ctx context.Context, shard uint64, req *consensuspb.
 	mu := &h.locks[lockIndex(e)]
 	mu.Lock()
 	defer mu.Unlock()
+	// The first attempt runs on state that may be stale: the state this
+	// node kept from the entity's last command, else the local replica's
+	// applied state (no Raft round). On the leader both are nearly always
+	// current, and the proposal's expected sequence number catches the
+	// rare stale one. Later attempts, and replies without events, use a
+	// linearizable read.
+	fresh := false
 	for range maxConflictRetries {
 		state, cached := h.cache.get(e)
-		if !cached {
-			r, err := h.read(ctx, shard, loadQuery{entity: e, requestID: req.RequestId})
+		if fresh || !cached {
+			q := loadQuery{entity: e, requestID: req.RequestId}
+			var r any
+			var err error
+			if fresh {
+				r, err = h.read(ctx, shard, q)
+			} else {
+				r, err = h.staleRead(shard, q)
+			}
 			if err != nil {
 				return nil, err
 			}
 			lr := r.(loadResult)
 			if lr.prior != nil {
+				// Applied before: its recorded result is final.
 				h.met.duplicates.Inc()
 				return &consensuspb.CommandResponse{Seq: lr.prior.Seq, Reply: lr.prior.Reply}, nil
 			}
 			state = lr.state
 		}
+		unverified := !fresh // state not known to be current
+		fresh = true         // any further attempt reads linearizably
 		eff, err := handler.Handle(ctx, Command{Entity: e, State: state, Payload: req.Command})
 		if err != nil {
-			if cached {
+			if unverified {
 				// The handler may have refused stale state: decide on
 				// fresh state before failing the command.
 				h.cache.drop(e)
@@ -382,9 +399,9 @@ func (h *Host) localCommand(ctx context.Context, shard uint64, req *consensuspb.
 			return nil, fmt.Errorf("%w: %v", ErrRejected, err)
 		}
 		if len(eff.Events) == 0 && !eff.HasSnapshot {
-			if cached {
+			if unverified {
 				// A reply without events is only as fresh as the state it
-				// read: cached state may be stale, so read linearizably.
+				// read, which may be stale: read linearizably.
 				h.cache.drop(e)
 				continue
 			}
@@ -475,6 +492,19 @@ func (h *Host) read(ctx context.Context, shard uint64, q any) (any, error) {
 		} else {
 			return nil, wrapf(c, "shard %d read: %v", shard, err)
 		}
+	}
+	return r, nil
+}
+
+// staleRead looks a query up on the local replica's applied state, with
+// no Raft round: the result may lag the leader.
+func (h *Host) staleRead(shard uint64, q any) (any, error) {
+	r, err := h.nh.StaleRead(shard, q)
+	if err != nil {
+		if errors.Is(err, eventlog.ErrCorrupt) {
+			return nil, err
+		}
+		return nil, wrapf(ErrUnavailable, "shard %d local read: %v", shard, err)
 	}
 	return r, nil
 }

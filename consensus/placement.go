@@ -58,8 +58,8 @@ func (h *Host) placementLoop() {
 	}
 }
 
-// balanceLeaders moves at most one shard's leadership per round away from
-// this node while it leads more than its share. Leaders do the command
+// balanceLeaders moves shards' leaderships away from this node while it
+// leads more than its share, as many per round as it leads too many. Leaders do the command
 // path's work (handlers, reads, proposals), so a node that leads every
 // shard (the bootstrap node, at first) would do nearly all of it. The share
 // is ⌈shards with a leader / nodes holding voting replicas⌉, and the new
@@ -89,10 +89,10 @@ func (h *Host) balanceLeaders() {
 		return
 	}
 	share := (total + len(voters) - 1) / len(voters)
-	if led[h.replicaID] <= share {
-		return
-	}
 	for _, si := range info.ShardInfoList {
+		if led[h.replicaID] <= share {
+			return
+		}
 		if si.LeaderID != h.replicaID {
 			continue
 		}
@@ -108,8 +108,9 @@ func (h *Host) balanceLeaders() {
 		if err := h.nh.RequestLeaderTransfer(si.ShardID, target); err == nil {
 			h.log.Debug("placement: moving leadership", "shard", si.ShardID, "to", target)
 			h.met.placement.WithLabelValues("leader").Inc()
+			led[h.replicaID]--
+			led[target]++
 		}
-		return
 	}
 }
 
