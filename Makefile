@@ -11,13 +11,13 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 PROTOS        := $(shell find protocol -name '*.proto')
 # Pure packages (no I/O, no goroutines) and the concurrent ones whose
 # tests are quick: always run with -race.
-RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/...
+RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/... ./consensus/...
 # An execution count, not a duration: on Go 1.26 a duration-based
 # -fuzztime can fail spuriously with "context deadline exceeded" when it
 # expires while a worker is busy (go.dev/issue/75804, fixed in Go 1.27).
 FUZZTIME      ?= 30000x
 
-.PHONY: all build test test-race fuzz verify bench bench-sync bench-micro bench-convergence bench-mesh proto tools tools-apt demo clean
+.PHONY: all build test test-race fuzz verify bench bench-sync bench-micro bench-convergence bench-mesh bench-consensus proto tools tools-apt tools-etcd demo clean
 
 all: build
 
@@ -34,6 +34,9 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./crdt/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeMessage$$' -fuzztime=$(FUZZTIME) ./deltas/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeIdentity$$' -fuzztime=$(FUZZTIME) ./eventlog/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeJournalRecords$$' -fuzztime=$(FUZZTIME) ./eventlog/
+	$(GO) test -run='^$$' -fuzz='^FuzzShardRestore$$' -fuzztime=$(FUZZTIME) ./eventlog/
+	$(GO) test -run='^$$' -fuzz='^FuzzStateMachineEntry$$' -fuzztime=$(FUZZTIME) ./consensus/
 	$(GO) test -run='^$$' -fuzz='^FuzzPeerSync$$' -fuzztime=$(FUZZTIME) ./mesh/
 	$(GO) test -run='^$$' -fuzz='^FuzzPeerWrite$$' -fuzztime=$(FUZZTIME) ./mesh/
 
@@ -56,6 +59,11 @@ tools:
 tools-apt:
 	@command -v protoc >/dev/null || (apt-get update -qq && apt-get install -y -qq protobuf-compiler)
 
+# etcd is the baseline of bench-consensus only (Debian's etcd-server, 3.4):
+# not needed by make test nor CI.
+tools-etcd:
+	@command -v etcd >/dev/null || (apt-get update -qq && apt-get install -y -qq etcd-server)
+
 ## proto: regenerate the committed Go code from protocol/*.proto.
 proto: tools tools-apt
 	$(GO) install $(PROTOC_GEN_GO)
@@ -64,7 +72,7 @@ proto: tools tools-apt
 	  --go-grpc_out=. --go-grpc_opt=module=github.com/statemesh/statemesh $(PROTOS)
 
 ## bench: every benchmark; results land in bench/results/.
-bench: bench-sync bench-micro bench-convergence bench-mesh
+bench: bench-sync bench-micro bench-convergence bench-mesh bench-consensus
 
 bench-sync: build
 	./bin/statemesh bench sync
@@ -77,6 +85,9 @@ bench-convergence: build
 
 bench-mesh: build
 	./bin/statemesh bench mesh
+
+bench-consensus: build tools-etcd
+	./bin/statemesh bench consensus
 
 demo:
 	@echo "make demo arrives with the function proxy (issue 5). Until then: make bench-sync runs the sync simulator."; exit 1

@@ -2,7 +2,7 @@
 //
 //	statemesh node [flags]         run a mesh node
 //	statemesh ctl [flags] CMD      talk to a node's admin service
-//	statemesh bench NAME [flags]   benchmarks (sync, convergence, mesh)
+//	statemesh bench NAME [flags]   benchmarks (sync, convergence, mesh, consensus)
 //	statemesh version
 //
 // The demo and jepsen subcommands arrive with their issues.
@@ -29,6 +29,7 @@ commands:
   bench sync         the delta-sync benchmark (Enes et al.); --help for flags
   bench convergence  time for a write to reach every node, N = 8..64
   bench mesh         LOCAL updates/s per node on 3 nodes, with replication lag
+  bench consensus    replicated writes/s and latency on 3 nodes, statemesh vs etcd
   version      print the version`)
 }
 
@@ -44,7 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runCtl(args[1:], stdout, stderr)
 	case "bench":
 		if len(args) < 2 {
-			fmt.Fprintln(stderr, "usage: statemesh bench <name> [flags]; benchmarks: sync, convergence, mesh")
+			fmt.Fprintln(stderr, "usage: statemesh bench <name> [flags]; benchmarks: sync, convergence, mesh, consensus")
 			return 2
 		}
 		switch args[1] {
@@ -54,8 +55,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return benchConvergence(args[2:], stdout, stderr)
 		case "mesh":
 			return benchMesh(args[2:], stdout, stderr)
+		case "consensus":
+			return benchConsensus(args[2:], stdout, stderr)
 		}
-		fmt.Fprintf(stderr, "statemesh bench: unknown benchmark %q (have: sync, convergence, mesh)\n", args[1])
+		fmt.Fprintf(stderr, "statemesh bench: unknown benchmark %q (have: sync, convergence, mesh, consensus)\n", args[1])
 		return 2
 	case "version":
 		fmt.Fprintln(stdout, "statemesh", version)
