@@ -36,8 +36,15 @@ type stateMachine struct {
 
 var _ sm.IOnDiskStateMachine = (*stateMachine)(nil)
 
+// headsPerShard bounds the entity heads a shard's state machine keeps in
+// memory (eventlog.Shard.CacheHeads; a state machine is its shard's only
+// writer). About 100 bytes each.
+const headsPerShard = 1 << 15
+
 func newStateMachine(db *eventlog.DB, shard, dedupWindow uint64) *stateMachine {
-	return &stateMachine{shard: db.Shard(shard), db: db, dedupWindow: dedupWindow}
+	s := db.Shard(shard)
+	s.CacheHeads(headsPerShard)
+	return &stateMachine{shard: s, db: db, dedupWindow: dedupWindow}
 }
 
 // Open returns the applied index stored with the shard's data; Dragonboat

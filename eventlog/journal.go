@@ -105,6 +105,37 @@ type shardState struct {
 		// live data; its 'p' record says how to finish.
 		pending bool
 	}
+	// heads caches committed entity heads when CacheHeads enabled it;
+	// cleared whenever Restore or Drop replaces the shard's data.
+	heads struct {
+		sync.Mutex
+		max int // 0: disabled
+		m   map[string]uint64
+	}
+}
+
+// clearHeads forgets every cached head. The caller holds mu exclusively.
+func (st *shardState) clearHeads() {
+	st.heads.Lock()
+	defer st.heads.Unlock()
+	if st.heads.m != nil {
+		st.heads.m = map[string]uint64{}
+	}
+}
+
+// CacheHeads keeps up to max entity heads (last sequence numbers) of the
+// shard in memory, so that an Update appending to an entity need not look
+// its head up in Badger (with thousands of entities, mostly a table seek).
+// Only for a shard with one writer at a time, such as a Raft state
+// machine: the cache is filled by reads and updated after commits, so two
+// concurrent Updates could each read a head the other is changing.
+func (s *Shard) CacheHeads(max int) {
+	s.st.heads.Lock()
+	defer s.st.heads.Unlock()
+	s.st.heads.max = max
+	if max > 0 && s.st.heads.m == nil {
+		s.st.heads.m = map[string]uint64{}
+	}
 }
 
 // Shard returns the shard with the given id. It writes nothing: a shard
@@ -278,6 +309,19 @@ func (s *Shard) Update(fn func(tx *ShardTxn) error) error {
 	if err := txn.Commit(); err != nil {
 		return fmt.Errorf("eventlog: shard %d: commit: %w", s.id, err)
 	}
+	if len(tx.heads) > 0 {
+		h := &s.st.heads
+		h.Lock()
+		if h.max > 0 {
+			if len(h.m)+len(tx.heads) > h.max {
+				h.m = map[string]uint64{}
+			}
+			for k, v := range tx.heads {
+				h.m[k] = v
+			}
+		}
+		h.Unlock()
+	}
 	return nil
 }
 
@@ -287,6 +331,36 @@ type ShardTxn struct {
 	txn  *badger.Txn
 	done bool  // Update returned
 	err  error // the first failed write: Update must not commit
+	// heads written by this transaction (entity head key -> seq), for the
+	// shard's head cache once it commits.
+	heads map[string]uint64
+}
+
+// head returns e's head as this transaction sees it: its own writes, then
+// the shard's head cache (if enabled), then Badger.
+func (tx *ShardTxn) head(e Entity) (uint64, error) {
+	key := entityKey(tableHead, tx.s.id, e)
+	if v, ok := tx.heads[string(key)]; ok {
+		return v, nil
+	}
+	h := &tx.s.st.heads
+	h.Lock()
+	v, ok := h.m[string(key)]
+	on := h.max > 0
+	h.Unlock()
+	if ok {
+		return v, nil
+	}
+	v, err := getHead(tx.txn, tx.s.id, e)
+	if err == nil && on {
+		// Committed data (single writer: nobody else changes it).
+		h.Lock()
+		if h.max > 0 && len(h.m) < h.max {
+			h.m[string(key)] = v
+		}
+		h.Unlock()
+	}
+	return v, err
 }
 
 var errTxnDone = errors.New("eventlog: ShardTxn used after its Update returned")
@@ -385,7 +459,7 @@ func (tx *ShardTxn) Head(e Entity) (uint64, error) {
 	if err := e.Validate(); err != nil {
 		return 0, err
 	}
-	return getHead(tx.txn, tx.s.id, e)
+	return tx.head(e)
 }
 
 // Load is Shard.Load within the transaction.
@@ -418,7 +492,7 @@ func (tx *ShardTxn) Append(e Entity, events [][]byte) (first uint64, err error) 
 			return 0, err
 		}
 	}
-	head, err := getHead(tx.txn, tx.s.id, e)
+	head, err := tx.head(e)
 	if err != nil {
 		return 0, err
 	}
@@ -434,9 +508,14 @@ func (tx *ShardTxn) Append(e Entity, events [][]byte) (first uint64, err error) 
 			return 0, err
 		}
 	}
-	if err := tx.set(entityKey(tableHead, tx.s.id, e), encodeHead(head+uint64(len(events)))); err != nil {
+	hk := entityKey(tableHead, tx.s.id, e)
+	if err := tx.set(hk, encodeHead(head+uint64(len(events)))); err != nil {
 		return 0, err
 	}
+	if tx.heads == nil {
+		tx.heads = map[string]uint64{}
+	}
+	tx.heads[string(hk)] = head + uint64(len(events))
 	return head + 1, nil
 }
 
@@ -453,7 +532,7 @@ func (tx *ShardTxn) PutSnapshot(e Entity, seq uint64, state []byte) error {
 	if err := tx.checkState("snapshot", state, e); err != nil {
 		return err
 	}
-	head, err := getHead(tx.txn, tx.s.id, e)
+	head, err := tx.head(e)
 	if err != nil {
 		return err
 	}

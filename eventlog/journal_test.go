@@ -762,3 +762,77 @@ func TestCorruptRecords(t *testing.T) {
 		})
 	}
 }
+
+// TestHeadCache: with CacheHeads on, heads stay right across commits, a
+// failed Update does not leak its writes into the cache, and Drop and
+// Restore clear it.
+func TestHeadCache(t *testing.T) {
+	db := mustOpen(t, testOptions(t))
+	s := db.Shard(7)
+	s.CacheHeads(100)
+	e := Entity{Type: "t", ID: "x"}
+	appendOne := func() error {
+		return s.Update(func(tx *ShardTxn) error {
+			_, err := tx.Append(e, [][]byte{[]byte("ev")})
+			return err
+		})
+	}
+	head := func() uint64 {
+		t.Helper()
+		var h uint64
+		if err := s.Update(func(tx *ShardTxn) error {
+			var err error
+			h, err = tx.Head(e)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	for range 3 {
+		if err := appendOne(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h := head(); h != 3 {
+		t.Fatalf("head %d, want 3", h)
+	}
+	boom := errors.New("boom")
+	if err := s.Update(func(tx *ShardTxn) error {
+		if _, err := tx.Append(e, [][]byte{[]byte("lost")}); err != nil {
+			return err
+		}
+		return boom
+	}); !errors.Is(err, boom) {
+		t.Fatal(err)
+	}
+	if h := head(); h != 3 {
+		t.Fatalf("after a failed Update: head %d, want 3", h)
+	}
+	var buf bytes.Buffer
+	if err := s.Save(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Drop(); err != nil {
+		t.Fatal(err)
+	}
+	if h := head(); h != 0 {
+		t.Fatalf("after Drop: head %d, want 0", h)
+	}
+	if err := appendOne(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Restore(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	if h := head(); h != 3 {
+		t.Fatalf("after Restore: head %d, want 3", h)
+	}
+	if err := appendOne(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Load(e)
+	if err != nil || st.Seq != 4 || len(st.Events) != 4 {
+		t.Fatalf("load: %+v %v", st, err)
+	}
+}

@@ -424,6 +424,7 @@ func (s *Shard) Restore(r io.Reader, stop <-chan struct{}) error {
 	}
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
+	s.st.clearHeads()
 	s.st.mu.pending = true
 	if err := db.setPending(s.id, opRestore); err != nil {
 		return err
@@ -458,6 +459,7 @@ func (s *Shard) stage(r io.Reader, stop <-chan struct{}) error {
 func (s *Shard) resolvePending() error {
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
+	s.st.clearHeads()
 	if !s.st.mu.pending {
 		return nil
 	}
@@ -489,6 +491,7 @@ func (s *Shard) Drop() error {
 	defer s.st.maint.Unlock()
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
+	s.st.clearHeads()
 	// A drop supersedes whatever a failed Restore or Drop left.
 	s.st.mu.pending = true
 	if err := db.setPending(s.id, opDrop); err != nil {
