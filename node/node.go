@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"time"
@@ -35,7 +36,8 @@ type Config struct {
 	// Keep it private: it reads and writes any key. Empty: no admin
 	// service.
 	AdminAddr string
-	// HTTPAddr serves /metrics (Prometheus) and /healthz. Empty: none.
+	// HTTPAddr serves /metrics (Prometheus), /healthz and Go's profiler
+	// (/debug/pprof/). Keep it private. Empty: none.
 	HTTPAddr string
 	// Consensus configures the Raft shards; RaftAddr empty disables them.
 	Consensus ConsensusConfig
@@ -175,6 +177,13 @@ func Start(cfg Config) (*Node, error) {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		// Go's profiler, for operators chasing CPU or memory: on the same
+		// private address as the metrics.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = n.http.Serve(n.httpLis) }()
 	}
