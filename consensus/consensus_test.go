@@ -178,19 +178,22 @@ func TestValueEntities(t *testing.T) {
 	}
 }
 
+// mustAppend appends event "e<i>" to e through via and returns it.
+func mustAppend(t *testing.T, ctx context.Context, via *testNode, e Entity, i int) []byte {
+	t.Helper()
+	p := fmt.Appendf(nil, "e%d", i)
+	if _, err := via.h.Command(ctx, e, p, nil); err != nil {
+		t.Fatalf("command %d via %s: %v", i, via.name, err)
+	}
+	return p
+}
+
 func TestLeaderCrashAndRestart(t *testing.T) {
 	c := newCluster(t, 3, 1, map[string]Handler{"log": appendHandler})
 	ctx := ctxT(t, 60*time.Second)
 	e := Entity{Type: "log", ID: "crash"}
 	var want [][]byte
-	write := func(via *testNode, i int) {
-		t.Helper()
-		p := fmt.Appendf(nil, "e%d", i)
-		if _, err := via.h.Command(ctx, e, p, nil); err != nil {
-			t.Fatalf("command %d via %s: %v", i, via.name, err)
-		}
-		want = append(want, p)
-	}
+	write := func(via *testNode, i int) { want = append(want, mustAppend(t, ctx, via, e, i)) }
 	for i := range 10 {
 		write(c.nodes[i%3], i)
 	}
@@ -278,14 +281,7 @@ func TestSnapshotCatchUp(t *testing.T) {
 	ctx := ctxT(t, 60*time.Second)
 	e := Entity{Type: "log", ID: "snap"}
 	var want [][]byte
-	write := func(via *testNode, i int) {
-		t.Helper()
-		p := fmt.Appendf(nil, "e%d", i)
-		if _, err := via.h.Command(ctx, e, p, nil); err != nil {
-			t.Fatalf("command %d via %s: %v", i, via.name, err)
-		}
-		want = append(want, p)
-	}
+	write := func(via *testNode, i int) { want = append(want, mustAppend(t, ctx, via, e, i)) }
 	write(c.nodes[0], 0)
 	lagging := c.nodes[2]
 	if c.leaderOf(e) == lagging {

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,16 +17,8 @@ import (
 // restore`, and starts a node on it: its CRDT state and event journals are
 // back, and new commands continue the journals' sequences.
 func TestBackupRestore(t *testing.T) {
+	p := startProcs(t, "b", 1, "--shards", "2")[0]
 	dir := t.TempDir()
-	lf, err := os.Create(filepath.Join(dir, "node.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lf.Close()
-	p := &proc{name: "b1", bind: freePort(t), peer: freePort(t), admin: freePort(t), raft: freePort(t),
-		dir: filepath.Join(dir, "b1"), log: lf, extra: []string{"--shards", "2"}}
-	defer p.stop()
-	p.start(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, ev := range []string{"one", "two", "three"} {
@@ -56,7 +47,7 @@ func TestBackupRestore(t *testing.T) {
 		t.Fatalf("restore over existing data: exit %d: %s", code, errb.String())
 	}
 	q := &proc{name: "b1", bind: freePort(t), peer: freePort(t), admin: freePort(t), raft: freePort(t),
-		dir: restored, log: lf, extra: []string{"--shards", "2"}}
+		dir: restored, log: p.log, extra: []string{"--shards", "2"}}
 	defer q.stop()
 	q.start(t, nil)
 	r, err := q.client.Command(ctx, &adminpb.CommandRequest{Type: node.LogType, Id: "journal", Command: []byte("four")})

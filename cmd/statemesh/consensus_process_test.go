@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -23,27 +21,7 @@ import (
 // Commands that failed are possibly applied: each may appear at most once.
 func TestKill9ShardLeaderDuringCommands(t *testing.T) {
 	const shards = 2
-	dir := t.TempDir()
-	var procs []*proc
-	for i := range 3 {
-		name := fmt.Sprintf("c%d", i+1)
-		lf, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lf.Close()
-		p := &proc{name: name, bind: freePort(t), peer: freePort(t), admin: freePort(t), raft: freePort(t),
-			dir: filepath.Join(dir, name), log: lf, extra: []string{"--shards", fmt.Sprint(shards)}}
-		procs = append(procs, p)
-		defer p.stop()
-	}
-	for i, p := range procs {
-		var join []string
-		for _, q := range procs[:i] {
-			join = append(join, q.bind)
-		}
-		p.start(t, join)
-	}
+	procs := startProcs(t, "c", 3, "--shards", fmt.Sprint(shards))
 	leaders := func(p *proc) []*adminpb.ShardLeader {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

@@ -104,6 +104,36 @@ func (p *proc) start(t *testing.T, join []string) {
 	}
 }
 
+// startProcs starts n node processes named prefix1..prefixN, each joining
+// the ones before it (the first bootstraps the Raft shards), with extra
+// flags; they are stopped when the test ends. Logs go to the test's
+// temporary directory.
+func startProcs(t *testing.T, prefix string, n int, extra ...string) []*proc {
+	t.Helper()
+	dir := t.TempDir()
+	var procs []*proc
+	for i := range n {
+		name := fmt.Sprintf("%s%d", prefix, i+1)
+		lf, err := os.Create(filepath.Join(dir, name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { lf.Close() })
+		p := &proc{name: name, bind: freePort(t), peer: freePort(t), admin: freePort(t), raft: freePort(t),
+			dir: filepath.Join(dir, name), log: lf, extra: extra}
+		procs = append(procs, p)
+		t.Cleanup(p.stop)
+	}
+	for i, p := range procs {
+		var join []string
+		for _, q := range procs[:i] {
+			join = append(join, q.bind)
+		}
+		p.start(t, join)
+	}
+	return procs
+}
+
 func (p *proc) kill9() {
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	_ = p.cmd.Wait()
@@ -130,26 +160,7 @@ func (p *proc) stop() {
 // middle of the writes and restarts it from its data dir: every
 // acknowledged write must be on every node in the end.
 func TestKill9LosesNoAcknowledgedSyncWrite(t *testing.T) {
-	dir := t.TempDir()
-	var procs []*proc
-	for i := range 3 {
-		name := fmt.Sprintf("p%d", i+1)
-		lf, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lf.Close()
-		p := &proc{name: name, bind: freePort(t), peer: freePort(t), admin: freePort(t), raft: freePort(t), dir: filepath.Join(dir, name), log: lf}
-		procs = append(procs, p)
-		defer p.stop()
-	}
-	for i, p := range procs {
-		var join []string
-		for _, q := range procs[:i] {
-			join = append(join, q.bind)
-		}
-		p.start(t, join)
-	}
+	procs := startProcs(t, "p", 3)
 	setKey := &adminpb.Key{Service: "test.Set", Id: "s"}
 
 	// Writers: each adds unique elements through one node's admin
