@@ -36,7 +36,13 @@ type Config struct {
 	Cluster string
 	// Shards is how many Raft shards the entities are spread over. It is
 	// fixed for the life of a cluster: every node must use the same value
-	// (entities hash to shards by it). Default 16.
+	// (entities hash to shards by it). More shards spread leaderships
+	// (and so the command path's work) over more nodes, but every shard is
+	// a Raft group with its own heartbeats, proposals and apply batches:
+	// on 3 nodes sharing 2 cores, bench consensus at 128 clients measured
+	// 8,395 commands/s with 1 shard, 7,674 with 2, 7,135 with 4, 6,584
+	// with 8 and 5,736 with 16. Default 8: leaderships spread over up to 8
+	// nodes. Growing it later is not supported yet.
 	Shards int
 	// Replicas is how many replicas each shard aims for; a shard has fewer
 	// while fewer nodes are alive. Default 3.
@@ -112,7 +118,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Cluster:            "statemesh",
-		Shards:             16,
+		Shards:             8,
 		Replicas:           3,
 		RTT:                10 * time.Millisecond,
 		ElectionTicks:      50,

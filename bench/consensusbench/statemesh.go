@@ -38,7 +38,7 @@ const (
 	statemeshPortsPerNode = 4
 	// DefaultStatemeshShards is the shard count StartStatemesh uses for 0:
 	// the node's own default.
-	DefaultStatemeshShards = 16
+	DefaultStatemeshShards = 8
 	// statemeshReadyTimeout bounds the wait for a node's "ready" line.
 	statemeshReadyTimeout = 30 * time.Second
 	// statemeshStartTimeout bounds the wait, after the last node is

@@ -41,7 +41,7 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 	tlsCA := fs.String("tls-ca", "", "PEM CA bundle: peers must present a certificate it signed")
 	removeDead := fs.Duration("remove-dead-after", 0, "remove members dead for longer than this for good (0: only by hand, statemesh ctl remove-node)")
 	raft := fs.String("raft", "", "Raft transport address for event-sourced and value entities (default: bind port + 4; \"off\" to disable)")
-	shards := fs.Int("shards", 0, "number of Raft shards; the same on every node, fixed for the cluster's life (default 16)")
+	shards := fs.Int("shards", 0, "number of Raft shards; the same on every node, fixed for the cluster's life (default 8)")
 	bootstrap := fs.String("bootstrap", "auto", "create the Raft shards on this node: auto (when --join is empty), true or false")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
