@@ -11,13 +11,13 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 PROTOS        := $(shell find protocol -name '*.proto')
 # Pure packages (no I/O, no goroutines) and the concurrent ones whose
 # tests are quick: always run with -race.
-RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/... ./consensus/...
+RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/... ./consensus/... ./sdk/...
 # An execution count, not a duration: on Go 1.26 a duration-based
 # -fuzztime can fail spuriously with "context deadline exceeded" when it
 # expires while a worker is busy (go.dev/issue/75804, fixed in Go 1.27).
 FUZZTIME      ?= 30000x
 
-.PHONY: all build test test-race fuzz verify bench bench-sync bench-micro bench-convergence bench-mesh bench-consensus proto tools tools-apt tools-etcd demo clean
+.PHONY: all build test test-race fuzz verify bench bench-sync bench-micro bench-convergence bench-mesh bench-consensus proto examples-proto tools tools-apt tools-etcd demo clean
 
 all: build
 
@@ -37,6 +37,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeJournalRecords$$' -fuzztime=$(FUZZTIME) ./eventlog/
 	$(GO) test -run='^$$' -fuzz='^FuzzShardRestore$$' -fuzztime=$(FUZZTIME) ./eventlog/
 	$(GO) test -run='^$$' -fuzz='^FuzzStateMachineEntry$$' -fuzztime=$(FUZZTIME) ./consensus/
+	$(GO) test -run='^$$' -fuzz='^FuzzStreams$$' -fuzztime=$(FUZZTIME) ./sdk/
 	$(GO) test -run='^$$' -fuzz='^FuzzPeerSync$$' -fuzztime=$(FUZZTIME) ./mesh/
 	$(GO) test -run='^$$' -fuzz='^FuzzPeerWrite$$' -fuzztime=$(FUZZTIME) ./mesh/
 
@@ -70,6 +71,16 @@ proto: tools tools-apt
 	$(GO) install $(PROTOC_GEN_GO_GRPC)
 	PATH=$(GOBIN):$$PATH protoc -I protocol --go_out=. --go_opt=module=github.com/statemesh/statemesh \
 	  --go-grpc_out=. --go-grpc_opt=module=github.com/statemesh/statemesh $(PROTOS)
+
+EXAMPLE_PROTOS := $(shell find examples -name '*.proto')
+
+## examples-proto: regenerate the examples' Go code (their .proto files
+## import statemesh/entity_key.proto from protocol/).
+examples-proto: tools tools-apt
+	$(GO) install $(PROTOC_GEN_GO)
+	$(GO) install $(PROTOC_GEN_GO_GRPC)
+	PATH=$(GOBIN):$$PATH protoc -I protocol -I examples --go_out=. --go_opt=module=github.com/statemesh/statemesh \
+	  --go-grpc_out=. --go-grpc_opt=module=github.com/statemesh/statemesh $(EXAMPLE_PROTOS)
 
 ## bench: every benchmark; results land in bench/results/.
 bench: bench-sync bench-micro bench-convergence bench-mesh bench-consensus

@@ -1,0 +1,101 @@
+package register_test
+
+import (
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/statemesh/statemesh/examples/register"
+	"github.com/statemesh/statemesh/examples/register/registerpb"
+	"github.com/statemesh/statemesh/protocol/functionpb"
+	"github.com/statemesh/statemesh/sdk"
+	"github.com/statemesh/statemesh/sdk/sdktest"
+)
+
+func open(t *testing.T, snap *functionpb.EventSourcedSnapshot, events ...*registerpb.ValueWritten) functionpb.EventSourced_HandleClient {
+	t.Helper()
+	svc := sdk.New()
+	if err := register.Register(svc); err != nil {
+		t.Fatal(err)
+	}
+	s, err := sdktest.Start(t, svc).EventSourced.Handle(sdktest.Context(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(in *functionpb.EventSourcedStreamIn) {
+		if err := s.Send(in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(&functionpb.EventSourcedStreamIn{Message: &functionpb.EventSourcedStreamIn_Init{Init: &functionpb.EventSourcedInit{
+		ServiceName: register.ServiceName, EntityId: "r1", Snapshot: snap,
+	}}})
+	seq := snap.GetSnapshotSequence()
+	for _, ev := range events {
+		seq++
+		send(&functionpb.EventSourcedStreamIn{Message: &functionpb.EventSourcedStreamIn_Event{Event: &functionpb.EventSourcedEvent{Sequence: seq, Payload: sdktest.Any(t, ev)}}})
+	}
+	return s
+}
+
+func call(t *testing.T, s functionpb.EventSourced_HandleClient, id int64, name string, req proto.Message) *functionpb.EventSourcedReply {
+	t.Helper()
+	if err := s.Send(&functionpb.EventSourcedStreamIn{Message: &functionpb.EventSourcedStreamIn_Command{Command: sdktest.Command(t, id, "r1", name, req)}}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.GetReply().GetCommandId() != id {
+		t.Fatalf("want a reply to %d, got %v", id, out)
+	}
+	return out.GetReply()
+}
+
+func value(t *testing.T, r *functionpb.EventSourcedReply) *registerpb.RegisterValue {
+	t.Helper()
+	return sdktest.Decode(t, r.GetClientAction().GetReply().GetPayload(), &registerpb.RegisterValue{})
+}
+
+func TestRegister(t *testing.T) {
+	s := open(t, nil)
+	if v := value(t, call(t, s, 1, "Get", &registerpb.GetRequest{Id: "r1"})); v.GetValue() != "" || v.GetVersion() != 0 {
+		t.Fatalf("new register: %v", v)
+	}
+	r := call(t, s, 2, "Set", &registerpb.SetRequest{Id: "r1", Value: "a"})
+	if v := value(t, r); v.GetValue() != "a" || v.GetVersion() != 1 || len(r.GetEvents()) != 1 {
+		t.Fatalf("Set a: %v", r)
+	}
+	if ev := sdktest.Decode(t, r.GetEvents()[0], &registerpb.ValueWritten{}); ev.GetValue() != "a" {
+		t.Fatalf("event %v", ev)
+	}
+	r = call(t, s, 3, "CompareAndSet", &registerpb.CompareAndSetRequest{Id: "r1", Expected: "b", Value: "c"})
+	if f := r.GetClientAction().GetFailure(); codes.Code(f.GetGrpcStatusCode()) != codes.Aborted || len(r.GetEvents()) != 0 {
+		t.Fatalf("CAS with a wrong expectation: %v", r)
+	}
+	r = call(t, s, 4, "CompareAndSet", &registerpb.CompareAndSetRequest{Id: "r1", Expected: "a", Value: "c"})
+	if v := value(t, r); v.GetValue() != "c" || v.GetVersion() != 2 || len(r.GetEvents()) != 1 {
+		t.Fatalf("CAS a -> c: %v", r)
+	}
+	if v := value(t, call(t, s, 5, "Get", &registerpb.GetRequest{Id: "r1"})); v.GetValue() != "c" || v.GetVersion() != 2 {
+		t.Fatalf("Get: %v", v)
+	}
+}
+
+func TestRegisterRecoversAndSnapshots(t *testing.T) {
+	snap := &functionpb.EventSourcedSnapshot{
+		SnapshotSequence: register.SnapshotInterval - 2,
+		Snapshot:         sdktest.Any(t, &registerpb.RegisterSnapshot{Value: "old", Version: register.SnapshotInterval - 2}),
+	}
+	s := open(t, snap, &registerpb.ValueWritten{Value: "new"})
+	if v := value(t, call(t, s, 1, "Get", &registerpb.GetRequest{Id: "r1"})); v.GetValue() != "new" || v.GetVersion() != register.SnapshotInterval-1 {
+		t.Fatalf("recovered: %v", v)
+	}
+	r := call(t, s, 2, "Set", &registerpb.SetRequest{Id: "r1", Value: "snap"})
+	got := sdktest.Decode(t, r.GetSnapshot(), &registerpb.RegisterSnapshot{})
+	if got.GetValue() != "snap" || got.GetVersion() != register.SnapshotInterval {
+		t.Fatalf("snapshot at %d: %v", register.SnapshotInterval, got)
+	}
+}
