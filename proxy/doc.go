@@ -1,0 +1,85 @@
+// Package proxy is statemesh's sidecar: it discovers the user function's
+// services and entities, serves those services to the outside over gRPC
+// and HTTP/JSON, and routes every call to the entity's model.
+//
+// # Lifecycle
+//
+// New dials the function and calls Discovery.Discover with this proxy's
+// protocol version and models, retrying with backoff until the function
+// answers or the context ends (the function may start after its
+// sidecar). It refuses a function of another major protocol version and
+// an invalid spec (ErrVersion, ErrSpec, naming the service), and reports
+// the reason to the function (Discovery.ReportError). The spec's
+// FileDescriptorSet is built with protodesc.NewFiles, outside the global
+// registry; every entity's service must be in it, and every method of an
+// event-sourced, value or CRDT entity must take an input with exactly one
+// (statemesh.entity_key) field.
+//
+// The consensus Host needs the proxy's handlers before it starts, and the
+// handlers need the spec, so node wires the three in this order:
+//
+//	p, _ := proxy.New(ctx, cfg)                   // discovery
+//	ccfg.Handlers = p.Handlers()                  // one per event-sourced entity type
+//	host, _ := consensus.Start(ctx, ccfg)
+//	p.SetBackends(host, meshNode)
+//	p.Start(grpcListener, httpListener)
+//	defer p.Close()
+//
+// # Serving
+//
+// The external gRPC server has no registered user services: a
+// grpc.UnknownServiceHandler decodes each request with dynamicpb as the
+// method's input type, and the standard health service and server
+// reflection (v1 and v1alpha, over the discovered files) sit beside it.
+// The HTTP/JSON side is connectrpc.com/vanguard: REST routes from the
+// methods' google.api.http annotations, and POST /{package.Service}/{Method}
+// with a JSON body for every unary method (the Connect protocol's unary
+// form; a plain JSON POST is accepted as such). Vanguard transcodes both
+// to gRPC and calls the gRPC server in-process, so one code path serves
+// every protocol. Bodies are limited to Config.MaxRequestBytes;
+// malformed JSON is 400, an unknown route 404.
+//
+// # Routing
+//
+//   - Actions: ActionProtocol.HandleUnary.
+//   - Event-sourced entities: consensus.Host.Command with the entity
+//     (persistence id, entity id). On the shard leader the Host calls the
+//     proxy's Handler, which runs the command on the entity's
+//     EventSourced.Handle stream: opened on first use with the snapshot
+//     and events of the Command's state, reused while the state the Host
+//     passes is the one the stream has seen (same sequence number, and the
+//     events the stream last emitted are the ones persisted), reopened
+//     otherwise, and closed after the entity's passivation timeout. The
+//     reply's events and snapshot go into the Effect; its client action
+//     and side effects are the Effect's reply.
+//   - Value entities: read the value (linearizably), bring the entity's
+//     ValueEntity.Handle stream to its version, run the command, and write
+//     the reply's state action with the version read; a conflict re-runs
+//     the command on the new state (Config.ValueRetries times).
+//   - CRDT entities: served from this node's replica (the mesh store).
+//     Read the local state; if it is not what the entity's Crdt.Handle
+//     stream last saw, reopen the stream with it (pushing changes with
+//     mesh Watch as they arrive is for a later slice); run the command;
+//     apply the reply's delta through the CRDT's delta mutators in a
+//     mesh.Mutator (this node's replica id, its HLC for LWW registers)
+//     with the reply's write consistency, or delete. GCounter, PNCounter,
+//     GSet, ORSet, LWWRegister and the enable-wins flag are routed; ORMap
+//     and Vote are not yet (Unimplemented), nor streamed commands.
+//
+// A reply is checked against the method's output type; a Forward is
+// dispatched in-process to the named method (whose output type must be
+// the caller's); side effects run after the reply is decided, synchronous
+// ones before it is released (their failure fails the call), the others
+// in the background. Chains of forwards and side effects are bounded by
+// Config.MaxForwardDepth.
+//
+// # Errors
+//
+// errors.go holds the one table from consensus, mesh and proxy errors to
+// gRPC codes and HTTP statuses. A function's Failure keeps its own gRPC
+// code; since consensus passes only a handler error's text through (and
+// across nodes), the code travels in that text. A misbehaving function
+// (bytes that do not decode, a reply of the wrong type, a dropped
+// stream) fails the command with Internal, persists nothing, and closes
+// the entity's stream; the proxy goes on.
+package proxy

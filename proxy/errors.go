@@ -1,0 +1,151 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/statemesh/statemesh/consensus"
+	"github.com/statemesh/statemesh/mesh"
+)
+
+// Errors of the proxy itself; match them with errors.Is.
+var (
+	// ErrUnknownMethod: no discovered service has the called method.
+	ErrUnknownMethod = errors.New("proxy: unknown service or method")
+	// ErrBadRequest: the request could not be decoded, or has no entity id.
+	ErrBadRequest = errors.New("proxy: bad request")
+	// ErrFunction: the function misbehaved (bad bytes, a reply of the
+	// wrong type, a dropped stream). Only the command fails.
+	ErrFunction = errors.New("proxy: function error")
+	// ErrNotSupported: not routed by this proxy yet (streaming methods,
+	// ORMap and Vote CRDTs), or a backend is missing.
+	ErrNotSupported = errors.New("proxy: not supported")
+	// ErrSpec: the function's EntitySpec is invalid.
+	ErrSpec = errors.New("proxy: invalid entity spec")
+	// ErrVersion: the function speaks another major protocol version.
+	ErrVersion = errors.New("proxy: protocol version mismatch")
+	// ErrClosed: the proxy is closing.
+	ErrClosed = errors.New("proxy: closed")
+)
+
+// errorRow is one line of the error table.
+type errorRow struct {
+	err  error
+	code codes.Code
+	http int
+}
+
+// errorTable maps every error the proxy can meet to a gRPC code and an
+// HTTP status, first match wins. The HTTP column is the standard gRPC to
+// HTTP mapping (google.rpc.Code's documentation), which is also what
+// vanguard applies to the gRPC status on the way out; it is kept here so
+// that the table is the one place to read.
+var errorTable = []errorRow{
+	{ErrBadRequest, codes.InvalidArgument, http.StatusBadRequest},
+	{ErrUnknownMethod, codes.Unimplemented, http.StatusNotImplemented},
+	{ErrNotSupported, codes.Unimplemented, http.StatusNotImplemented},
+	{ErrFunction, codes.Internal, http.StatusInternalServerError},
+	{ErrClosed, codes.Unavailable, http.StatusServiceUnavailable},
+	{consensus.ErrConflict, codes.Aborted, http.StatusConflict},
+	{consensus.ErrInvalid, codes.InvalidArgument, http.StatusBadRequest},
+	{consensus.ErrNoHandler, codes.Unimplemented, http.StatusNotImplemented},
+	// A rejection carries the function's own code (see failureError);
+	// this row is the fallback when it does not.
+	{consensus.ErrRejected, codes.FailedPrecondition, http.StatusBadRequest},
+	{consensus.ErrTimeout, codes.DeadlineExceeded, http.StatusGatewayTimeout},
+	{consensus.ErrUnavailable, codes.Unavailable, http.StatusServiceUnavailable},
+	{consensus.ErrNotLeader, codes.Unavailable, http.StatusServiceUnavailable},
+	{consensus.ErrClosed, codes.Unavailable, http.StatusServiceUnavailable},
+	{mesh.ErrClosed, codes.Unavailable, http.StatusServiceUnavailable},
+	{mesh.ErrInvalidKey, codes.InvalidArgument, http.StatusBadRequest},
+	// The function's delta is for another CRDT type than the entity's.
+	{mesh.ErrTypeMismatch, codes.Internal, http.StatusInternalServerError},
+	// A deleted CRDT entity cannot be written again.
+	{mesh.ErrDeleted, codes.FailedPrecondition, http.StatusBadRequest},
+	{mesh.ErrTimeout, codes.DeadlineExceeded, http.StatusGatewayTimeout},
+	{mesh.ErrUnavailable, codes.Unavailable, http.StatusServiceUnavailable},
+	{mesh.ErrOverloaded, codes.ResourceExhausted, http.StatusTooManyRequests},
+	{context.DeadlineExceeded, codes.DeadlineExceeded, http.StatusGatewayTimeout},
+	{context.Canceled, codes.Canceled, 499},
+}
+
+// failureError is a Failure the function answered a command with.
+type failureError struct {
+	code codes.Code
+	desc string
+}
+
+func (e *failureError) Error() string { return encodeFailure(e.code, e.desc) }
+
+// A Handler's error reaches the caller of consensus.Host.Command as
+// ErrRejected wrapping only the error's text (possibly after crossing to
+// another node), so the function's status code travels in the text, in
+// this form, and is parsed back by toStatus.
+func encodeFailure(c codes.Code, desc string) string {
+	return fmt.Sprintf("function failure [code=%d]: %s", uint32(c), desc)
+}
+
+var failureRE = regexp.MustCompile(`function failure \[code=(\d+)\]: (.*)$`)
+
+func decodeFailure(msg string) (*failureError, bool) {
+	m := failureRE.FindStringSubmatch(msg)
+	if m == nil {
+		return nil, false
+	}
+	n, err := strconv.Atoi(m[1])
+	if err != nil {
+		return nil, false
+	}
+	return &failureError{code: failureCode(int32(n)), desc: m[2]}, true
+}
+
+// failureCode turns a Failure's grpc_status_code into a code: 0 and
+// out-of-range values are Unknown, as function.proto says.
+func failureCode(n int32) codes.Code {
+	if n <= 0 || n > int32(codes.Unauthenticated) {
+		return codes.Unknown
+	}
+	return codes.Code(n)
+}
+
+// toStatus turns any error into the gRPC status the caller sees.
+func toStatus(err error) *status.Status {
+	if err == nil {
+		return nil
+	}
+	if s, ok := status.FromError(err); ok {
+		return s
+	}
+	var fe *failureError
+	if errors.As(err, &fe) {
+		return status.New(fe.code, fe.desc)
+	}
+	if errors.Is(err, consensus.ErrRejected) {
+		if fe, ok := decodeFailure(err.Error()); ok {
+			return status.New(fe.code, fe.desc)
+		}
+	}
+	for _, r := range errorTable {
+		if errors.Is(err, r.err) {
+			return status.New(r.code, err.Error())
+		}
+	}
+	return status.New(codes.Unknown, err.Error())
+}
+
+// httpStatus is the HTTP status of err (the table's second column).
+func httpStatus(err error) int {
+	for _, r := range errorTable {
+		if errors.Is(err, r.err) {
+			return r.http
+		}
+	}
+	return http.StatusInternalServerError
+}

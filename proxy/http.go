@@ -1,0 +1,102 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/vanguard"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// newHTTPHandler builds the HTTP/JSON side with vanguard: REST routes
+// from the google.api.http annotations of the discovered descriptors, and
+// every unary method at POST /{package.Service}/{Method} with a JSON body
+// (Content-Type: application/json; the Connect protocol's unary form).
+// Both are transcoded to gRPC and served in-process by the external gRPC
+// server, so one code path (handleGRPC) serves every protocol.
+func (p *Proxy) newHTTPHandler() (http.Handler, error) {
+	var svcs []*vanguard.Service
+	for _, s := range p.model.order {
+		svcs = append(svcs, vanguard.NewServiceWithSchema(s.desc, p.grpcSrv,
+			vanguard.WithTypeResolver(p.model.types),
+			vanguard.WithTargetProtocols(vanguard.ProtocolGRPC),
+			vanguard.WithTargetCodecs(vanguard.CodecProto),
+			vanguard.WithMaxMessageBufferBytes(uint32(p.cfg.MaxRequestBytes)),
+		))
+	}
+	tc, err := vanguard.NewTranscoder(svcs,
+		vanguard.WithUnknownHandler(http.HandlerFunc(notFound)),
+		vanguard.WithCodec(func(res vanguard.TypeResolver) vanguard.Codec { return jsonCodec{vanguard.NewJSONCodec(res)} }))
+	if err != nil {
+		return nil, fmt.Errorf("%w: HTTP routes: %v", ErrSpec, err)
+	}
+	limit := int64(p.cfg.MaxRequestBytes)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > limit {
+			writeError(w, http.StatusRequestEntityTooLarge, "resource_exhausted",
+				fmt.Sprintf("request body of %d bytes exceeds %d", r.ContentLength, limit))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		if r.Header.Get("Content-Type") == "application/x-www-form-urlencoded" {
+			// curl -d's default: the API has no form routes, so the
+			// body is taken for what the user meant, JSON.
+			r.Header.Set("Content-Type", "application/json")
+		}
+		p.fallback(r)
+		tc.ServeHTTP(w, r)
+	}), nil
+}
+
+// fallback makes a plain JSON POST to /{package.Service}/{Method} a
+// Connect unary call (vanguard would take it for REST and find no
+// route): it adds the Connect-Protocol-Version header and, when absent,
+// the JSON content type. Requests that name a protocol are left alone.
+func (p *Proxy) fallback(r *http.Request) {
+	if r.Method != http.MethodPost || r.Header.Get("Connect-Protocol-Version") != "" || p.lookup(r.URL.Path) == nil {
+		return
+	}
+	ct := r.Header.Get("Content-Type")
+	switch {
+	case ct == "":
+		r.Header.Set("Content-Type", "application/json")
+	case ct == "application/json", strings.HasPrefix(ct, "application/json;"):
+	default:
+		return
+	}
+	r.Header.Set("Connect-Protocol-Version", "1")
+}
+
+// jsonCodec is vanguard's JSON codec whose decoding errors are the
+// client's fault (400), not an unknown error (500).
+type jsonCodec struct{ *vanguard.JSONCodec }
+
+func (c jsonCodec) Unmarshal(data []byte, msg proto.Message) error {
+	if err := c.JSONCodec.Unmarshal(data, msg); err != nil {
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("malformed JSON request: %w", err))
+	}
+	return nil
+}
+
+func (c jsonCodec) UnmarshalField(data []byte, msg proto.Message, field protoreflect.FieldDescriptor) error {
+	if err := c.JSONCodec.UnmarshalField(data, msg, field); err != nil {
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("malformed JSON request: %w", err))
+	}
+	return nil
+}
+
+func notFound(w http.ResponseWriter, r *http.Request) {
+	writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
+}
+
+// writeError writes an error in the shape vanguard uses for REST errors
+// (google.rpc.Status as JSON).
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"code": code, "message": msg})
+}
