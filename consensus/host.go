@@ -60,14 +60,19 @@ type Host struct {
 	closeErr error
 }
 
-// quietDragonboat turns Dragonboat's package loggers down to warnings once
-// per process: they write to stderr and are very chatty at INFO.
-// Dragonboat's logger registry is process-wide; this is the only global
-// state the package touches.
+// quietDragonboat turns Dragonboat's package loggers down once per
+// process: they write to stderr and are very chatty at INFO. Elections,
+// leader changes and unreachable peers (logged by "raft", "transport" and
+// "dragonboat" as warnings) are routine here and shown only as errors;
+// the other packages keep their warnings. Dragonboat's logger registry is
+// process-wide; this is the only global state the package touches.
 var quietDragonboat = sync.OnceFunc(func() {
-	for _, name := range []string{"LogDB", "config", "dragonboat", "gossip", "logdb", "pebblekv",
-		"raft", "raft-mt", "raftpb", "registry", "rsm", "server", "settings", "tan", "tools", "transport"} {
+	for _, name := range []string{"LogDB", "config", "gossip", "logdb", "pebblekv",
+		"raft-mt", "raftpb", "registry", "rsm", "server", "settings", "tan", "tools"} {
 		dblogger.GetLogger(name).SetLevel(dblogger.WARNING)
+	}
+	for _, name := range []string{"raft", "transport", "dragonboat"} {
+		dblogger.GetLogger(name).SetLevel(dblogger.ERROR)
 	}
 })
 

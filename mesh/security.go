@@ -70,6 +70,10 @@ func (w slogWriter) Write(p []byte) (int, error) {
 	case strings.HasPrefix(msg, "[DEBUG]"):
 		msg = strings.TrimSpace(msg[7:])
 	}
+	if level > slog.LevelDebug && strings.Contains(msg, net.ErrClosed.Error()) {
+		// A send racing the node's own shutdown: expected, not an error.
+		level = slog.LevelDebug
+	}
 	w.l.Log(context.Background(), level, msg, "lib", "memberlist")
 	return len(p), nil
 }
