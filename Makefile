@@ -11,7 +11,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 PROTOS        := $(shell find protocol -name '*.proto')
 # Pure packages (no I/O, no goroutines) and the concurrent ones whose
 # tests are quick: always run with -race.
-RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/... ./consensus/... ./sdk/...
+RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/... ./consensus/... ./sdk/... ./proxy/...
 # An execution count, not a duration: on Go 1.26 a duration-based
 # -fuzztime can fail spuriously with "context deadline exceeded" when it
 # expires while a worker is busy (go.dev/issue/75804, fixed in Go 1.27).
@@ -100,8 +100,9 @@ bench-mesh: build
 bench-consensus: build tools-etcd
 	./bin/statemesh bench consensus
 
-demo:
-	@echo "make demo arrives with the function proxy (issue 5). Until then: make bench-sync runs the sync simulator."; exit 1
+## demo: the example functions and a local 3-node mesh, until Ctrl-C.
+demo: build
+	./bin/statemesh demo
 
 clean:
 	rm -rf bin

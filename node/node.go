@@ -27,6 +27,7 @@ import (
 	"github.com/statemesh/statemesh/eventlog"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/protocol/adminpb"
+	"github.com/statemesh/statemesh/proxy"
 )
 
 // Config configures a node.
@@ -41,7 +42,23 @@ type Config struct {
 	HTTPAddr string
 	// Consensus configures the Raft shards; RaftAddr empty disables them.
 	Consensus ConsensusConfig
-	Logger    *slog.Logger
+	// Function configures the proxy in front of a user function; Addr
+	// empty runs none.
+	Function FunctionConfig
+	Logger   *slog.Logger
+}
+
+// FunctionConfig is the node's proxy: the user function it fronts and
+// where it serves the function's services.
+type FunctionConfig struct {
+	// Addr is the function's gRPC address ("host:port").
+	Addr string
+	// GRPCAddr and HTTPAddr are where the function's services are served
+	// to clients, over gRPC and HTTP/JSON ("" for none of that kind).
+	GRPCAddr, HTTPAddr string
+	// DiscoveryTimeout bounds the wait for the function to answer
+	// discovery at start (it may start after the node). Default 60s.
+	DiscoveryTimeout time.Duration
 }
 
 // ConsensusConfig is the node's part of consensus.Config; the rest comes
@@ -67,14 +84,18 @@ type Node struct {
 	Mesh *mesh.Node
 	// Consensus is nil when the node runs no consensus.
 	Consensus *consensus.Host
-	db        *eventlog.DB
-	tmpDir    string // removed on close: the data dir of a node without one
-	dir       *directory
-	log       *slog.Logger
-	admin     *grpc.Server
-	adminLis  net.Listener
-	http      *http.Server
-	httpLis   net.Listener
+	// Proxy is nil when the node fronts no function.
+	Proxy    *proxy.Proxy
+	apiGRPC  net.Listener
+	apiHTTP  net.Listener
+	db       *eventlog.DB
+	tmpDir   string // removed on close: the data dir of a node without one
+	dir      *directory
+	log      *slog.Logger
+	admin    *grpc.Server
+	adminLis net.Listener
+	http     *http.Server
+	httpLis  net.Listener
 }
 
 // Start starts the node's parts; on error nothing is left running.
@@ -147,6 +168,19 @@ func Start(cfg Config) (*Node, error) {
 		for t, h := range cc.Handlers {
 			ccfg.Handlers[t] = h
 		}
+		// The proxy's event-sourced handlers come from the function's
+		// spec, so discovery runs before the consensus host starts.
+		if err := n.discover(cfg); err != nil {
+			return nil, err
+		}
+		if n.Proxy != nil {
+			for t, h := range n.Proxy.Handlers() {
+				if _, taken := ccfg.Handlers[t]; taken {
+					return nil, fmt.Errorf("node: the function's entity type %q is reserved", t)
+				}
+				ccfg.Handlers[t] = h
+			}
+		}
 		if mc.TLS != nil {
 			ccfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(mc.TLS))}
 		}
@@ -161,6 +195,13 @@ func Start(cfg Config) (*Node, error) {
 		}
 		n.Consensus = h
 		srv.Bind(h)
+	} else if err := n.discover(cfg); err != nil {
+		return nil, err
+	}
+	if n.Proxy != nil {
+		if err := n.startProxy(cfg.Function); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.AdminAddr != "" {
 		if n.adminLis, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
@@ -191,6 +232,65 @@ func Start(cfg Config) (*Node, error) {
 	return n, nil
 }
 
+// discover starts the proxy's discovery of the function, if one is
+// configured.
+func (n *Node) discover(cfg Config) error {
+	fc := cfg.Function
+	if fc.Addr == "" {
+		return nil
+	}
+	d := fc.DiscoveryTimeout
+	if d <= 0 {
+		d = 60 * time.Second
+	}
+	pc := proxy.DefaultConfig()
+	pc.FunctionAddr, pc.Logger = fc.Addr, cfg.Logger
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	p, err := proxy.New(ctx, pc)
+	if err != nil {
+		return fmt.Errorf("node: function at %s: %w", fc.Addr, err)
+	}
+	n.Proxy = p
+	return nil
+}
+
+// startProxy gives the proxy its backends and starts serving the
+// function's services.
+func (n *Node) startProxy(fc FunctionConfig) error {
+	var es proxy.ESHost
+	if n.Consensus != nil {
+		es = n.Consensus
+	}
+	n.Proxy.SetBackends(es, n.Mesh)
+	var err error
+	if fc.GRPCAddr != "" {
+		if n.apiGRPC, err = net.Listen("tcp", fc.GRPCAddr); err != nil {
+			return fmt.Errorf("node: gRPC listener: %w", err)
+		}
+	}
+	if fc.HTTPAddr != "" {
+		if n.apiHTTP, err = net.Listen("tcp", fc.HTTPAddr); err != nil {
+			return fmt.Errorf("node: HTTP listener: %w", err)
+		}
+	}
+	return n.Proxy.Start(n.apiGRPC, n.apiHTTP)
+}
+
+// APIGRPCAddr and APIHTTPAddr are where the function's services are
+// served ("" if not).
+func (n *Node) APIGRPCAddr() string { return addrOf(n.apiGRPC) }
+
+// APIHTTPAddr: see APIGRPCAddr.
+func (n *Node) APIHTTPAddr() string { return addrOf(n.apiHTTP) }
+
+func addrOf(l net.Listener) string {
+	if l == nil {
+		return ""
+	}
+	return l.Addr().String()
+}
+
 // AdminAddr is the admin service's address ("" if none).
 func (n *Node) AdminAddr() string {
 	if n.adminLis == nil {
@@ -219,6 +319,9 @@ func (n *Node) stop(clean bool) error {
 	}
 	if n.admin != nil {
 		n.admin.Stop()
+	}
+	if n.Proxy != nil {
+		errs = append(errs, n.Proxy.Close())
 	}
 	if n.Consensus != nil {
 		errs = append(errs, n.Consensus.Close())

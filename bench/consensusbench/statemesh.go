@@ -116,7 +116,7 @@ type statemeshNode struct {
 // command. Each node runs
 //
 //	statemesh node --name sN --bind 127.0.0.1:P --peer 127.0.0.1:P+1
-//	  --admin 127.0.0.1:P+2 --http off --raft 127.0.0.1:P+3
+//	  --admin 127.0.0.1:P+2 --metrics off --raft 127.0.0.1:P+3
 //	  --data-dir DIR/sN --preset local --shards S [--join s1,...]
 //
 // s1 (no --join) bootstraps the shards; s2 and s3 join it and placement
@@ -158,7 +158,7 @@ func StartStatemesh(ctx context.Context, binary, dir string, shards int, log io.
 		n := &statemeshNode{name: name, dataDir: filepath.Join(runDir, name), tail: &tailBuffer{max: tailBytes},
 			ready: make(chan struct{}), exited: make(chan struct{})}
 		args := []string{"node", "--name", name, "--bind", addr(0), "--peer", addr(1), "--admin", addr(2),
-			"--http", "off", "--raft", addr(3), "--data-dir", n.dataDir, "--preset", "local", "--shards", strconv.Itoa(shards)}
+			"--metrics", "off", "--raft", addr(3), "--data-dir", n.dataDir, "--preset", "local", "--shards", strconv.Itoa(shards)}
 		if len(binds) > 0 {
 			args = append(args, "--join", strings.Join(binds, ","))
 		}
@@ -388,7 +388,7 @@ func (c *StatemeshCluster) command(ctx context.Context, client adminpb.AdminClie
 
 // Describe says what was measured, for the report.
 func (c *StatemeshCluster) Describe() string {
-	return fmt.Sprintf("%s (`%s`), %d nodes as child processes on 127.0.0.1 (`statemesh node --preset local --http off --shards %d`, defaults otherwise), data directories beside etcd's. "+
+	return fmt.Sprintf("%s (`%s`), %d nodes as child processes on 127.0.0.1 (`statemesh node --preset local --metrics off --shards %d`, defaults otherwise), data directories beside etcd's. "+
 		"Each write is an admin gRPC `Command` of type `%s` that appends the value as one event to the event-sourced entity named by the key, through the Raft group (Dragonboat) of the entity's shard: "+
 		"a linearizable read of the entity, then a proposal with the expected sequence number, acknowledged once applied, the Raft entry fsynced to a majority's log. "+
 		"One connection per node shared by all clients, each command sent to the next node in turn; a node that does not lead the entity's shard forwards the command to the leader.",

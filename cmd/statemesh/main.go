@@ -1,11 +1,12 @@
 // Command statemesh is the single statemesh binary. Subcommands:
 //
 //	statemesh node [flags]         run a mesh node
+//	statemesh demo [flags]         a local mesh with the example functions
 //	statemesh ctl [flags] CMD      talk to a node's admin service
 //	statemesh bench NAME [flags]   benchmarks (sync, convergence, mesh, consensus)
 //	statemesh version
 //
-// The demo and jepsen subcommands arrive with their issues.
+// The jepsen subcommand arrives with its issue.
 package main
 
 import (
@@ -25,6 +26,7 @@ func usage(w io.Writer) {
 
 commands:
   node         run a mesh node; --help for flags
+  demo         a local 3-node mesh with the example functions (counter, register)
   ctl          talk to a node's admin service (members, keys, get, update)
   bench sync         the delta-sync benchmark (Enes et al.); --help for flags
   bench convergence  time for a write to reach every node, N = 8..64
@@ -43,6 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runNode(args[1:], stdout, stderr)
 	case "ctl":
 		return runCtl(args[1:], stdout, stderr)
+	case "demo":
+		return runDemo(args[1:], stdout, stderr)
 	case "bench":
 		if len(args) < 2 {
 			fmt.Fprintln(stderr, "usage: statemesh bench <name> [flags]; benchmarks: sync, convergence, mesh, consensus")

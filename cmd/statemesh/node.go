@@ -28,7 +28,10 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 	bind := fs.String("bind", "127.0.0.1:7946", "gossip (memberlist) address host:port")
 	peer := fs.String("peer", "", "peer gRPC address (default: bind port + 1)")
 	admin := fs.String("admin", "", "admin gRPC address for statemesh ctl (default: bind port + 2; \"off\" to disable)")
-	httpAddr := fs.String("http", "", "HTTP address for /metrics and /healthz (default: bind port + 3; \"off\" to disable)")
+	metricsAddr := fs.String("metrics", "", "HTTP address for /metrics, /healthz and /debug/pprof (default: bind port + 3; \"off\" to disable)")
+	function := fs.String("function", "", "gRPC address of the user function to front (empty: no proxy)")
+	apiHTTP := fs.String("http", "", "HTTP/JSON address serving the function's services (default: bind port + 5; \"off\" to disable)")
+	apiGRPC := fs.String("grpc", "", "gRPC address serving the function's services (default: bind port + 6; \"off\" to disable)")
 	join := fs.String("join", "", "comma-separated gossip addresses of existing members")
 	region := fs.String("region", "default", "region of the node")
 	zone := fs.String("zone", "", "zone of the node")
@@ -104,8 +107,17 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 	if nc.AdminAddr, err = addrOrOffset(*admin, *bind, 2); err != nil {
 		return fail("--admin: %v", err)
 	}
-	if nc.HTTPAddr, err = addrOrOffset(*httpAddr, *bind, 3); err != nil {
-		return fail("--http: %v", err)
+	if nc.HTTPAddr, err = addrOrOffset(*metricsAddr, *bind, 3); err != nil {
+		return fail("--metrics: %v", err)
+	}
+	if *function != "" {
+		nc.Function.Addr = *function
+		if nc.Function.HTTPAddr, err = addrOrOffset(*apiHTTP, *bind, 5); err != nil {
+			return fail("--http: %v", err)
+		}
+		if nc.Function.GRPCAddr, err = addrOrOffset(*apiGRPC, *bind, 6); err != nil {
+			return fail("--grpc: %v", err)
+		}
 	}
 	if nc.Consensus.RaftAddr, err = addrOrOffset(*raft, *bind, 4); err != nil {
 		return fail("--raft: %v", err)
@@ -127,8 +139,12 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "statemesh node: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "statemesh node %s ready: gossip %s, peer %s, admin %s, http %s, raft %s, replica %s\n",
+	fmt.Fprintf(stdout, "statemesh node %s ready: gossip %s, peer %s, admin %s, metrics %s, raft %s, replica %s\n",
 		*name, n.Mesh.GossipAddr(), n.Mesh.PeerAddr(), n.AdminAddr(), n.HTTPAddr(), nc.Consensus.RaftAddr, n.Mesh.Replica())
+	if n.Proxy != nil {
+		fmt.Fprintf(stdout, "statemesh node %s serves the function at %s: gRPC %s, HTTP %s\n",
+			*name, *function, n.APIGRPCAddr(), n.APIHTTPAddr())
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s := <-sig

@@ -63,7 +63,7 @@ type proc struct {
 func (p *proc) start(t *testing.T, join []string) {
 	t.Helper()
 	args := []string{"node", "--name", p.name, "--bind", p.bind, "--peer", p.peer, "--admin", p.admin,
-		"--http", "off", "--raft", p.raft, "--data-dir", p.dir, "--durability", "sync", "--preset", "local"}
+		"--metrics", "off", "--raft", p.raft, "--data-dir", p.dir, "--durability", "sync", "--preset", "local"}
 	args = append(args, p.extra...)
 	if len(join) > 0 {
 		args = append(args, "--join", strings.Join(join, ","))
