@@ -8,7 +8,9 @@ GOBIN         ?= $(shell $(GO) env GOPATH)/bin
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
-PROTOS        := $(shell find protocol -name '*.proto')
+# protocol/third_party holds other projects' .proto files that protoc reads
+# (google/api for the examples' annotations) but whose Go code is theirs.
+PROTOS        := $(shell find protocol -name '*.proto' -not -path 'protocol/third_party/*')
 # Pure packages (no I/O, no goroutines) and the concurrent ones whose
 # tests are quick: always run with -race.
 RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/... ./consensus/... ./sdk/... ./proxy/...
@@ -17,7 +19,7 @@ RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/..
 # expires while a worker is busy (go.dev/issue/75804, fixed in Go 1.27).
 FUZZTIME      ?= 30000x
 
-.PHONY: all build test test-race fuzz verify bench bench-sync bench-micro bench-convergence bench-mesh bench-consensus proto examples-proto tools tools-apt tools-etcd demo clean
+.PHONY: all build test test-race fuzz verify bench bench-sync bench-micro bench-convergence bench-mesh bench-consensus bench-proxy bench-startup proto examples-proto tools tools-apt tools-etcd tools-redis demo clean
 
 all: build
 
@@ -65,6 +67,12 @@ tools-apt:
 tools-etcd:
 	@command -v etcd >/dev/null || (apt-get update -qq && apt-get install -y -qq etcd-server)
 
+# redis-server is the baseline of bench-proxy only (Debian's redis-server;
+# the benchmark starts its own on loopback, not the system service): not
+# needed by make test nor CI.
+tools-redis:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
 ## proto: regenerate the committed Go code from protocol/*.proto.
 proto: tools tools-apt
 	$(GO) install $(PROTOC_GEN_GO)
@@ -75,15 +83,17 @@ proto: tools tools-apt
 EXAMPLE_PROTOS := $(shell find examples -name '*.proto')
 
 ## examples-proto: regenerate the examples' Go code (their .proto files
-## import statemesh/entity_key.proto from protocol/).
+## import statemesh/entity_key.proto from protocol/ and
+## google/api/annotations.proto from protocol/third_party/, whose Go code is
+## genproto's).
 examples-proto: tools tools-apt
 	$(GO) install $(PROTOC_GEN_GO)
 	$(GO) install $(PROTOC_GEN_GO_GRPC)
-	PATH=$(GOBIN):$$PATH protoc -I protocol -I examples --go_out=. --go_opt=module=github.com/statemesh/statemesh \
+	PATH=$(GOBIN):$$PATH protoc -I protocol -I protocol/third_party -I examples --go_out=. --go_opt=module=github.com/statemesh/statemesh \
 	  --go-grpc_out=. --go-grpc_opt=module=github.com/statemesh/statemesh $(EXAMPLE_PROTOS)
 
 ## bench: every benchmark; results land in bench/results/.
-bench: bench-sync bench-micro bench-convergence bench-mesh bench-consensus
+bench: bench-sync bench-micro bench-convergence bench-mesh bench-consensus bench-proxy bench-startup
 
 bench-sync: build
 	./bin/statemesh bench sync
@@ -99,6 +109,12 @@ bench-mesh: build
 
 bench-consensus: build tools-etcd
 	./bin/statemesh bench consensus
+
+bench-proxy: build tools-redis
+	./bin/statemesh bench proxy
+
+bench-startup: build
+	./bin/statemesh bench startup
 
 ## demo: the example functions and a local 3-node mesh, until Ctrl-C.
 demo: build

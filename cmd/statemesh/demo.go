@@ -14,8 +14,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/statemesh/statemesh/examples/cart"
 	"github.com/statemesh/statemesh/examples/counter"
 	"github.com/statemesh/statemesh/examples/register"
+	"github.com/statemesh/statemesh/examples/sets"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/node"
 	"github.com/statemesh/statemesh/sdk"
@@ -83,7 +85,7 @@ func startDemo(dataDir string, n int, log *slog.Logger, progress io.Writer) (*de
 		d.tmp, dataDir = tmp, tmp
 	}
 	d.fn = sdk.New(sdk.WithLogger(log), sdk.WithServiceName("statemesh-examples"))
-	if err := errors.Join(counter.Register(d.fn), register.Register(d.fn)); err != nil {
+	if err := errors.Join(counter.Register(d.fn), register.Register(d.fn), sets.Register(d.fn), cart.Register(d.fn)); err != nil {
 		return nil, err
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -92,7 +94,7 @@ func startDemo(dataDir string, n int, log *slog.Logger, progress io.Writer) (*de
 	}
 	d.fnAddr = lis.Addr().String()
 	go func() { _ = d.fn.Serve(lis) }()
-	fmt.Fprintf(progress, "[demo] example functions (counter, register) on %s\n", d.fnAddr)
+	fmt.Fprintf(progress, "[demo] example functions (counter, register, sets, cart) on %s\n", d.fnAddr)
 
 	var seeds []string
 	for i := range n {
@@ -136,14 +138,24 @@ func (d *demo) print(w io.Writer) {
 	}
 	h1, h2 := d.nodes[0].APIHTTPAddr(), d.nodes[len(d.nodes)-1].APIHTTPAddr()
 	fmt.Fprintf(&b, `
-Try (the counter is a CRDT served by every node; the register is event-sourced, linearizable):
+Try (counter and sets are CRDTs served by every node, a set's writes LOCAL:
+other nodes see them once gossiped; register and cart are event-sourced,
+register linearizable; int64 values come back as strings):
 
-  curl -s -d '{"id":"c1","value":5,"consistency":"MAJORITY"}' http://%[1]s/statemesh.examples.counter.Counter/Increment
-  curl -s -d '{"id":"c1"}' http://%[2]s/statemesh.examples.counter.Counter/Get
-  curl -s -d '{"id":"r1","value":"hello"}' http://%[1]s/statemesh.examples.register.Register/Set
-  curl -s -d '{"id":"r1","expected":"hello","value":"world"}' http://%[2]s/statemesh.examples.register.Register/CompareAndSet
-  curl -s -d '{"id":"r1"}' http://%[2]s/statemesh.examples.register.Register/Get
+  curl -s -X POST -d '{"value":5,"consistency":"MAJORITY"}' http://%[1]s/counters/c1/increment
+  curl -s http://%[2]s/counters/c1
+  curl -s -X PUT -d '{"value":"hello"}' http://%[1]s/registers/r1
+  curl -s -X POST -d '{"expected":"hello","value":"world"}' http://%[2]s/registers/r1/cas
+  curl -s http://%[2]s/registers/r1
+  curl -s -X POST -d '{"element":"x"}' http://%[1]s/sets/s1/add
+  curl -s http://%[2]s/sets/s1
+  curl -s -X POST -d '{"product_id":"p1","name":"apple","quantity":2}' http://%[1]s/carts/k1/items
+  curl -s -X POST http://%[2]s/carts/k1/items/p1/remove
+  curl -s http://%[2]s/carts/k1
   statemesh ctl --addr %[3]s leaders
+
+Every unary method is also served at POST /{package.Service}/{Method}, e.g.
+  curl -s -d '{"id":"c1"}' http://%[1]s/statemesh.examples.counter.Counter/Get
 
 Ctrl-C stops the demo.
 `, h1, h2, d.nodes[0].AdminAddr())

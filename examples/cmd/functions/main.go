@@ -1,5 +1,5 @@
-// Command functions serves the example functions (counter, register) on
-// one gRPC address, for a statemesh node's --function flag.
+// Command functions serves the example functions (counter, register,
+// sets, cart) on one gRPC address, for a statemesh node's --function flag.
 package main
 
 import (
@@ -11,8 +11,10 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/statemesh/statemesh/examples/cart"
 	"github.com/statemesh/statemesh/examples/counter"
 	"github.com/statemesh/statemesh/examples/register"
+	"github.com/statemesh/statemesh/examples/sets"
 	"github.com/statemesh/statemesh/sdk"
 )
 
@@ -28,7 +30,7 @@ func main() {
 
 func run(addr string, logger *slog.Logger) error {
 	svc := sdk.New(sdk.WithLogger(logger), sdk.WithServiceName("statemesh-examples"), sdk.WithServiceVersion(sdk.LibraryVersion))
-	if err := errors.Join(counter.Register(svc), register.Register(svc)); err != nil {
+	if err := registerAll(svc); err != nil {
 		return err
 	}
 	lis, err := net.Listen("tcp", addr)
@@ -43,4 +45,9 @@ func run(addr string, logger *slog.Logger) error {
 	}()
 	logger.Info("functions: serving", "addr", lis.Addr().String())
 	return svc.Serve(lis)
+}
+
+// registerAll registers every example on svc.
+func registerAll(svc *sdk.Service) error {
+	return errors.Join(counter.Register(svc), register.Register(svc), sets.Register(svc), cart.Register(svc))
 }
