@@ -3,7 +3,7 @@
 //	statemesh node [flags]         run a mesh node
 //	statemesh demo [flags]         a local mesh with the example functions
 //	statemesh ctl [flags] CMD      talk to a node's admin service
-//	statemesh bench NAME [flags]   benchmarks (sync, convergence, mesh, consensus)
+//	statemesh bench NAME [flags]   benchmarks (sync, convergence, mesh, consensus, proxy, startup)
 //	statemesh version
 //
 // The jepsen subcommand arrives with its issue.
@@ -32,6 +32,8 @@ commands:
   bench convergence  time for a write to reach every node, N = 8..64
   bench mesh         LOCAL updates/s per node on 3 nodes, with replication lag
   bench consensus    replicated writes/s and latency on 3 nodes, statemesh vs etcd
+  bench proxy        requests/s through a node to a function (gRPC, HTTP/JSON) vs Redis
+  bench startup      node cold start to serving the function
   version      print the version`)
 }
 
@@ -49,7 +51,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runDemo(args[1:], stdout, stderr)
 	case "bench":
 		if len(args) < 2 {
-			fmt.Fprintln(stderr, "usage: statemesh bench <name> [flags]; benchmarks: sync, convergence, mesh, consensus")
+			fmt.Fprintln(stderr, "usage: statemesh bench <name> [flags]; benchmarks: sync, convergence, mesh, consensus, proxy, startup")
 			return 2
 		}
 		switch args[1] {
@@ -61,8 +63,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return benchMesh(args[2:], stdout, stderr)
 		case "consensus":
 			return benchConsensus(args[2:], stdout, stderr)
+		case "proxy":
+			return benchProxy(args[2:], stdout, stderr)
+		case "startup":
+			return benchStartup(args[2:], stdout, stderr)
 		}
-		fmt.Fprintf(stderr, "statemesh bench: unknown benchmark %q (have: sync, convergence, mesh, consensus)\n", args[1])
+		fmt.Fprintf(stderr, "statemesh bench: unknown benchmark %q (have: sync, convergence, mesh, consensus, proxy, startup)\n", args[1])
 		return 2
 	case "version":
 		fmt.Fprintln(stdout, "statemesh", version)
