@@ -38,6 +38,11 @@ type CRDTStore interface {
 	Replica() crdt.ReplicaID
 	// Clock stamps LWW register writes.
 	Clock() *hlc.Clock
+	// Watch signals the key's changes (the channel may skip states) until
+	// the returned function is called; the channel is closed then, or
+	// when the store stops. The proxy watches an entity while a streamed
+	// command is open on it.
+	Watch(ctx context.Context, k mesh.Key) (<-chan crdt.Value, func(), error)
 }
 
 var (

@@ -39,6 +39,19 @@
 // every protocol. Bodies are limited to Config.MaxRequestBytes;
 // malformed JSON is 400, an unknown route 404.
 //
+// Server-streaming methods of CRDT entities (streamed commands, such as
+// the sets example's Watch) are served over gRPC as server streams, and
+// over HTTP as server-sent events (sse.go): Content-Type
+// text/event-stream, each message one "data: <JSON>\n\n" event, flushed,
+// on the paths of their google.api.http bindings (templates of literal
+// and {field} segments, the fields bound into the request; GET query
+// parameters bind top-level fields) and at the POST fallback with a plain
+// JSON body. Those requests are matched before vanguard, which cannot
+// stream REST (it answers 415 for a server stream that is not
+// google.api.HttpBody). An error before the first event is an ordinary
+// JSON error; after it, an "event: error" ends the stream. Other
+// streaming methods are Unimplemented.
+//
 // # Routing
 //
 //   - Actions: ActionProtocol.HandleUnary.
@@ -58,13 +71,32 @@
 //     the command on the new state (Config.ValueRetries times).
 //   - CRDT entities: served from this node's replica (the mesh store).
 //     Read the local state; if it is not what the entity's Crdt.Handle
-//     stream last saw, reopen the stream with it (pushing changes with
-//     mesh Watch as they arrive is for a later slice); run the command;
-//     apply the reply's delta through the CRDT's delta mutators in a
-//     mesh.Mutator (this node's replica id, its HLC for LWW registers)
-//     with the reply's write consistency, or delete. GCounter, PNCounter,
+//     stream last saw, send the difference as a `changed` delta (or,
+//     when no delta can say it, reopen the stream with the state); run
+//     the command; apply the reply's delta through the CRDT's delta
+//     mutators in a mesh.Mutator (this node's replica id, its HLC for LWW
+//     registers) with the reply's write consistency, or delete. What the
+//     function last saw is the state it was given plus its own reply's
+//     delta, so that delta is never sent back to it. GCounter, PNCounter,
 //     GSet, ORSet, LWWRegister and the enable-wins flag are routed; ORMap
-//     and Vote are not yet (Unimplemented), nor streamed commands.
+//     and Vote are not yet (Unimplemented).
+//   - Streamed CRDT commands: the Command has streamed set; a reply with
+//     streamed set keeps the call open (its client action, if any, is
+//     the first message), and every CrdtStreamedMessage for the command
+//     id is forwarded until end_stream. One goroutine per entity stream
+//     receives the function's messages and hands each to its command
+//     (a client more than 64 messages behind is dropped with
+//     ResourceExhausted). From the first streamed command on, the proxy
+//     watches the key (CRDTStore.Watch) and pushes each newly merged
+//     state (other nodes' writes, other commands) as a `changed` delta,
+//     so the SDK's OnChange fires; the stream is not passivated while a
+//     streamed command is open. When the client goes away the function
+//     gets a StreamCancelled, and its CrdtStreamCancelledResponse's state
+//     action and side effects are applied. A deleted entity ends its
+//     streamed commands normally; a failed entity stream ends them with
+//     Unavailable (the client may call again), as does a unary command
+//     on the same entity that gives up (its context ended) and so
+//     closes the stream.
 //
 // A reply is checked against the method's output type; a Forward is
 // dispatched in-process to the named method (whose output type must be

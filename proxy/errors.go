@@ -24,7 +24,8 @@ var (
 	// ErrFunction: the function misbehaved (bad bytes, a reply of the
 	// wrong type, a dropped stream). Only the command fails.
 	ErrFunction = errors.New("proxy: function error")
-	// ErrNotSupported: not routed by this proxy yet (streaming methods,
+	// ErrNotSupported: not routed by this proxy yet (streaming methods
+	// other than server streams of CRDT entities,
 	// ORMap and Vote CRDTs), or a backend is missing.
 	ErrNotSupported = errors.New("proxy: not supported")
 	// ErrSpec: the function's EntitySpec is invalid.
@@ -146,6 +147,32 @@ func httpStatus(err error) int {
 		if errors.Is(err, r.err) {
 			return r.http
 		}
+	}
+	return http.StatusInternalServerError
+}
+
+// httpStatusOf is the HTTP status of a gRPC code, by the standard mapping
+// (the table's columns side by side, for the codes the table lacks), for
+// the responses the proxy writes itself rather than through vanguard.
+func httpStatusOf(c codes.Code) int {
+	for _, r := range errorTable {
+		if r.code == c {
+			return r.http
+		}
+	}
+	switch c {
+	case codes.OK:
+		return http.StatusOK
+	case codes.NotFound:
+		return http.StatusNotFound
+	case codes.AlreadyExists:
+		return http.StatusConflict
+	case codes.PermissionDenied:
+		return http.StatusForbidden
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized
+	case codes.OutOfRange:
+		return http.StatusBadRequest
 	}
 	return http.StatusInternalServerError
 }

@@ -34,6 +34,7 @@ func (p *Proxy) newHTTPHandler() (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: HTTP routes: %v", ErrSpec, err)
 	}
+	routes := p.sseRoutes()
 	limit := int64(p.cfg.MaxRequestBytes)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > limit {
@@ -46,6 +47,9 @@ func (p *Proxy) newHTTPHandler() (http.Handler, error) {
 			// curl -d's default: the API has no form routes, so the
 			// body is taken for what the user meant, JSON.
 			r.Header.Set("Content-Type", "application/json")
+		}
+		if p.routeSSE(routes, w, r) {
+			return
 		}
 		p.fallback(r)
 		tc.ServeHTTP(w, r)

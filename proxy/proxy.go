@@ -330,8 +330,9 @@ func (p *Proxy) handleGRPC(_ any, ss grpc.ServerStream) error {
 	if m == nil {
 		return status.Errorf(codes.Unimplemented, "unknown service or method %s", full)
 	}
-	if m.desc.IsStreamingClient() || m.desc.IsStreamingServer() {
-		return status.Errorf(codes.Unimplemented, "streaming method %s is not supported yet", full)
+	streamed := m.desc.IsStreamingServer() && !m.desc.IsStreamingClient() && m.svc.model == functionpb.Model_MODEL_CRDT
+	if (m.desc.IsStreamingClient() || m.desc.IsStreamingServer()) && !streamed {
+		return status.Errorf(codes.Unimplemented, "streaming method %s is not supported (only server-streaming methods of CRDT entities are)", full)
 	}
 	// Receive the bytes and decode them here, so that a malformed
 	// request is the client's error (InvalidArgument), not Internal.
@@ -344,6 +345,21 @@ func (p *Proxy) handleGRPC(_ any, ss grpc.ServerStream) error {
 		return status.Errorf(codes.InvalidArgument, "decoding %s: %v", m.desc.Input().FullName(), err)
 	}
 	ctx := ss.Context()
+	if streamed {
+		_, store := p.backends()
+		if store == nil {
+			return toStatus(fmt.Errorf("%w: no CRDT store", ErrNotSupported)).Err()
+		}
+		err := p.streamCRDT(ctx, store, m, in, incomingMetadata(ctx), func(out proto.Message) error { return ss.SendMsg(out) })
+		if err != nil {
+			st := toStatus(err)
+			if st.Code() == codes.Internal || st.Code() == codes.Unknown {
+				p.cfg.Logger.Warn("proxy: streamed command failed", "method", full, "err", err)
+			}
+			return st.Err()
+		}
+		return nil
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.CommandTimeout)

@@ -76,6 +76,10 @@ func (r *registry[S]) passivate(key string, sl *slot[S], after time.Duration) {
 		return
 	}
 	defer sl.mu.Unlock()
+	if b, ok := any(sl.s).(interface{ busy() bool }); ok && sl.ok && b.busy() {
+		sl.timer.Reset(after) // a stream serving streamed commands stays
+		return
+	}
 	if idle := time.Since(sl.lastUse); idle < after {
 		sl.timer.Reset(after - idle)
 		return

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -195,5 +198,80 @@ func TestDemo(t *testing.T) {
 	}
 	if code, _ := do(1, http.MethodGet, "/no/such/route", ""); code != http.StatusNotFound {
 		t.Fatalf("unknown REST route: %d, want 404", code)
+	}
+}
+
+// TestDemoWatch watches a set on n1 over server-sent events
+// (GET /sets/{id}/watch) while an element is added through n2: the
+// change reaches n1's replica through the mesh, n1's proxy pushes it to
+// the set entity, and the entity streams the new elements.
+func TestDemoWatch(t *testing.T) {
+	d, err := startDemo(t.TempDir(), 3, slog.New(slog.DiscardHandler), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.nodes[0].APIHTTPAddr()+"/sets/s9/watch", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("watch: %d %s: %s", resp.StatusCode, resp.Header.Get("Content-Type"), b)
+	}
+	events := make(chan string, 16)
+	go func() {
+		defer close(events)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				events <- data
+			}
+		}
+	}()
+	// The first event is the set now (empty).
+	select {
+	case data := <-events:
+		if strings.Contains(data, "x") {
+			t.Fatalf("first event %q", data)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no first event")
+	}
+	add, err := http.Post("http://"+d.nodes[1].APIHTTPAddr()+"/sets/s9/add", "application/json", strings.NewReader(`{"element":"x"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	add.Body.Close()
+	if add.StatusCode != http.StatusOK {
+		t.Fatalf("add on n2: %d", add.StatusCode)
+	}
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case data, ok := <-events:
+			if !ok {
+				t.Fatal("the watch ended")
+			}
+			var out struct{ Elements []string }
+			if err := json.Unmarshal([]byte(data), &out); err != nil {
+				t.Fatalf("event %q: %v", data, err)
+			}
+			if slices.Contains(out.Elements, "x") {
+				cancel() // the client goes away; close waits for the node to wind down
+				for range events {
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("no event with x on n1 within 10s")
+		}
 	}
 }
