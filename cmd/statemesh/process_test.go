@@ -60,8 +60,43 @@ type proc struct {
 	conn                               *grpc.ClientConn
 }
 
+// start starts the node and waits for its ready line. Ports come from
+// freePort, which releases them before the node binds them, so a test
+// running in parallel (another package's) may take one in between: a
+// node that exits before it is ready is started again, on fresh ports the
+// first time it starts, on the same ones (after a pause) when it restarts.
 func (p *proc) start(t *testing.T, join []string) {
 	t.Helper()
+	for attempt := 1; ; attempt++ {
+		ok, err := p.tryStart(join)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			break
+		}
+		if attempt == 4 {
+			t.Fatalf("%s exited before it was ready, %d times; see %s", p.name, attempt, p.log.Name())
+		}
+		t.Logf("%s exited before it was ready (attempt %d; a port taken meanwhile?); starting it again", p.name, attempt)
+		if p.conn == nil {
+			p.bind, p.peer, p.admin, p.raft = freePort(t), freePort(t), freePort(t), freePort(t)
+		} else {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	if p.conn == nil {
+		cc, err := grpc.NewClient(p.admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.conn, p.client = cc, adminpb.NewAdminClient(cc)
+	}
+}
+
+// tryStart runs the node once: ok is false if it exited before printing
+// its ready line.
+func (p *proc) tryStart(join []string) (ok bool, err error) {
 	args := []string{"node", "--name", p.name, "--bind", p.bind, "--peer", p.peer, "--admin", p.admin,
 		"--metrics", "off", "--raft", p.raft, "--data-dir", p.dir, "--durability", "sync", "--preset", "local"}
 	args = append(args, p.extra...)
@@ -72,10 +107,10 @@ func (p *proc) start(t *testing.T, join []string) {
 	p.cmd.Stderr = p.log
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return false, err
 	}
 	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return false, err
 	}
 	ready := make(chan bool, 1)
 	go func() {
@@ -90,17 +125,11 @@ func (p *proc) start(t *testing.T, join []string) {
 	select {
 	case ok := <-ready:
 		if !ok {
-			t.Fatalf("%s exited before it was ready; see %s", p.name, p.log.Name())
+			_ = p.cmd.Wait()
 		}
+		return ok, nil
 	case <-time.After(20 * time.Second):
-		t.Fatalf("%s not ready after 20 s", p.name)
-	}
-	if p.conn == nil {
-		cc, err := grpc.NewClient(p.admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.conn, p.client = cc, adminpb.NewAdminClient(cc)
+		return false, fmt.Errorf("%s not ready after 20 s; see %s", p.name, p.log.Name())
 	}
 }
 
