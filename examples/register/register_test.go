@@ -13,45 +13,18 @@ import (
 	"github.com/statemesh/statemesh/sdk/sdktest"
 )
 
-func open(t *testing.T, snap *functionpb.EventSourcedSnapshot, events ...*registerpb.ValueWritten) functionpb.EventSourced_HandleClient {
+func open(t *testing.T, snap *functionpb.EventSourcedSnapshot, events ...proto.Message) *sdktest.ESEntity {
 	t.Helper()
 	svc := sdk.New()
 	if err := register.Register(svc); err != nil {
 		t.Fatal(err)
 	}
-	s, err := sdktest.Start(t, svc).EventSourced.Handle(sdktest.Context(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	send := func(in *functionpb.EventSourcedStreamIn) {
-		if err := s.Send(in); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send(&functionpb.EventSourcedStreamIn{Message: &functionpb.EventSourcedStreamIn_Init{Init: &functionpb.EventSourcedInit{
-		ServiceName: register.ServiceName, EntityId: "r1", Snapshot: snap,
-	}}})
-	seq := snap.GetSnapshotSequence()
-	for _, ev := range events {
-		seq++
-		send(&functionpb.EventSourcedStreamIn{Message: &functionpb.EventSourcedStreamIn_Event{Event: &functionpb.EventSourcedEvent{Sequence: seq, Payload: sdktest.Any(t, ev)}}})
-	}
-	return s
+	return sdktest.Start(t, svc).EventSourcedEntity(t, register.ServiceName, "r1", snap, events...)
 }
 
-func call(t *testing.T, s functionpb.EventSourced_HandleClient, id int64, name string, req proto.Message) *functionpb.EventSourcedReply {
+func call(t *testing.T, s *sdktest.ESEntity, id int64, name string, req proto.Message) *functionpb.EventSourcedReply {
 	t.Helper()
-	if err := s.Send(&functionpb.EventSourcedStreamIn{Message: &functionpb.EventSourcedStreamIn_Command{Command: sdktest.Command(t, id, "r1", name, req)}}); err != nil {
-		t.Fatal(err)
-	}
-	out, err := s.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out.GetReply().GetCommandId() != id {
-		t.Fatalf("want a reply to %d, got %v", id, out)
-	}
-	return out.GetReply()
+	return s.Call(id, name, req)
 }
 
 func value(t *testing.T, r *functionpb.EventSourcedReply) *registerpb.RegisterValue {

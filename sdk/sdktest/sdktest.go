@@ -92,3 +92,53 @@ func Command(t testing.TB, id int64, entityID, name string, payload proto.Messag
 	t.Helper()
 	return &functionpb.Command{EntityId: entityID, Id: id, Name: name, Payload: Any(t, payload)}
 }
+
+// EventSourcedEntity opens an event-sourced entity stream on p: init for
+// (service, entityID) with an optional snapshot, then the events after it,
+// numbered from the snapshot's sequence. Send commands with Call.
+func (p *Proxy) EventSourcedEntity(t testing.TB, service, entityID string, snap *functionpb.EventSourcedSnapshot, events ...proto.Message) *ESEntity {
+	t.Helper()
+	s, err := p.EventSourced.Handle(Context(t))
+	if err != nil {
+		t.Fatalf("sdktest: %v", err)
+	}
+	e := &ESEntity{t: t, stream: s, id: entityID}
+	e.send(&functionpb.EventSourcedStreamIn{Message: &functionpb.EventSourcedStreamIn_Init{Init: &functionpb.EventSourcedInit{
+		ServiceName: service, EntityId: entityID, Snapshot: snap,
+	}}})
+	seq := snap.GetSnapshotSequence()
+	for _, ev := range events {
+		seq++
+		e.send(&functionpb.EventSourcedStreamIn{Message: &functionpb.EventSourcedStreamIn_Event{Event: &functionpb.EventSourcedEvent{Sequence: seq, Payload: Any(t, ev)}}})
+	}
+	return e
+}
+
+// ESEntity is an open event-sourced entity stream.
+type ESEntity struct {
+	t      testing.TB
+	stream functionpb.EventSourced_HandleClient
+	id     string
+}
+
+func (e *ESEntity) send(in *functionpb.EventSourcedStreamIn) {
+	e.t.Helper()
+	if err := e.stream.Send(in); err != nil {
+		e.t.Fatalf("sdktest: %v", err)
+	}
+}
+
+// Call sends command id (method name, request req) and returns its reply;
+// anything but a reply to id fails the test.
+func (e *ESEntity) Call(id int64, name string, req proto.Message) *functionpb.EventSourcedReply {
+	e.t.Helper()
+	e.send(&functionpb.EventSourcedStreamIn{Message: &functionpb.EventSourcedStreamIn_Command{Command: Command(e.t, id, e.id, name, req)}})
+	out, err := e.stream.Recv()
+	if err != nil {
+		e.t.Fatalf("sdktest: %v", err)
+	}
+	if out.GetReply().GetCommandId() != id {
+		e.t.Fatalf("sdktest: want a reply to %d, got %v", id, out)
+	}
+	return out.GetReply()
+}
