@@ -16,14 +16,16 @@ import (
 // from the google.api.http annotations of the discovered descriptors, and
 // every unary method at POST /{package.Service}/{Method} with a JSON body
 // (Content-Type: application/json; the Connect protocol's unary form).
-// Both are transcoded to gRPC and served in-process by the external gRPC
-// server, so one code path (handleGRPC) serves every protocol.
+// Both are transcoded to Connect unary calls with the proto codec and
+// served in-process by connectHandler, through the same invoke path as
+// the gRPC server.
 func (p *Proxy) newHTTPHandler() (http.Handler, error) {
 	var svcs []*vanguard.Service
+	connect := p.connectHandler()
 	for _, s := range p.model.order {
-		svcs = append(svcs, vanguard.NewServiceWithSchema(s.desc, p.grpcSrv,
+		svcs = append(svcs, vanguard.NewServiceWithSchema(s.desc, connect,
 			vanguard.WithTypeResolver(p.model.types),
-			vanguard.WithTargetProtocols(vanguard.ProtocolGRPC),
+			vanguard.WithTargetProtocols(vanguard.ProtocolConnect),
 			vanguard.WithTargetCodecs(vanguard.CodecProto),
 			vanguard.WithMaxMessageBufferBytes(uint32(p.cfg.MaxRequestBytes)),
 		))
