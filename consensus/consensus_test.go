@@ -9,6 +9,9 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func ctxT(t testing.TB, d time.Duration) context.Context {
@@ -435,4 +438,22 @@ func TestLeadersSpreadOverNodes(t *testing.T) {
 		}
 		return led["n1"] == 2 && led["n2"] == 2 && led["n3"] == 2
 	})
+}
+
+// TestRejectionKeepsHandlerStatus: a handler's status error reaches the
+// caller as a Rejection with its code and message, whichever node the
+// command entered by (two of three forward it to the leader).
+func TestRejectionKeepsHandlerStatus(t *testing.T) {
+	refuse := HandlerFunc(func(context.Context, Command) (Effect, error) {
+		return Effect{}, status.Error(codes.NotFound, "no such thing")
+	})
+	c := newCluster(t, 3, 1, map[string]Handler{"refuse": refuse})
+	ctx := ctxT(t, 20*time.Second)
+	for _, nd := range c.nodes {
+		_, err := nd.h.Command(ctx, Entity{Type: "refuse", ID: "x"}, []byte("a"), nil)
+		var r *Rejection
+		if !errors.Is(err, ErrRejected) || !errors.As(err, &r) || r.Code != codes.NotFound || r.Message != "no such thing" {
+			t.Fatalf("via %s: %v (%#v), want a NotFound rejection", nd.name, err, r)
+		}
+	}
 }

@@ -100,7 +100,8 @@
 // whether the operation was applied:
 //
 //	ErrConflict     not applied: the expected sequence number or version did not match
-//	ErrRejected     not applied: the handler returned an error (wrapped)
+//	ErrRejected     not applied: the handler returned an error (a *Rejection,
+//	                with the error's gRPC status code when it had one)
 //	ErrNoHandler    not applied: no handler for the entity type
 //	ErrInvalid      not applied: malformed, or over a limit
 //	ErrUnavailable  not applied: no quorum or no ready shard before the deadline

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/statemesh/statemesh/protocol/consensuspb"
 )
 
@@ -35,6 +38,32 @@ var (
 	// ErrClosed: the Host is closed or closing.
 	ErrClosed = errors.New("consensus: closed")
 )
+
+// Rejection is the error of a command its handler refused. It matches
+// ErrRejected, and keeps the handler's gRPC status code and message when
+// the handler's error carried one (status.FromError), also when the
+// command ran on another node, so that a caller such as the proxy can
+// answer with the handler's own code.
+type Rejection struct {
+	// Code is the handler's status code; codes.OK if its error had none.
+	Code    codes.Code
+	Message string
+	err     error // the handler's error, when it ran on this node
+}
+
+// NewRejection is the Rejection of a handler's error (fakes of the Host
+// use it too).
+func NewRejection(err error) *Rejection {
+	r := &Rejection{Message: err.Error(), err: err}
+	if st, ok := status.FromError(err); ok {
+		r.Code, r.Message = st.Code(), st.Message()
+	}
+	return r
+}
+
+func (r *Rejection) Error() string        { return ErrRejected.Error() + ": " + r.Message }
+func (r *Rejection) Is(target error) bool { return target == ErrRejected }
+func (r *Rejection) Unwrap() error        { return r.err }
 
 // codeErrors maps wire codes to sentinels, in both directions.
 var codeErrors = map[consensuspb.Code]error{

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lni/dragonboat/v4"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/statemesh/statemesh/eventlog"
@@ -161,6 +162,9 @@ func (h *Host) command(ctx context.Context, req *consensuspb.CommandRequest, for
 				return transportError(err)
 			}
 			out = resp
+			if resp.Code == consensuspb.Code_CODE_REJECTED {
+				return &Rejection{Code: codes.Code(resp.RejectedCode), Message: resp.RejectedMessage}
+			}
 			return errorOf(resp.Code, resp.Message)
 		})
 	return out, err
@@ -396,7 +400,7 @@ func (h *Host) localCommand(ctx context.Context, shard uint64, req *consensuspb.
 				h.cache.drop(e)
 				continue
 			}
-			return nil, fmt.Errorf("%w: %v", ErrRejected, err)
+			return nil, NewRejection(err)
 		}
 		if len(eff.Events) == 0 && !eff.HasSnapshot {
 			if unverified {

@@ -67,7 +67,12 @@ func (s *Server) Command(ctx context.Context, req *consensuspb.CommandRequest) (
 		resp, err = h.command(ctx, req, true)
 	}
 	if err != nil {
-		return &consensuspb.CommandResponse{Code: codeOf(err), Message: err.Error()}, nil
+		out := &consensuspb.CommandResponse{Code: codeOf(err), Message: err.Error()}
+		var r *Rejection
+		if errors.As(err, &r) {
+			out.RejectedCode, out.RejectedMessage = uint32(r.Code), r.Message
+		}
+		return out, nil
 	}
 	return resp, nil
 }

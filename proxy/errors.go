@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
-	"strconv"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -77,35 +75,21 @@ var errorTable = []errorRow{
 	{context.Canceled, codes.Canceled, 499},
 }
 
-// failureError is a Failure the function answered a command with.
+// failureError is a Failure the function answered a command with. As an
+// event-sourced handler's error it reaches the caller of
+// consensus.Host.Command as a *consensus.Rejection with the same code and
+// message (GRPCStatus), also from another node.
 type failureError struct {
 	code codes.Code
 	desc string
 }
 
-func (e *failureError) Error() string { return encodeFailure(e.code, e.desc) }
-
-// A Handler's error reaches the caller of consensus.Host.Command as
-// ErrRejected wrapping only the error's text (possibly after crossing to
-// another node), so the function's status code travels in the text, in
-// this form, and is parsed back by toStatus.
-func encodeFailure(c codes.Code, desc string) string {
-	return fmt.Sprintf("function failure [code=%d]: %s", uint32(c), desc)
+func (e *failureError) Error() string {
+	return fmt.Sprintf("function failure (%v): %s", e.code, e.desc)
 }
 
-var failureRE = regexp.MustCompile(`function failure \[code=(\d+)\]: (.*)$`)
-
-func decodeFailure(msg string) (*failureError, bool) {
-	m := failureRE.FindStringSubmatch(msg)
-	if m == nil {
-		return nil, false
-	}
-	n, err := strconv.Atoi(m[1])
-	if err != nil {
-		return nil, false
-	}
-	return &failureError{code: failureCode(int32(n)), desc: m[2]}, true
-}
+// GRPCStatus is the status the caller gets.
+func (e *failureError) GRPCStatus() *status.Status { return status.New(e.code, e.desc) }
 
 // failureCode turns a Failure's grpc_status_code into a code: 0 and
 // out-of-range values are Unknown, as function.proto says.
@@ -121,17 +105,19 @@ func toStatus(err error) *status.Status {
 	if err == nil {
 		return nil
 	}
-	if s, ok := status.FromError(err); ok {
-		return s
-	}
+	// The function's own failure (here or, through consensus, on another
+	// node) keeps its exact message; status.FromError would replace a
+	// wrapped status's message with the whole error text.
 	var fe *failureError
 	if errors.As(err, &fe) {
-		return status.New(fe.code, fe.desc)
+		return fe.GRPCStatus()
 	}
-	if errors.Is(err, consensus.ErrRejected) {
-		if fe, ok := decodeFailure(err.Error()); ok {
-			return status.New(fe.code, fe.desc)
-		}
+	var r *consensus.Rejection
+	if errors.As(err, &r) && r.Code != codes.OK {
+		return status.New(r.Code, r.Message)
+	}
+	if s, ok := status.FromError(err); ok {
+		return s
 	}
 	for _, r := range errorTable {
 		if errors.Is(err, r.err) {

@@ -382,7 +382,7 @@ func (h *memHost) Command(ctx context.Context, e consensus.Entity, payload, requ
 	view.Events = slices.Clone(st.Events)
 	eff, err := handler.Handle(ctx, consensus.Command{Entity: e, State: view, Payload: payload})
 	if err != nil {
-		return consensus.Reply{}, fmt.Errorf("%w: %v", consensus.ErrRejected, err)
+		return consensus.Reply{}, consensus.NewRejection(err)
 	}
 	for _, ev := range eff.Events {
 		st.Seq++

@@ -591,9 +591,14 @@ func TestErrorTable(t *testing.T) {
 			t.Errorf("%v: HTTP %d, want %d", c.err, got, c.http)
 		}
 	}
-	// A rejection carries the function's code through consensus' text.
-	err := errors.Join(consensus.ErrRejected, errors.New((&failureError{code: codes.NotFound, desc: "no such cart"}).Error()))
-	if s := toStatus(err); s.Code() != codes.NotFound || s.Message() != "no such cart" {
-		t.Fatalf("rejection: %v", s)
+	// A rejection keeps the function's code and message, here and as it
+	// arrives from another node (consensus rebuilds it from the wire).
+	for _, err := range []error{
+		consensus.NewRejection(&failureError{code: codes.NotFound, desc: "no such cart"}),
+		&consensus.Rejection{Code: codes.NotFound, Message: "no such cart"},
+	} {
+		if s := toStatus(err); s.Code() != codes.NotFound || s.Message() != "no such cart" {
+			t.Fatalf("rejection: %v", s)
+		}
 	}
 }

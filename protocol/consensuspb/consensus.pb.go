@@ -688,13 +688,17 @@ func (x *CommandRequest) GetHops() uint32 {
 }
 
 type CommandResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Code          Code                   `protobuf:"varint,1,opt,name=code,proto3,enum=statemesh.consensus.v1.Code" json:"code,omitempty"`
-	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
-	Seq           uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
-	Reply         []byte                 `protobuf:"bytes,4,opt,name=reply,proto3" json:"reply,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Code    Code                   `protobuf:"varint,1,opt,name=code,proto3,enum=statemesh.consensus.v1.Code" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Seq     uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	Reply   []byte                 `protobuf:"bytes,4,opt,name=reply,proto3" json:"reply,omitempty"`
+	// With CODE_REJECTED: the gRPC status code and message of the handler's
+	// error, when it carried one (0: it did not).
+	RejectedCode    uint32 `protobuf:"varint,5,opt,name=rejected_code,json=rejectedCode,proto3" json:"rejected_code,omitempty"`
+	RejectedMessage string `protobuf:"bytes,6,opt,name=rejected_message,json=rejectedMessage,proto3" json:"rejected_message,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CommandResponse) Reset() {
@@ -753,6 +757,20 @@ func (x *CommandResponse) GetReply() []byte {
 		return x.Reply
 	}
 	return nil
+}
+
+func (x *CommandResponse) GetRejectedCode() uint32 {
+	if x != nil {
+		return x.RejectedCode
+	}
+	return 0
+}
+
+func (x *CommandResponse) GetRejectedMessage() string {
+	if x != nil {
+		return x.RejectedMessage
+	}
+	return ""
 }
 
 type ValueRequest struct {
@@ -1196,12 +1214,14 @@ const file_consensus_v1_consensus_proto_rawDesc = "" +
 	"\acommand\x18\x02 \x01(\fR\acommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\fR\trequestId\x12\x12\n" +
-	"\x04hops\x18\x04 \x01(\rR\x04hops\"\x85\x01\n" +
+	"\x04hops\x18\x04 \x01(\rR\x04hops\"\xd5\x01\n" +
 	"\x0fCommandResponse\x120\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x1c.statemesh.consensus.v1.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12\x14\n" +
-	"\x05reply\x18\x04 \x01(\fR\x05reply\"\xc5\x02\n" +
+	"\x05reply\x18\x04 \x01(\fR\x05reply\x12#\n" +
+	"\rrejected_code\x18\x05 \x01(\rR\frejectedCode\x12)\n" +
+	"\x10rejected_message\x18\x06 \x01(\tR\x0frejectedMessage\"\xc5\x02\n" +
 	"\fValueRequest\x126\n" +
 	"\x06entity\x18\x01 \x01(\v2\x1e.statemesh.consensus.v1.EntityR\x06entity\x127\n" +
 	"\x02op\x18\x02 \x01(\x0e2'.statemesh.consensus.v1.ValueRequest.OpR\x02op\x12#\n" +
