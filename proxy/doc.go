@@ -109,8 +109,8 @@
 //
 // errors.go holds the one table from consensus, mesh and proxy errors to
 // gRPC codes and HTTP statuses. A function's Failure keeps its own gRPC
-// code; since consensus passes only a handler error's text through (and
-// across nodes), the code travels in that text. A misbehaving function
+// code and message, also through consensus (a *consensus.Rejection carries
+// them, across nodes too). A misbehaving function
 // (bytes that do not decode, a reply of the wrong type, a dropped
 // stream) fails the command with Internal, persists nothing, and closes
 // the entity's stream; the proxy goes on.
