@@ -1,6 +1,7 @@
 package consensus
 
 import (
+	"container/list"
 	"sync"
 
 	"github.com/statemesh/statemesh/eventlog"
@@ -20,42 +21,45 @@ import (
 // entity whose state is larger than maxEntry bytes is not cached.
 type entityCache struct {
 	mu       sync.Mutex
-	m        map[Entity]*cacheEntry
-	fifo     []Entity // insertion order, for eviction; may hold stale names
+	m        map[Entity]*list.Element // of *cacheEntry, oldest at the front
+	order    *list.List
 	bytes    int
 	maxBytes int
 	maxEntry int
 }
 
 type cacheEntry struct {
-	state EntityState
-	size  int
+	entity Entity
+	state  EntityState
+	size   int
 }
 
 func newEntityCache(maxBytes int) *entityCache {
-	return &entityCache{m: map[Entity]*cacheEntry{}, maxBytes: maxBytes, maxEntry: maxBytes / 64}
+	return &entityCache{m: map[Entity]*list.Element{}, order: list.New(), maxBytes: maxBytes, maxEntry: maxBytes / 64}
 }
 
-// get returns a copy-safe view of e's cached state: the caller may read it
-// but not modify it.
+// get returns e's cached state: the caller may read it but not modify it.
 func (c *entityCache) get(e Entity) (EntityState, bool) {
-	if c.maxBytes <= 0 {
-		return EntityState{}, false
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ce, ok := c.m[e]
+	el, ok := c.m[e]
 	if !ok {
 		return EntityState{}, false
 	}
-	return ce.state, true
+	return el.Value.(*cacheEntry).state, true
 }
 
 func (c *entityCache) drop(e Entity) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if ce, ok := c.m[e]; ok {
-		c.bytes -= ce.size
+	c.remove(e)
+}
+
+// remove forgets e; the caller holds mu.
+func (c *entityCache) remove(e Entity) {
+	if el, ok := c.m[e]; ok {
+		c.bytes -= el.Value.(*cacheEntry).size
+		c.order.Remove(el)
 		delete(c.m, e)
 	}
 }
@@ -84,37 +88,13 @@ func (c *entityCache) advance(e Entity, st EntityState, events [][]byte, hasSnap
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if old, ok := c.m[e]; ok {
-		c.bytes -= old.size
-		delete(c.m, e)
-	}
+	c.remove(e)
 	if size > c.maxEntry {
 		return
 	}
-	c.m[e] = &cacheEntry{state: next, size: size}
-	c.fifo = append(c.fifo, e)
+	c.m[e] = c.order.PushBack(&cacheEntry{entity: e, state: next, size: size})
 	c.bytes += size
-	for c.bytes > c.maxBytes && len(c.fifo) > 0 {
-		victim := c.fifo[0]
-		c.fifo = c.fifo[1:]
-		if ce, ok := c.m[victim]; ok {
-			c.bytes -= ce.size
-			delete(c.m, victim)
-		}
-	}
-	if len(c.fifo) > 4*len(c.m)+1024 {
-		// Compact the order list of names already evicted or replaced.
-		live := c.fifo[:0]
-		seen := map[Entity]bool{}
-		for i := len(c.fifo) - 1; i >= 0; i-- {
-			if n := c.fifo[i]; c.m[n] != nil && !seen[n] {
-				seen[n] = true
-				live = append(live, n)
-			}
-		}
-		for i, j := 0, len(live)-1; i < j; i, j = i+1, j-1 {
-			live[i], live[j] = live[j], live[i]
-		}
-		c.fifo = live
+	for c.bytes > c.maxBytes {
+		c.remove(c.order.Front().Value.(*cacheEntry).entity)
 	}
 }
