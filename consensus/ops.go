@@ -491,11 +491,11 @@ func (h *Host) read(ctx context.Context, shard uint64, q any) (any, error) {
 		if errors.Is(err, eventlog.ErrCorrupt) {
 			return nil, err
 		}
-		if c := classify(err); c == ErrTimeout {
-			return nil, wrapf(ErrUnavailable, "shard %d read: %v", shard, err)
-		} else {
-			return nil, wrapf(c, "shard %d read: %v", shard, err)
+		c := classify(err)
+		if c == ErrTimeout {
+			c = ErrUnavailable // a read changes nothing: its outcome is never unknown
 		}
+		return nil, wrapf(c, "shard %d read: %v", shard, err)
 	}
 	return r, nil
 }

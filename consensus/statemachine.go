@@ -149,12 +149,12 @@ func (m *stateMachine) applyEntry(tx *eventlog.ShardTxn, e *sm.Entry) (*consensu
 			return nil, err
 		}
 		if found {
-			var r consensuspb.Result
-			if err := proto.Unmarshal(prior, &r); err != nil {
-				return nil, fmt.Errorf("%w: request result: %v", eventlog.ErrCorrupt, err)
+			r, err := decodeResult(prior)
+			if err != nil {
+				return nil, err
 			}
 			r.Duplicate = true
-			return &r, nil
+			return r, nil
 		}
 	}
 	var res *consensuspb.Result
@@ -282,9 +282,8 @@ func (m *stateMachine) Lookup(q any) (any, error) {
 				return nil, err
 			}
 			if found {
-				r.prior = new(consensuspb.Result)
-				if err := proto.Unmarshal(prior, r.prior); err != nil {
-					return nil, fmt.Errorf("%w: request result: %v", eventlog.ErrCorrupt, err)
+				if r.prior, err = decodeResult(prior); err != nil {
+					return nil, err
 				}
 				return r, nil
 			}
@@ -351,6 +350,15 @@ func (m *stateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 
 // Close releases nothing: the DB belongs to the Host's owner.
 func (m *stateMachine) Close() error { return nil }
+
+// decodeResult decodes a stored request result.
+func decodeResult(b []byte) (*consensuspb.Result, error) {
+	var r consensuspb.Result
+	if err := proto.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: request result: %v", eventlog.ErrCorrupt, err)
+	}
+	return &r, nil
+}
 
 func entityOf(e *consensuspb.Entity) Entity {
 	if e == nil {
