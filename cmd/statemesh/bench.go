@@ -138,3 +138,22 @@ func machine() string {
 	}
 	return fmt.Sprintf("%s, %d cores (GOMAXPROCS %d), %s/%s, %s", model, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
 }
+
+// progressLines returns a printer of timestamped progress lines
+// ("[  12.3s] msg") on w, counted from start; it prints nothing when quiet.
+func progressLines(w io.Writer, quiet bool, start time.Time) func(string) {
+	return func(s string) {
+		if !quiet {
+			fmt.Fprintf(w, "[%6.1fs] %s\n", time.Since(start).Seconds(), s)
+		}
+	}
+}
+
+// benchDir returns dir, created if missing, or, when dir is empty, a new
+// temporary directory named after the benchmark.
+func benchDir(dir, bench string) (string, error) {
+	if dir == "" {
+		return os.MkdirTemp("", "statemesh-bench-"+bench+"-")
+	}
+	return dir, os.MkdirAll(dir, 0o755)
+}

@@ -78,21 +78,14 @@ func benchConsensus(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
-	progress := func(format string, a ...any) {
-		if !*quiet {
-			fmt.Fprintf(stderr, "[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
-		}
-	}
+	line := progressLines(stderr, *quiet, start)
+	progress := func(format string, a ...any) { line(fmt.Sprintf(format, a...)) }
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 1
 	}
-	runDir := *dir
-	if runDir == "" {
-		if runDir, err = os.MkdirTemp("", "statemesh-bench-consensus-"); err != nil {
-			return fail(err)
-		}
-	} else if err := os.MkdirAll(runDir, 0o755); err != nil {
+	runDir, err := benchDir(*dir, "consensus")
+	if err != nil {
 		return fail(err)
 	}
 	meta := consensusbench.NewMeta(strings.TrimSpace(name+" "+strings.Join(args, " ")), p)

@@ -150,11 +150,7 @@ func (f benchFlags) run(name string, args []string, stdout, stderr io.Writer, be
 		}
 	}
 	start := time.Now()
-	progress := func(s string) {
-		if !*f.quiet {
-			fmt.Fprintf(stderr, "[%6.1fs] %s\n", time.Since(start).Seconds(), s)
-		}
-	}
+	progress := progressLines(stderr, *f.quiet, start)
 	if *f.cpuProfile != "" {
 		pf, err := os.Create(*f.cpuProfile)
 		if err != nil {

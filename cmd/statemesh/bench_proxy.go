@@ -69,22 +69,14 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
-	progress := func(format string, a ...any) {
-		if !*quiet {
-			fmt.Fprintf(stderr, "[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
-		}
-	}
+	line := progressLines(stderr, *quiet, start)
+	progress := func(format string, a ...any) { line(fmt.Sprintf(format, a...)) }
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 1
 	}
-	runDir := *dir
-	var err error
-	if runDir == "" {
-		if runDir, err = os.MkdirTemp("", "statemesh-bench-proxy-"); err != nil {
-			return fail(err)
-		}
-	} else if err := os.MkdirAll(runDir, 0o755); err != nil {
+	runDir, err := benchDir(*dir, "proxy")
+	if err != nil {
 		return fail(err)
 	}
 	meta := proxybench.NewMeta(strings.TrimSpace(name + " " + strings.Join(args, " ")))
@@ -298,11 +290,7 @@ func benchStartup(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
-	progress := func(s string) {
-		if !*quiet {
-			fmt.Fprintf(stderr, "[%6.1fs] %s\n", time.Since(start).Seconds(), s)
-		}
-	}
+	progress := progressLines(stderr, *quiet, start)
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 1
@@ -311,12 +299,8 @@ func benchStartup(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	runDir := *dir
-	if runDir == "" {
-		if runDir, err = os.MkdirTemp("", "statemesh-bench-startup-"); err != nil {
-			return fail(err)
-		}
-	} else if err := os.MkdirAll(runDir, 0o755); err != nil {
+	runDir, err := benchDir(*dir, "startup")
+	if err != nil {
 		return fail(err)
 	}
 	loadBefore := proxybench.LoadAvg()
