@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -429,12 +430,16 @@ func TestHTTP(t *testing.T) {
 func TestDiscoveryRetriesUntilTheFunctionStarts(t *testing.T) {
 	f := newFake(t)
 	f.failDiscover.Store(2) // answers Unavailable twice once it runs
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The port stays bound (no other test can take it), but until the
+	// function "starts" every connection is closed at once, as a dial to
+	// a function that is not up yet fails.
+	lis := &gatedListener{Listener: inner}
 	addr := lis.Addr().String()
-	lis.Close() // nothing listens yet
+	f.serve(t, lis)
 	done := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -446,11 +451,7 @@ func TestDiscoveryRetriesUntilTheFunctionStarts(t *testing.T) {
 		done <- err
 	}()
 	time.Sleep(200 * time.Millisecond) // let a few dials fail
-	lis, err = net.Listen("tcp", addr)
-	if err != nil {
-		t.Skipf("port %s was taken meanwhile: %v", addr, err)
-	}
-	f.serve(t, lis)
+	lis.open.Store(true)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -600,5 +601,21 @@ func TestErrorTable(t *testing.T) {
 		if s := toStatus(err); s.Code() != codes.NotFound || s.Message() != "no such cart" {
 			t.Fatalf("rejection: %v", s)
 		}
+	}
+}
+
+// gatedListener closes every connection it accepts until open is set.
+type gatedListener struct {
+	net.Listener
+	open atomic.Bool
+}
+
+func (g *gatedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := g.Listener.Accept()
+		if err != nil || g.open.Load() {
+			return c, err
+		}
+		c.Close()
 	}
 }

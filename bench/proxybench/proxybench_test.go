@@ -203,9 +203,6 @@ func checkRun(t *testing.T, tg consensusbench.Target, cfg consensusbench.LoadCon
 }
 
 func TestMeshShortRun(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts 3 nodes")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	m, err := StartMesh(ctx, t.TempDir(), 3, nil)
