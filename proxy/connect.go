@@ -56,7 +56,7 @@ func (p *Proxy) connectHandler() http.Handler {
 		}
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		out, err := p.invoke(ctx, m, in, headerMetadata(r.Header), 0)
+		out, err := p.invoke(ctx, m, in, flattenMetadata(r.Header), 0)
 		if err != nil {
 			st := toStatus(err)
 			if st.Code() == codes.Internal || st.Code() == codes.Unknown {

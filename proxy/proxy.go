@@ -376,17 +376,27 @@ func (p *Proxy) handleGRPC(_ any, ss grpc.ServerStream) error {
 	return ss.SendMsg(out)
 }
 
-// incomingMetadata flattens a request's metadata for the function
-// (first value of each key; binary and transport headers left out).
+// incomingMetadata flattens a gRPC call's metadata for the function.
 func incomingMetadata(ctx context.Context) map[string]string {
 	md, _ := metadata.FromIncomingContext(ctx)
+	return flattenMetadata(md)
+}
+
+// flattenMetadata keeps the first value of each key of gRPC metadata or
+// HTTP headers, lower-cased, leaving out transport and protocol headers
+// (pseudo-headers, grpc-*, connect-*, binary -bin values, content and
+// connection headers).
+func flattenMetadata(md map[string][]string) map[string]string {
 	out := map[string]string{}
 	for k, vs := range md {
-		if len(vs) == 0 || strings.HasPrefix(k, ":") || strings.HasPrefix(k, "grpc-") || strings.HasSuffix(k, "-bin") {
+		k = strings.ToLower(k)
+		if len(vs) == 0 || strings.HasPrefix(k, ":") || strings.HasPrefix(k, "grpc-") ||
+			strings.HasPrefix(k, "connect-") || strings.HasSuffix(k, "-bin") {
 			continue
 		}
 		switch k {
-		case "content-type", "user-agent", "te", "authority":
+		case "content-type", "content-length", "content-encoding", "user-agent", "te", "authority",
+			"accept", "accept-encoding", "connection", "host":
 			continue
 		}
 		out[k] = vs[0]

@@ -208,7 +208,7 @@ func (p *Proxy) serveSSE(w http.ResponseWriter, r *http.Request, m *method, vals
 		}
 		return rc.Flush()
 	}
-	err := p.streamCRDT(r.Context(), store, m, in, headerMetadata(r.Header), send)
+	err := p.streamCRDT(r.Context(), store, m, in, flattenMetadata(r.Header), send)
 	if err == nil {
 		start()
 		return
@@ -286,23 +286,4 @@ func setField(msg *dynamicpb.Message, fd protoreflect.FieldDescriptor, v string)
 	}
 	msg.Set(fd, tmp.Get(fd))
 	return nil
-}
-
-// headerMetadata flattens an HTTP request's headers for the function, as
-// incomingMetadata does a gRPC call's.
-func headerMetadata(h http.Header) map[string]string {
-	out := map[string]string{}
-	for k, vs := range h {
-		k = strings.ToLower(k)
-		switch {
-		case len(vs) == 0, strings.HasPrefix(k, "grpc-"), strings.HasPrefix(k, "connect-"):
-			continue
-		}
-		switch k {
-		case "content-type", "content-length", "user-agent", "accept", "accept-encoding", "connection", "te", "host":
-			continue
-		}
-		out[k] = vs[0]
-	}
-	return out
 }
