@@ -21,9 +21,17 @@ import (
 
 type adminServer struct {
 	adminpb.UnimplementedAdminServer
-	m  *mesh.Node
-	c  *consensus.Host // nil: no consensus
-	db *eventlog.DB    // nil: in memory
+	m    *mesh.Node
+	c    *consensus.Host // nil: no consensus
+	db   *eventlog.DB    // nil: in memory
+	node *Node
+}
+
+func (a *adminServer) SetClockOffset(_ context.Context, req *adminpb.SetClockOffsetRequest) (*adminpb.SetClockOffsetResponse, error) {
+	if err := a.node.SetClockOffset(time.Duration(req.GetOffsetNanos())); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return &adminpb.SetClockOffsetResponse{}, nil
 }
 
 // errStatus maps mesh errors to gRPC codes.

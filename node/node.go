@@ -15,6 +15,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/statemesh/statemesh/consensus"
 	"github.com/statemesh/statemesh/eventlog"
+	"github.com/statemesh/statemesh/internal/hlc"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/protocol/adminpb"
 	"github.com/statemesh/statemesh/proxy"
@@ -96,6 +98,9 @@ type Node struct {
 	adminLis net.Listener
 	http     *http.Server
 	httpLis  net.Listener
+	// skew shifts the physical clock the mesh's hybrid logical clock
+	// reads: the clock-skew fault (SetClockOffset), zero otherwise.
+	skew atomic.Int64
 }
 
 // Start starts the node's parts; on error nothing is left running.
@@ -109,6 +114,11 @@ func Start(cfg Config) (*Node, error) {
 	mc.Logger = cfg.Logger
 	mc.Registerer = reg
 	n := &Node{log: cfg.Logger}
+	base := mc.PhysicalClock
+	if base == nil {
+		base = hlc.SystemClock
+	}
+	mc.PhysicalClock = hlc.Offset(base, func() time.Duration { return time.Duration(n.skew.Load()) })
 	ok := false
 	defer func() {
 		if !ok {
@@ -208,7 +218,7 @@ func Start(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("node: admin listener: %w", err)
 		}
 		n.admin = grpc.NewServer()
-		adminpb.RegisterAdminServer(n.admin, &adminServer{m: m, c: n.Consensus, db: n.db})
+		adminpb.RegisterAdminServer(n.admin, &adminServer{m: m, c: n.Consensus, db: n.db, node: n})
 		go func() { _ = n.admin.Serve(n.adminLis) }()
 	}
 	if cfg.HTTPAddr != "" {
@@ -309,6 +319,28 @@ func (n *Node) HTTPAddr() string {
 
 // Close stops the node cleanly: it leaves the mesh and flushes its state.
 func (n *Node) Close() error { return n.stop(true) }
+
+// Crash stops the node as a crash would, as far as a process can: it does
+// not leave the mesh (peers find it dead) nor flush write-behind state
+// (what was not yet persisted is lost; sync-mode writes were persisted
+// before they were acknowledged). In-process tests and the jepsen
+// harness's sim backend use it in place of kill -9.
+func (n *Node) Crash() error { return n.stop(false) }
+
+// MaxClockOffset bounds SetClockOffset.
+const MaxClockOffset = time.Hour
+
+// SetClockOffset shifts the physical clock under the node's hybrid
+// logical clock (LWW register timestamps) by d; 0 restores it. It is a
+// fault-injection hook for the jepsen harness's clock-skew nemesis; the
+// hybrid clock itself never goes backwards, whatever the offset.
+func (n *Node) SetClockOffset(d time.Duration) error {
+	if d > MaxClockOffset || d < -MaxClockOffset {
+		return fmt.Errorf("node: clock offset %v beyond ±%v", d, MaxClockOffset)
+	}
+	n.skew.Store(int64(d))
+	return nil
+}
 
 func (n *Node) stop(clean bool) error {
 	var errs []error

@@ -14,10 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/statemesh/statemesh/examples/cart"
-	"github.com/statemesh/statemesh/examples/counter"
-	"github.com/statemesh/statemesh/examples/register"
-	"github.com/statemesh/statemesh/examples/sets"
+	"github.com/statemesh/statemesh/examples"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/node"
 	"github.com/statemesh/statemesh/sdk"
@@ -85,7 +82,7 @@ func startDemo(dataDir string, n int, log *slog.Logger, progress io.Writer) (*de
 		d.tmp, dataDir = tmp, tmp
 	}
 	d.fn = sdk.New(sdk.WithLogger(log), sdk.WithServiceName("statemesh-examples"))
-	if err := errors.Join(counter.Register(d.fn), register.Register(d.fn), sets.Register(d.fn), cart.Register(d.fn)); err != nil {
+	if err := examples.Register(d.fn); err != nil {
 		return nil, err
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -4,9 +4,9 @@
 //	statemesh demo [flags]         a local mesh with the example functions
 //	statemesh ctl [flags] CMD      talk to a node's admin service
 //	statemesh bench NAME [flags]   benchmarks (sync, convergence, mesh, consensus, proxy, startup)
+//	statemesh jepsen [flags]       the Jepsen-style consistency tests
+//	statemesh functions [flags]    serve the example functions (a node's --function)
 //	statemesh version
-//
-// The jepsen subcommand arrives with its issue.
 package main
 
 import (
@@ -34,6 +34,8 @@ commands:
   bench consensus    replicated writes/s and latency on 3 nodes, statemesh vs etcd
   bench proxy        requests/s through a node to a function (gRPC, HTTP/JSON) vs Redis
   bench startup      node cold start to serving the function
+  jepsen       consistency tests under faults: --backend sim|local|netns --workload W --nemesis N1,N2
+  functions    serve the example functions over the function protocol (--listen ADDR)
   version      print the version`)
 }
 
@@ -70,6 +72,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stderr, "statemesh bench: unknown benchmark %q (have: sync, convergence, mesh, consensus, proxy, startup)\n", args[1])
 		return 2
+	case "jepsen":
+		return runJepsen(args[1:], stdout, stderr)
+	case "functions":
+		return runFunctions(args[1:], stderr)
 	case "version":
 		fmt.Fprintln(stdout, "statemesh", version)
 		return 0

@@ -1274,6 +1274,88 @@ func (x *BackupChunk) GetData() []byte {
 	return nil
 }
 
+type SetClockOffsetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The offset from the machine's clock, in nanoseconds (0 restores it).
+	// At most one hour either way.
+	OffsetNanos   int64 `protobuf:"varint,1,opt,name=offset_nanos,json=offsetNanos,proto3" json:"offset_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetClockOffsetRequest) Reset() {
+	*x = SetClockOffsetRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetClockOffsetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetClockOffsetRequest) ProtoMessage() {}
+
+func (x *SetClockOffsetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetClockOffsetRequest.ProtoReflect.Descriptor instead.
+func (*SetClockOffsetRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SetClockOffsetRequest) GetOffsetNanos() int64 {
+	if x != nil {
+		return x.OffsetNanos
+	}
+	return 0
+}
+
+type SetClockOffsetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetClockOffsetResponse) Reset() {
+	*x = SetClockOffsetResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetClockOffsetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetClockOffsetResponse) ProtoMessage() {}
+
+func (x *SetClockOffsetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetClockOffsetResponse.ProtoReflect.Descriptor instead.
+func (*SetClockOffsetResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_admin_v1_admin_proto_rawDesc = "" +
@@ -1358,7 +1440,10 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\aleaders\x18\x01 \x03(\v2\x1f.statemesh.admin.v1.ShardLeaderR\aleaders\"\x0f\n" +
 	"\rBackupRequest\"!\n" +
 	"\vBackupChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xc5\x06\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\":\n" +
+	"\x15SetClockOffsetRequest\x12!\n" +
+	"\foffset_nanos\x18\x01 \x01(\x03R\voffsetNanos\"\x18\n" +
+	"\x16SetClockOffsetResponse2\xae\a\n" +
 	"\x05Admin\x12R\n" +
 	"\aMembers\x12\".statemesh.admin.v1.MembersRequest\x1a#.statemesh.admin.v1.MembersResponse\x12I\n" +
 	"\x04Keys\x12\x1f.statemesh.admin.v1.KeysRequest\x1a .statemesh.admin.v1.KeysResponse\x12F\n" +
@@ -1370,7 +1455,8 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\aCommand\x12\".statemesh.admin.v1.CommandRequest\x1a#.statemesh.admin.v1.CommandResponse\x12O\n" +
 	"\x06Events\x12!.statemesh.admin.v1.EventsRequest\x1a\".statemesh.admin.v1.EventsResponse\x12a\n" +
 	"\fShardLeaders\x12'.statemesh.admin.v1.ShardLeadersRequest\x1a(.statemesh.admin.v1.ShardLeadersResponse\x12N\n" +
-	"\x06Backup\x12!.statemesh.admin.v1.BackupRequest\x1a\x1f.statemesh.admin.v1.BackupChunk0\x01B1Z/github.com/statemesh/statemesh/protocol/adminpbb\x06proto3"
+	"\x06Backup\x12!.statemesh.admin.v1.BackupRequest\x1a\x1f.statemesh.admin.v1.BackupChunk0\x01\x12g\n" +
+	"\x0eSetClockOffset\x12).statemesh.admin.v1.SetClockOffsetRequest\x1a*.statemesh.admin.v1.SetClockOffsetResponseB1Z/github.com/statemesh/statemesh/protocol/adminpbb\x06proto3"
 
 var (
 	file_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1384,31 +1470,33 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_admin_v1_admin_proto_rawDescData
 }
 
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_admin_v1_admin_proto_goTypes = []any{
-	(*RemoveNodeRequest)(nil),    // 0: statemesh.admin.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),   // 1: statemesh.admin.v1.RemoveNodeResponse
-	(*DeleteRequest)(nil),        // 2: statemesh.admin.v1.DeleteRequest
-	(*DeleteResponse)(nil),       // 3: statemesh.admin.v1.DeleteResponse
-	(*MembersRequest)(nil),       // 4: statemesh.admin.v1.MembersRequest
-	(*Member)(nil),               // 5: statemesh.admin.v1.Member
-	(*MembersResponse)(nil),      // 6: statemesh.admin.v1.MembersResponse
-	(*KeysRequest)(nil),          // 7: statemesh.admin.v1.KeysRequest
-	(*Key)(nil),                  // 8: statemesh.admin.v1.Key
-	(*KeysResponse)(nil),         // 9: statemesh.admin.v1.KeysResponse
-	(*GetRequest)(nil),           // 10: statemesh.admin.v1.GetRequest
-	(*GetResponse)(nil),          // 11: statemesh.admin.v1.GetResponse
-	(*UpdateRequest)(nil),        // 12: statemesh.admin.v1.UpdateRequest
-	(*UpdateResponse)(nil),       // 13: statemesh.admin.v1.UpdateResponse
-	(*CommandRequest)(nil),       // 14: statemesh.admin.v1.CommandRequest
-	(*CommandResponse)(nil),      // 15: statemesh.admin.v1.CommandResponse
-	(*EventsRequest)(nil),        // 16: statemesh.admin.v1.EventsRequest
-	(*EventsResponse)(nil),       // 17: statemesh.admin.v1.EventsResponse
-	(*ShardLeadersRequest)(nil),  // 18: statemesh.admin.v1.ShardLeadersRequest
-	(*ShardLeader)(nil),          // 19: statemesh.admin.v1.ShardLeader
-	(*ShardLeadersResponse)(nil), // 20: statemesh.admin.v1.ShardLeadersResponse
-	(*BackupRequest)(nil),        // 21: statemesh.admin.v1.BackupRequest
-	(*BackupChunk)(nil),          // 22: statemesh.admin.v1.BackupChunk
+	(*RemoveNodeRequest)(nil),      // 0: statemesh.admin.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),     // 1: statemesh.admin.v1.RemoveNodeResponse
+	(*DeleteRequest)(nil),          // 2: statemesh.admin.v1.DeleteRequest
+	(*DeleteResponse)(nil),         // 3: statemesh.admin.v1.DeleteResponse
+	(*MembersRequest)(nil),         // 4: statemesh.admin.v1.MembersRequest
+	(*Member)(nil),                 // 5: statemesh.admin.v1.Member
+	(*MembersResponse)(nil),        // 6: statemesh.admin.v1.MembersResponse
+	(*KeysRequest)(nil),            // 7: statemesh.admin.v1.KeysRequest
+	(*Key)(nil),                    // 8: statemesh.admin.v1.Key
+	(*KeysResponse)(nil),           // 9: statemesh.admin.v1.KeysResponse
+	(*GetRequest)(nil),             // 10: statemesh.admin.v1.GetRequest
+	(*GetResponse)(nil),            // 11: statemesh.admin.v1.GetResponse
+	(*UpdateRequest)(nil),          // 12: statemesh.admin.v1.UpdateRequest
+	(*UpdateResponse)(nil),         // 13: statemesh.admin.v1.UpdateResponse
+	(*CommandRequest)(nil),         // 14: statemesh.admin.v1.CommandRequest
+	(*CommandResponse)(nil),        // 15: statemesh.admin.v1.CommandResponse
+	(*EventsRequest)(nil),          // 16: statemesh.admin.v1.EventsRequest
+	(*EventsResponse)(nil),         // 17: statemesh.admin.v1.EventsResponse
+	(*ShardLeadersRequest)(nil),    // 18: statemesh.admin.v1.ShardLeadersRequest
+	(*ShardLeader)(nil),            // 19: statemesh.admin.v1.ShardLeader
+	(*ShardLeadersResponse)(nil),   // 20: statemesh.admin.v1.ShardLeadersResponse
+	(*BackupRequest)(nil),          // 21: statemesh.admin.v1.BackupRequest
+	(*BackupChunk)(nil),            // 22: statemesh.admin.v1.BackupChunk
+	(*SetClockOffsetRequest)(nil),  // 23: statemesh.admin.v1.SetClockOffsetRequest
+	(*SetClockOffsetResponse)(nil), // 24: statemesh.admin.v1.SetClockOffsetResponse
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
 	8,  // 0: statemesh.admin.v1.DeleteRequest.key:type_name -> statemesh.admin.v1.Key
@@ -1427,18 +1515,20 @@ var file_admin_v1_admin_proto_depIdxs = []int32{
 	16, // 13: statemesh.admin.v1.Admin.Events:input_type -> statemesh.admin.v1.EventsRequest
 	18, // 14: statemesh.admin.v1.Admin.ShardLeaders:input_type -> statemesh.admin.v1.ShardLeadersRequest
 	21, // 15: statemesh.admin.v1.Admin.Backup:input_type -> statemesh.admin.v1.BackupRequest
-	6,  // 16: statemesh.admin.v1.Admin.Members:output_type -> statemesh.admin.v1.MembersResponse
-	9,  // 17: statemesh.admin.v1.Admin.Keys:output_type -> statemesh.admin.v1.KeysResponse
-	11, // 18: statemesh.admin.v1.Admin.Get:output_type -> statemesh.admin.v1.GetResponse
-	13, // 19: statemesh.admin.v1.Admin.Update:output_type -> statemesh.admin.v1.UpdateResponse
-	3,  // 20: statemesh.admin.v1.Admin.Delete:output_type -> statemesh.admin.v1.DeleteResponse
-	1,  // 21: statemesh.admin.v1.Admin.RemoveNode:output_type -> statemesh.admin.v1.RemoveNodeResponse
-	15, // 22: statemesh.admin.v1.Admin.Command:output_type -> statemesh.admin.v1.CommandResponse
-	17, // 23: statemesh.admin.v1.Admin.Events:output_type -> statemesh.admin.v1.EventsResponse
-	20, // 24: statemesh.admin.v1.Admin.ShardLeaders:output_type -> statemesh.admin.v1.ShardLeadersResponse
-	22, // 25: statemesh.admin.v1.Admin.Backup:output_type -> statemesh.admin.v1.BackupChunk
-	16, // [16:26] is the sub-list for method output_type
-	6,  // [6:16] is the sub-list for method input_type
+	23, // 16: statemesh.admin.v1.Admin.SetClockOffset:input_type -> statemesh.admin.v1.SetClockOffsetRequest
+	6,  // 17: statemesh.admin.v1.Admin.Members:output_type -> statemesh.admin.v1.MembersResponse
+	9,  // 18: statemesh.admin.v1.Admin.Keys:output_type -> statemesh.admin.v1.KeysResponse
+	11, // 19: statemesh.admin.v1.Admin.Get:output_type -> statemesh.admin.v1.GetResponse
+	13, // 20: statemesh.admin.v1.Admin.Update:output_type -> statemesh.admin.v1.UpdateResponse
+	3,  // 21: statemesh.admin.v1.Admin.Delete:output_type -> statemesh.admin.v1.DeleteResponse
+	1,  // 22: statemesh.admin.v1.Admin.RemoveNode:output_type -> statemesh.admin.v1.RemoveNodeResponse
+	15, // 23: statemesh.admin.v1.Admin.Command:output_type -> statemesh.admin.v1.CommandResponse
+	17, // 24: statemesh.admin.v1.Admin.Events:output_type -> statemesh.admin.v1.EventsResponse
+	20, // 25: statemesh.admin.v1.Admin.ShardLeaders:output_type -> statemesh.admin.v1.ShardLeadersResponse
+	22, // 26: statemesh.admin.v1.Admin.Backup:output_type -> statemesh.admin.v1.BackupChunk
+	24, // 27: statemesh.admin.v1.Admin.SetClockOffset:output_type -> statemesh.admin.v1.SetClockOffsetResponse
+	17, // [17:28] is the sub-list for method output_type
+	6,  // [6:17] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -1455,7 +1545,7 @@ func file_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

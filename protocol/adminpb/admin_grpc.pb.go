@@ -23,16 +23,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_Members_FullMethodName      = "/statemesh.admin.v1.Admin/Members"
-	Admin_Keys_FullMethodName         = "/statemesh.admin.v1.Admin/Keys"
-	Admin_Get_FullMethodName          = "/statemesh.admin.v1.Admin/Get"
-	Admin_Update_FullMethodName       = "/statemesh.admin.v1.Admin/Update"
-	Admin_Delete_FullMethodName       = "/statemesh.admin.v1.Admin/Delete"
-	Admin_RemoveNode_FullMethodName   = "/statemesh.admin.v1.Admin/RemoveNode"
-	Admin_Command_FullMethodName      = "/statemesh.admin.v1.Admin/Command"
-	Admin_Events_FullMethodName       = "/statemesh.admin.v1.Admin/Events"
-	Admin_ShardLeaders_FullMethodName = "/statemesh.admin.v1.Admin/ShardLeaders"
-	Admin_Backup_FullMethodName       = "/statemesh.admin.v1.Admin/Backup"
+	Admin_Members_FullMethodName        = "/statemesh.admin.v1.Admin/Members"
+	Admin_Keys_FullMethodName           = "/statemesh.admin.v1.Admin/Keys"
+	Admin_Get_FullMethodName            = "/statemesh.admin.v1.Admin/Get"
+	Admin_Update_FullMethodName         = "/statemesh.admin.v1.Admin/Update"
+	Admin_Delete_FullMethodName         = "/statemesh.admin.v1.Admin/Delete"
+	Admin_RemoveNode_FullMethodName     = "/statemesh.admin.v1.Admin/RemoveNode"
+	Admin_Command_FullMethodName        = "/statemesh.admin.v1.Admin/Command"
+	Admin_Events_FullMethodName         = "/statemesh.admin.v1.Admin/Events"
+	Admin_ShardLeaders_FullMethodName   = "/statemesh.admin.v1.Admin/ShardLeaders"
+	Admin_Backup_FullMethodName         = "/statemesh.admin.v1.Admin/Backup"
+	Admin_SetClockOffset_FullMethodName = "/statemesh.admin.v1.Admin/SetClockOffset"
 )
 
 // AdminClient is the client API for Admin service.
@@ -63,6 +64,11 @@ type AdminClient interface {
 	// format, in chunks); `statemesh ctl restore` loads it into an empty
 	// data directory.
 	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
+	// SetClockOffset shifts the physical clock the node's hybrid logical
+	// clock reads (LWW register timestamps) by an offset. It exists for
+	// fault injection (the jepsen harness's clock-skew nemesis); operators
+	// have no reason to call it.
+	SetClockOffset(ctx context.Context, in *SetClockOffsetRequest, opts ...grpc.CallOption) (*SetClockOffsetResponse, error)
 }
 
 type adminClient struct {
@@ -182,6 +188,16 @@ func (c *adminClient) Backup(ctx context.Context, in *BackupRequest, opts ...grp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_BackupClient = grpc.ServerStreamingClient[BackupChunk]
 
+func (c *adminClient) SetClockOffset(ctx context.Context, in *SetClockOffsetRequest, opts ...grpc.CallOption) (*SetClockOffsetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetClockOffsetResponse)
+	err := c.cc.Invoke(ctx, Admin_SetClockOffset_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -210,6 +226,11 @@ type AdminServer interface {
 	// format, in chunks); `statemesh ctl restore` loads it into an empty
 	// data directory.
 	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error
+	// SetClockOffset shifts the physical clock the node's hybrid logical
+	// clock reads (LWW register timestamps) by an offset. It exists for
+	// fault injection (the jepsen harness's clock-skew nemesis); operators
+	// have no reason to call it.
+	SetClockOffset(context.Context, *SetClockOffsetRequest) (*SetClockOffsetResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -249,6 +270,9 @@ func (UnimplementedAdminServer) ShardLeaders(context.Context, *ShardLeadersReque
 }
 func (UnimplementedAdminServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error {
 	return status.Error(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedAdminServer) SetClockOffset(context.Context, *SetClockOffsetRequest) (*SetClockOffsetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetClockOffset not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -444,6 +468,24 @@ func _Admin_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_BackupServer = grpc.ServerStreamingServer[BackupChunk]
 
+func _Admin_SetClockOffset_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetClockOffsetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).SetClockOffset(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_SetClockOffset_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).SetClockOffset(ctx, req.(*SetClockOffsetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -486,6 +528,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ShardLeaders",
 			Handler:    _Admin_ShardLeaders_Handler,
+		},
+		{
+			MethodName: "SetClockOffset",
+			Handler:    _Admin_SetClockOffset_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

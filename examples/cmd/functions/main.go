@@ -3,7 +3,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"log/slog"
 	"net"
@@ -11,10 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/statemesh/statemesh/examples/cart"
-	"github.com/statemesh/statemesh/examples/counter"
-	"github.com/statemesh/statemesh/examples/register"
-	"github.com/statemesh/statemesh/examples/sets"
+	"github.com/statemesh/statemesh/examples"
 	"github.com/statemesh/statemesh/sdk"
 )
 
@@ -30,7 +26,7 @@ func main() {
 
 func run(addr string, logger *slog.Logger) error {
 	svc := sdk.New(sdk.WithLogger(logger), sdk.WithServiceName("statemesh-examples"), sdk.WithServiceVersion(sdk.LibraryVersion))
-	if err := registerAll(svc); err != nil {
+	if err := examples.Register(svc); err != nil {
 		return err
 	}
 	lis, err := net.Listen("tcp", addr)
@@ -45,9 +41,4 @@ func run(addr string, logger *slog.Logger) error {
 	}()
 	logger.Info("functions: serving", "addr", lis.Addr().String())
 	return svc.Serve(lis)
-}
-
-// registerAll registers every example on svc.
-func registerAll(svc *sdk.Service) error {
-	return errors.Join(counter.Register(svc), register.Register(svc), sets.Register(svc), cart.Register(svc))
 }

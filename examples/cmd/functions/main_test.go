@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	"github.com/statemesh/statemesh/examples"
 	"github.com/statemesh/statemesh/examples/cart/cartpb"
 	"github.com/statemesh/statemesh/examples/counter/counterpb"
 	"github.com/statemesh/statemesh/examples/register/registerpb"
@@ -81,7 +82,7 @@ func TestRoutes(t *testing.T) {
 // that discovery describes them all.
 func TestRegisterAll(t *testing.T) {
 	svc := sdk.New()
-	if err := registerAll(svc); err != nil {
+	if err := examples.Register(svc); err != nil {
 		t.Fatal(err)
 	}
 	spec, err := sdktest.Start(t, svc).Discovery.Discover(sdktest.Context(t), &functionpb.ProxyInfo{ProtocolMajorVersion: sdk.ProtocolMajorVersion, ProxyName: "test"})
