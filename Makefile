@@ -19,6 +19,7 @@ RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/..
 # expires while a worker is busy (go.dev/issue/75804, fixed in Go 1.27).
 FUZZTIME      ?= 30000x
 
+.PHONY: jepsen jepsen-ci tools-netns
 .PHONY: all build test test-race fuzz verify bench bench-sync bench-micro bench-convergence bench-mesh bench-consensus bench-proxy bench-startup proto examples-proto tools tools-apt tools-etcd tools-redis demo clean
 
 all: build
@@ -26,10 +27,13 @@ all: build
 build:
 	$(GO) build -o bin/statemesh ./cmd/statemesh
 
-## test: every unit test; then again under the race detector where quick.
+## test: every unit test (short sim runs of every jepsen workload among
+## them); then again under the race detector where quick; then the
+## deliberately broken build the jepsen checkers must catch.
 test:
 	$(GO) test -count=1 ./...
 	$(GO) test -count=1 -race $(RACE_PKGS)
+	$(GO) test -count=1 -tags jepsen_broken_ack -run '^TestBroken' ./jepsen/
 
 ## fuzz: a short run of every decoder's and peer handler's fuzz target.
 fuzz:
@@ -115,6 +119,29 @@ bench-proxy: build tools-redis
 
 bench-startup: build
 	./bin/statemesh bench startup
+
+# The jepsen harness's netns backend: network namespaces (iproute2) and
+# partitions (iptables inside them).
+tools-netns:
+	@command -v ip >/dev/null && command -v iptables >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq iproute2 iptables)
+
+JEPSEN_STORE ?= store
+
+## jepsen-ci: short runs of every workload under every nemesis each
+## backend supports: in one process (sim), on real processes on loopback
+## (local) and in network namespaces (netns); each run 10-20 s of faults,
+## the whole target about 6 minutes.
+jepsen-ci: build tools-netns
+	@mkdir -p $(JEPSEN_STORE)
+	./jepsen/scripts/suite.sh ./bin/statemesh $(JEPSEN_STORE) 24s 1s 3 \
+	  sim=all netns=all
+	./jepsen/scripts/suite.sh ./bin/statemesh $(JEPSEN_STORE) 10s 1.2s 3 local=all
+
+## jepsen: the long suite, every nemesis each backend supports, 5 nodes.
+jepsen: build tools-netns
+	@mkdir -p $(JEPSEN_STORE)
+	./jepsen/scripts/suite.sh ./bin/statemesh $(JEPSEN_STORE) 120s 5s 5 sim=all local=all netns=all
 
 ## demo: the example functions and a local 3-node mesh, until Ctrl-C.
 demo: build

@@ -231,6 +231,25 @@ func (r *runner) run(ctx context.Context) error {
 	r.nextPID.Store(int64(r.cfg.Concurrency))
 	wctx, stop := context.WithTimeout(ctx, r.cfg.TimeLimit)
 	defer stop()
+	// The durability workload ends with every node killed while the
+	// clients still write; the clients stop once the nodes are down.
+	killed := make(chan error, 1)
+	if r.cfg.Workload == WorkloadDurability {
+		var cancelWorkers context.CancelFunc
+		wctx, cancelWorkers = context.WithCancel(context.WithoutCancel(ctx))
+		defer cancelWorkers()
+		go func() {
+			select {
+			case <-time.After(r.cfg.TimeLimit):
+				killed <- r.killEvery(ctx)
+			case <-ctx.Done():
+				killed <- ctx.Err()
+			}
+			cancelWorkers()
+		}()
+	} else {
+		killed <- nil
+	}
 	var wg sync.WaitGroup
 	for _, w := range r.workers {
 		wg.Go(func() {
@@ -249,6 +268,9 @@ func (r *runner) run(ctx context.Context) error {
 	wg.Go(func() { nemErr = r.runNemesis(wctx, nem) })
 	wg.Go(func() { r.reportProgress(wctx) })
 	wg.Wait()
+	if err := <-killed; err != nil {
+		return fmt.Errorf("jepsen: kill every node: %w", err)
+	}
 	r.progress("time limit reached: healing every fault")
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -258,6 +280,11 @@ func (r *runner) run(ctx context.Context) error {
 	r.record(history.Info, "heal", "healed every fault")
 	if nemErr != nil {
 		return fmt.Errorf("jepsen: nemesis: %w", nemErr)
+	}
+	if r.cfg.Workload == WorkloadDurability {
+		if err := r.restartEvery(hctx); err != nil {
+			return err
+		}
 	}
 	for _, n := range nodes {
 		if err := waitHTTP(hctx, r.cluster.HTTPClient(), n.HTTP); err != nil {
@@ -464,25 +491,34 @@ func (r *runner) finalReads(ctx context.Context, keys []string, read func(contex
 	return ctx.Err()
 }
 
-// killAll kills every node at once, then restarts them all.
-func (r *runner) killAll(ctx context.Context) error {
-	names := []string{}
+// killEvery kills every node at once (kill -9), while the clients may
+// still be writing: what a power cut does to a cluster.
+func (r *runner) killEvery(ctx context.Context) error {
+	var names []string
 	for _, n := range r.cluster.Nodes() {
 		names = append(names, n.Name)
 	}
 	r.record(history.Info, "start-kill-all", names)
+	r.progress("killing every node (kill -9): %v", names)
 	for _, n := range names {
 		if err := r.cluster.Kill(ctx, n); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// restartEvery restarts every node (those running are left alone).
+func (r *runner) restartEvery(ctx context.Context) error {
+	nodes := r.cluster.Nodes()
 	var wg sync.WaitGroup
-	errs := make([]error, len(names))
-	for i, n := range names {
-		wg.Go(func() { errs[i] = r.cluster.Restart(ctx, n) })
+	errs := make([]error, len(nodes))
+	for i, n := range nodes {
+		wg.Go(func() { errs[i] = r.cluster.Restart(ctx, n.Name) })
 	}
 	wg.Wait()
 	r.record(history.Info, "stop-kill-all", nil)
+	r.progress("every node restarted")
 	return errors.Join(errs...)
 }
 

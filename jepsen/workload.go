@@ -220,9 +220,9 @@ func (wl *registerWorkload) check(r *runner, ops []history.Op) []check.Result {
 // ---- durability ----
 
 // durabilityWorkload writes sync-mode CRDT set elements and event-sourced
-// register values (each register key written once); its final phase kills
-// every node with kill -9, restarts them, and reads everything back on
-// every node.
+// register values (each register key written once); at the time limit
+// every node is killed with kill -9 while the clients still write, then
+// they restart and everything is read back on every node.
 type durabilityWorkload struct{ set setWorkload }
 
 func (wl *durabilityWorkload) step(ctx context.Context, w *worker) {
@@ -244,10 +244,6 @@ func (wl *durabilityWorkload) step(ctx context.Context, w *worker) {
 }
 
 func (wl *durabilityWorkload) final(ctx context.Context, r *runner) error {
-	r.progress("killing every node (kill -9) and restarting them")
-	if err := r.killAll(ctx); err != nil {
-		return err
-	}
 	wl.set = setWorkload{keys: 2}
 	setKeys := []string{"jepsen-d0", "jepsen-d1"}
 	digest := func(ctx context.Context, c client) (string, error) {

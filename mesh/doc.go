@@ -53,6 +53,15 @@
 // may have handed out dots it never persisted; a node that lost its data
 // directory also gets a new incarnation and its state back from its peers.
 //
+// What a crash costs in WriteBehind mode: the writes the node acknowledged
+// in its last FlushInterval are lost unless they had already spread (a
+// MAJORITY or ALL write had). Those that had spread come back by
+// anti-entropy, but until they do the restarted node does not see its own
+// acknowledged writes, and a remove it serves in that window removes
+// nothing (an observed-remove removes only what the replica has observed).
+// Sync mode has neither effect. The jepsen harness found this
+// (jepsen/FINDINGS.md, finding 1) and tests crash guarantees in Sync mode.
+//
 // # Backpressure, membership and removal
 //
 // While the furthest-behind live neighbour has more than Config.MaxLag

@@ -563,7 +563,7 @@ func (n *Node) drain() {
 		n.push.Reset(n.cfg.PushDelay)
 		n.pushArmed = true
 	}
-	if n.cfg.Durability == Sync {
+	if n.cfg.Durability == Sync && !brokenAckBeforePersist {
 		select {
 		case n.flushNow <- struct{}{}:
 		default:

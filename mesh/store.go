@@ -132,7 +132,7 @@ func (n *Node) write(ctx context.Context, key string, o Options, apply func(remo
 	if err == nil {
 		err = aerr
 	}
-	if err == nil && n.cfg.Durability == Sync {
+	if err == nil && n.cfg.Durability == Sync && !brokenAckBeforePersist {
 		err = n.dur.wait(ctx, batch, n.stopc)
 	}
 	if err == nil && need > 0 {
