@@ -24,6 +24,7 @@ type Caps struct {
 	Pause      bool // SIGSTOP / SIGCONT
 	ClockSkew  bool // offset a node's physical clock
 	LinkFaults bool // message delay and loss
+	Loss       bool // message loss only (LinkFaults implies it)
 }
 
 // Cluster is a running statemesh cluster under test: the nodes, each

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -185,6 +186,22 @@ func TestSyncUnderKill(t *testing.T) {
 	} {
 		if got := tc.cfg.sync(); got != tc.sync {
 			t.Errorf("%s %v: sync %v, want %v", tc.cfg.Workload, tc.cfg.Nemeses, got, tc.sync)
+		}
+	}
+}
+
+// TestNetnsPrefix: the sweep of dead runs reads the pid back from the
+// namespace prefix, which must fit netns's 8 characters.
+func TestNetnsPrefix(t *testing.T) {
+	for _, pid := range []int{1, 4242, 4194304} {
+		p := netnsPrefix(pid, 77)
+		if len(p) > 8 {
+			t.Fatalf("prefix %q longer than 8", p)
+		}
+		rest := strings.TrimPrefix(p, "sj")
+		got, err := strconv.ParseInt(rest[:len(rest)-1], 36, 64)
+		if err != nil || int(got) != pid {
+			t.Errorf("prefix %q: pid %d (%v), want %d", p, got, err, pid)
 		}
 	}
 }

@@ -33,7 +33,7 @@ func Supported(caps Caps, name string) error {
 	need := map[string]bool{
 		PartitionHalves: caps.Partition, PartitionOne: caps.Partition, PartitionRing: caps.Partition,
 		PartitionBridge: caps.Partition, PartitionRegion: caps.Partition, Kill: caps.Kill, Pause: caps.Pause,
-		ClockSkew: caps.ClockSkew, Delay: caps.LinkFaults, Loss: caps.LinkFaults,
+		ClockSkew: caps.ClockSkew, Delay: caps.LinkFaults, Loss: caps.LinkFaults || caps.Loss,
 	}
 	ok, known := need[name]
 	switch {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -44,6 +46,8 @@ type procEnv interface {
 	command(i int, name string, args ...string) *exec.Cmd
 	dial(ctx context.Context, network, addr string) (net.Conn, error)
 	cut(a, b int) error
+	// loss drops a fraction of the messages between nodes until heal.
+	loss(p float64) error
 	heal() error
 	caps() Caps
 	close() error
@@ -92,7 +96,7 @@ func startProc(ctx context.Context, backend string, cfg ClusterConfig, env procE
 		if err != nil {
 			return nil, err
 		}
-		f, err := os.OpenFile(filepath.Join(logs, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		f, err := os.OpenFile(filepath.Join(logs, name+".log"), os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o644)
 		if err != nil {
 			return nil, err
 		}
@@ -117,10 +121,28 @@ func startProc(ctx context.Context, backend string, cfg ClusterConfig, env procE
 		} else {
 			pn.args = append(pn.args, "--bootstrap", "false", "--join", joinList(seeds))
 		}
-		if err := c.start(ctx, pn); err != nil {
-			return nil, err
+		// The ports were free when chosen; if another process took one
+		// before the node bound it, start again on new ones.
+		for attempt := 0; ; attempt++ {
+			err := c.start(ctx, pn)
+			if err == nil {
+				break
+			}
+			if attempt == 2 || !logSays(f, "address already in use") {
+				return nil, err
+			}
+			cfg.Progress("%s: a port was taken; starting on others", name)
+			c.mu.Lock()
+			pn.node = nil
+			c.mu.Unlock()
+			if pn.addrs, err = env.addrs(i); err != nil {
+				return nil, err
+			}
+			pn.info.HTTP = "http://" + pn.addrs[aHTTP]
+			pn.args = setFlags(pn.args, "--bind", pn.addrs[aGossip], "--peer", pn.addrs[aPeer], "--admin", pn.addrs[aAdmin],
+				"--metrics", pn.addrs[aMetrics], "--raft", pn.addrs[aRaft], "--http", pn.addrs[aHTTP])
 		}
-		seeds = append(seeds, addrs[aGossip])
+		seeds = append(seeds, pn.addrs[aGossip])
 		cfg.Progress("node %s up (%d/%d), pid %d", name, i+1, cfg.Nodes, pn.node.Process.Pid)
 	}
 	// A restarted node joins through every other and never bootstraps.
@@ -146,6 +168,33 @@ func startProc(ctx context.Context, backend string, cfg ClusterConfig, env procE
 		pn.args = append(pn.args, "--bootstrap", "false", "--join", joinList(others))
 	}
 	return c, nil
+}
+
+// setFlags replaces the values of the given flags in args.
+func setFlags(args []string, kv ...string) []string {
+	out := append([]string(nil), args...)
+	for k := 0; k+1 < len(kv); k += 2 {
+		for j := 0; j+1 < len(out); j++ {
+			if out[j] == kv[k] {
+				out[j+1] = kv[k+1]
+			}
+		}
+	}
+	return out
+}
+
+// logSays reports whether the last 8 KiB of a node's log contain s.
+func logSays(f *os.File, s string) bool {
+	st, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	off := max(0, st.Size()-8192)
+	b := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+		return false
+	}
+	return strings.Contains(string(b), s)
 }
 
 func joinList(s []string) string {
@@ -310,8 +359,11 @@ func (c *procCluster) SetClockOffset(ctx context.Context, name string, d time.Du
 	return nil
 }
 
-func (c *procCluster) SetLinkFaults(time.Duration, float64) error {
-	return unsupported(c.backend, "delay or drop messages", "the kernel has no netem")
+func (c *procCluster) SetLinkFaults(delay time.Duration, loss float64) error {
+	if delay > 0 || !c.env.caps().Loss {
+		return unsupported(c.backend, "delay messages", "this kernel has no netem")
+	}
+	return c.env.loss(loss)
 }
 
 func (c *procCluster) Close() error {
@@ -372,6 +424,9 @@ func (localEnv) dial(ctx context.Context, network, addr string) (net.Conn, error
 func (localEnv) cut(int, int) error {
 	return unsupported("local", "cut links", "every node shares the loopback interface; use netns")
 }
+func (localEnv) loss(float64) error {
+	return unsupported("local", "drop messages", "every node shares the loopback interface; use netns")
+}
 func (localEnv) heal() error  { return nil }
 func (localEnv) caps() Caps   { return Caps{Kill: true, Pause: true, ClockSkew: true} }
 func (localEnv) close() error { return nil }
@@ -384,17 +439,47 @@ func startNetns(ctx context.Context, cfg ClusterConfig) (Cluster, error) {
 	if err := netns.Available(); err != nil {
 		return nil, err
 	}
-	// A short prefix unique to this run: the namespaces' names.
-	prefix := "sm" + strconv.FormatInt(time.Now().UnixNano()%1e6, 36) + strconv.Itoa(os.Getpid()%100)
-	if len(prefix) > 8 {
-		prefix = prefix[:8]
-	}
-	n, err := netns.Create(ctx, prefix, cfg.Nodes)
+	sweepNetns(cfg.Progress)
+	n, err := netns.Create(ctx, netnsPrefix(os.Getpid(), time.Now().UnixNano()), cfg.Nodes)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Progress("network namespaces %v on a bridge", n.Names())
 	return startProc(ctx, "netns", cfg, &netnsEnv{net: n})
+}
+
+// netnsPrefix names a run's namespaces: "sj" (the harness's runs and
+// nothing else), the harness's pid in base 36 (at most 5 digits), and one
+// character that differs between runs of one process, so sweepNetns can
+// tell a dead harness's leftovers from a live one's.
+func netnsPrefix(pid int, nonce int64) string {
+	const digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+	return "sj" + strconv.FormatInt(int64(pid), 36) + string(digits[nonce%36])
+}
+
+// sweepNetns deletes the namespaces of harness runs whose process is gone
+// (killed before it could clean up).
+func sweepNetns(progress func(string, ...any)) {
+	prefixes, err := netns.Prefixes()
+	if err != nil {
+		return
+	}
+	for _, p := range prefixes {
+		rest, ok := strings.CutPrefix(p, "sj")
+		if !ok || len(rest) < 2 {
+			continue
+		}
+		pid, err := strconv.ParseInt(rest[:len(rest)-1], 36, 64)
+		if err != nil {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			continue // that harness still runs
+		}
+		if err := netns.Cleanup(p); err == nil {
+			progress("removed the namespaces %s-* of a harness run that died (pid %d)", p, pid)
+		}
+	}
 }
 
 func (e *netnsEnv) addrs(i int) ([7]string, error) {
@@ -416,8 +501,9 @@ func (e *netnsEnv) dial(ctx context.Context, network, addr string) (net.Conn, er
 	return e.net.DialContext(ctx, network, addr)
 }
 
-func (e *netnsEnv) cut(a, b int) error { return e.net.Cut(a+1, b+1) }
-func (e *netnsEnv) heal() error        { return e.net.Heal() }
+func (e *netnsEnv) cut(a, b int) error   { return e.net.Cut(a+1, b+1) }
+func (e *netnsEnv) heal() error          { return e.net.Heal() }
+func (e *netnsEnv) loss(p float64) error { return e.net.SetLoss(p) }
 func (e *netnsEnv) caps() Caps {
 	return Caps{Partition: true, Kill: true, Pause: true, ClockSkew: true}
 }

@@ -93,11 +93,13 @@ func startSim(ctx context.Context, cfg ClusterConfig, seed int64) (_ *simCluster
 	var seeds []string
 	for i := range cfg.Nodes {
 		name := nodeName(i)
-		addrs := make([]string, 7)
-		for k := range addrs {
-			if addrs[k], err = freeAddr(); err != nil {
-				return nil, err
-			}
+		// Raft runs on the channel transport: its address is a name that
+		// is never bound, unique in this process. Everything else listens
+		// on a port the kernel picks (no race with other tests for a
+		// "free" port); a restarted node binds the same ones again.
+		raftAddr, err := freeAddr()
+		if err != nil {
+			return nil, err
 		}
 		f, err := os.Create(filepath.Join(logs, name+".log"))
 		if err != nil {
@@ -108,21 +110,19 @@ func startSim(ctx context.Context, cfg ClusterConfig, seed int64) (_ *simCluster
 		if cfg.Sync {
 			dur = mesh.Sync
 		}
-		mc := mesh.Config{Name: name, Region: cfg.region(i), GossipAddr: addrs[0], PeerAddr: addrs[1],
+		mc := mesh.Config{Name: name, Region: cfg.region(i), GossipAddr: "127.0.0.1:0", PeerAddr: "127.0.0.1:0",
 			DataDir: filepath.Join(cfg.Dir, "data", name), Join: append([]string(nil), seeds...),
 			Preset: mesh.PresetLocal, Durability: dur, Faults: c.faults}
-		raftAddr := addrs[4]
 		c.addrs.Set(raftAddr, name)
-		c.addrs.Set(addrs[1], name)
-		nc := node.Config{Mesh: mc, AdminAddr: addrs[2], Logger: log,
+		nc := node.Config{Mesh: mc, AdminAddr: "127.0.0.1:0", Logger: log,
 			Consensus: node.ConsensusConfig{RaftAddr: raftAddr, Bootstrap: i == 0, Tweak: c.tweak(name)},
-			Function:  node.FunctionConfig{Addr: c.fnAddr, HTTPAddr: addrs[5]}}
-		sn := &simNode{info: NodeInfo{Name: name, Region: mc.Region, HTTP: "http://" + addrs[5]}, cfg: nc, log: f}
+			Function:  node.FunctionConfig{Addr: c.fnAddr, HTTPAddr: "127.0.0.1:0"}}
+		sn := &simNode{info: NodeInfo{Name: name, Region: mc.Region}, cfg: nc, log: f}
 		c.nodes = append(c.nodes, sn)
 		if err := c.start(ctx, sn); err != nil {
 			return nil, err
 		}
-		seeds = append(seeds, addrs[0])
+		seeds = append(seeds, sn.cfg.Mesh.GossipAddr)
 		cfg.Progress("node %s up (%d/%d)", name, i+1, cfg.Nodes)
 	}
 	// Every node that restarts joins through every other.
@@ -154,13 +154,20 @@ func (c *simCluster) start(ctx context.Context, sn *simNode) error {
 	}
 	c.mu.Lock()
 	sn.n = n
+	// Pin the addresses the kernel picked, for a restart.
+	sn.cfg.Mesh.GossipAddr, sn.cfg.Mesh.PeerAddr = n.Mesh.GossipAddr(), n.Mesh.PeerAddr()
+	sn.cfg.AdminAddr, sn.cfg.Function.HTTPAddr = n.AdminAddr(), n.APIHTTPAddr()
+	sn.info.HTTP = "http://" + n.APIHTTPAddr()
 	c.mu.Unlock()
+	c.addrs.Set(n.Mesh.PeerAddr(), sn.info.Name)
 	return waitHTTP(ctx, c.client, sn.info.HTTP)
 }
 
 func (c *simCluster) Backend() string { return "sim" }
 
 func (c *simCluster) Nodes() []NodeInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	out := make([]NodeInfo, len(c.nodes))
 	for i, sn := range c.nodes {
 		out[i] = sn.info

@@ -15,7 +15,9 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -326,6 +328,12 @@ func (n *Node) Close() error { return n.stop(true) }
 // before they were acknowledged). In-process tests and the jepsen
 // harness's sim backend use it in place of kill -9.
 func (n *Node) Crash() error { return n.stop(false) }
+
+// AddrInUse reports whether Start failed because an address it was to
+// listen on is taken (callers that chose a "free" port may retry).
+func AddrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || (err != nil && strings.Contains(err.Error(), "address already in use"))
+}
 
 // MaxClockOffset bounds SetClockOffset.
 const MaxClockOffset = time.Hour

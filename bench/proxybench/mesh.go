@@ -85,14 +85,23 @@ func StartMesh(ctx context.Context, dir string, n int, log *slog.Logger) (*Mesh,
 	var seeds []string
 	for i := range n {
 		name := fmt.Sprintf("n%d", i+1)
-		mc := mesh.Config{Name: name, GossipAddr: FreeAddr(), PeerAddr: FreeAddr(), DataDir: filepath.Join(dir, name),
-			Join: append([]string(nil), seeds...), Preset: mesh.PresetLocal}
-		nc := node.Config{Mesh: mc, Logger: log.With("node", name),
-			Consensus: node.ConsensusConfig{RaftAddr: FreeAddr(), Bootstrap: i == 0},
-			Function:  node.FunctionConfig{Addr: m.FnAddr, GRPCAddr: FreeAddr(), HTTPAddr: FreeAddr()}}
-		nd, err := node.Start(nc)
-		if err != nil {
-			return nil, fmt.Errorf("proxybench: start %s: %w", name, err)
+		// Every listener but Raft's takes a port the kernel picks; Raft's
+		// address must be known before it binds, so a start that lost its
+		// "free" port to another process is retried with another.
+		var nd *node.Node
+		for attempt := 0; ; attempt++ {
+			mc := mesh.Config{Name: name, GossipAddr: "127.0.0.1:0", PeerAddr: "127.0.0.1:0", DataDir: filepath.Join(dir, name),
+				Join: append([]string(nil), seeds...), Preset: mesh.PresetLocal}
+			nc := node.Config{Mesh: mc, Logger: log.With("node", name),
+				Consensus: node.ConsensusConfig{RaftAddr: FreeAddr(), Bootstrap: i == 0},
+				Function:  node.FunctionConfig{Addr: m.FnAddr, GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}}
+			nd, err = node.Start(nc)
+			if err == nil {
+				break
+			}
+			if attempt == 2 || !node.AddrInUse(err) {
+				return nil, fmt.Errorf("proxybench: start %s: %w", name, err)
+			}
 		}
 		m.Nodes = append(m.Nodes, nd)
 		seeds = append(seeds, nd.Mesh.GossipAddr())

@@ -96,16 +96,24 @@ func startDemo(dataDir string, n int, log *slog.Logger, progress io.Writer) (*de
 	var seeds []string
 	for i := range n {
 		name := fmt.Sprintf("n%d", i+1)
-		free := func() string { return freeAddr() }
-		mc := mesh.Config{Name: name, GossipAddr: free(), PeerAddr: free(), DataDir: filepath.Join(dataDir, name),
-			Join: append([]string(nil), seeds...), Preset: mesh.PresetLocal}
-		nc := node.Config{Mesh: mc, AdminAddr: free(), HTTPAddr: free(), Logger: log.With("node", name),
-			Consensus: node.ConsensusConfig{RaftAddr: free(), Bootstrap: i == 0},
-			Function:  node.FunctionConfig{Addr: d.fnAddr, GRPCAddr: free(), HTTPAddr: free()}}
 		t := time.Now()
-		nd, err := node.Start(nc)
-		if err != nil {
-			return nil, fmt.Errorf("start %s: %w", name, err)
+		// Every listener but Raft's takes a port the kernel picks; Raft's
+		// address must be known before it binds, so a start that lost its
+		// "free" port to another process is retried with another.
+		var nd *node.Node
+		for attempt := 0; ; attempt++ {
+			mc := mesh.Config{Name: name, GossipAddr: "127.0.0.1:0", PeerAddr: "127.0.0.1:0", DataDir: filepath.Join(dataDir, name),
+				Join: append([]string(nil), seeds...), Preset: mesh.PresetLocal}
+			nc := node.Config{Mesh: mc, AdminAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log.With("node", name),
+				Consensus: node.ConsensusConfig{RaftAddr: freeAddr(), Bootstrap: i == 0},
+				Function:  node.FunctionConfig{Addr: d.fnAddr, GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}}
+			nd, err = node.Start(nc)
+			if err == nil {
+				break
+			}
+			if attempt == 2 || !node.AddrInUse(err) {
+				return nil, fmt.Errorf("start %s: %w", name, err)
+			}
 		}
 		d.nodes = append(d.nodes, nd)
 		seeds = append(seeds, nd.Mesh.GossipAddr())

@@ -490,3 +490,41 @@ func run(ctx context.Context, name string, args ...string) error {
 	}
 	return nil
 }
+
+// SetLoss drops each packet between nodes with probability p (0 < p < 1),
+// both ways, by an iptables statistic rule in every node's partition
+// chain; traffic from the hub (the harness's clients) is spared. It works
+// without netem. Heal removes it with the partitions.
+func (n *Net) SetLoss(p float64) error {
+	if p <= 0 || p >= 1 {
+		return fmt.Errorf("netns: loss probability %v not in (0, 1)", p)
+	}
+	if n.isClosed() {
+		return ErrClosed
+	}
+	for _, ns := range n.nodes {
+		rule := []string{"netns", "exec", ns, "iptables", "-w", "-A", partChain, "!", "-s", n.HubAddr(),
+			"-m", "statistic", "--mode", "random", "--probability", strconv.FormatFloat(p, 'f', 4, 64), "-j", "DROP"}
+		if err := run(context.Background(), "ip", rule...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Prefixes returns the prefixes of the networks that exist now (each
+// Create makes a namespace prefix-hub), for sweeping what crashed runs
+// left behind.
+func Prefixes() ([]string, error) {
+	names, err := list()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, name := range names {
+		if p, ok := strings.CutSuffix(name, "-hub"); ok && validPrefix(p) == nil {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}

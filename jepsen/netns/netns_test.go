@@ -231,6 +231,20 @@ func TestNet(t *testing.T) {
 	}
 	expect("after Heal", true, true)
 
+	// Loss between nodes, not from the hub: at 99.99% n1 and n3 cannot
+	// finish a TCP handshake with n2 in the dial's second.
+	if err := nt.SetLoss(0.9999); err != nil {
+		t.Fatal(err)
+	}
+	expect("with loss", false, false)
+	if err := nt.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	expect("after Heal of loss", true, true)
+	if err := nt.SetLoss(1.5); err == nil {
+		t.Error("SetLoss(1.5) accepted")
+	}
+
 	t.Run("netem", func(t *testing.T) {
 		if err := nt.ClearNetem(1); err != nil {
 			t.Fatalf("ClearNetem without netem: %v", err)
