@@ -281,7 +281,7 @@ func (p *Proxy) prepareCRDT(ctx context.Context, store CRDTStore, sl *slot[*crdt
 	if err != nil {
 		return nil, nil, err
 	}
-	view, err := crdtView(cur)
+	view, err := crdtView(cur, store.Replica())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -355,7 +355,7 @@ func (p *Proxy) applyCRDTAction(ctx context.Context, store CRDTStore, sl *slot[*
 		}
 		if _, err := crdt.Join(base, delta); err != nil {
 			sl.drop()
-		} else if st.view, err = crdtView(base); err != nil {
+		} else if st.view, err = crdtView(base, replica); err != nil {
 			sl.drop()
 		}
 	}
@@ -436,6 +436,14 @@ func viewDelta(old, cur *functionpb.CrdtState) (*functionpb.CrdtDelta, bool) {
 			return nil, true
 		}
 		return &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Flag{Flag: &functionpb.FlagDelta{Value: c.Flag.GetValue()}}}, true
+	case *functionpb.CrdtState_Ormap:
+		return ormapViewDelta(old.GetOrmap(), c.Ormap)
+	case *functionpb.CrdtState_Vote:
+		if old != nil && proto.Equal(old.GetVote(), c.Vote) {
+			return nil, true
+		}
+		return &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Vote{Vote: &functionpb.VoteDelta{
+			SelfVote: c.Vote.GetSelfVote(), VotesFor: c.Vote.GetVotesFor(), TotalVoters: c.Vote.GetTotalVoters()}}}, true
 	}
 	return nil, false
 }
@@ -510,7 +518,7 @@ func (p *Proxy) pushCRDT(store CRDTStore, sl *slot[*crdtStream], st *crdtStream)
 	cur, err := store.Get(ctx, st.key, mesh.Options{Consistency: mesh.Local})
 	var view *functionpb.CrdtState
 	if err == nil {
-		view, err = crdtView(cur)
+		view, err = crdtView(cur, store.Replica())
 	}
 	switch {
 	case err != nil:
@@ -705,7 +713,9 @@ func consistencyOf(c functionpb.WriteConsistency) mesh.Consistency {
 	return mesh.Local
 }
 
-// errCRDTType: a CRDT type the proxy does not route yet (ORMap, Vote).
+// errCRDTType: a CRDT type the proxy does not route (yet): the crdt
+// types no function delta makes (MVRegister, Flag), and in an ORMap the
+// values the mesh's map cannot hold (counters, GSet, LWWRegister, Vote).
 var errCRDTType = fmt.Errorf("%w: CRDT type", ErrNotSupported)
 
 // deltaType is the CRDT type a function's delta changes.
@@ -723,6 +733,14 @@ func deltaType(d *functionpb.CrdtDelta) (crdt.Type, error) {
 		return crdt.TypeLWWRegister, nil
 	case *functionpb.CrdtDelta_Flag:
 		return crdt.TypeEWFlag, nil
+	case *functionpb.CrdtDelta_Ormap:
+		// Checked whole here: a mutator must fail before it mutates.
+		return crdt.TypeORMap, checkMapDelta(d, 0)
+	case *functionpb.CrdtDelta_Vote:
+		if d.GetVote().GetVotesFor() != 0 || d.GetVote().GetTotalVoters() != 0 {
+			return 0, functionFailure("a vote delta with tallies (the proxy's to set)")
+		}
+		return crdt.TypeVote, nil
 	case nil:
 		return 0, functionFailure("an empty CRDT delta")
 	}
@@ -801,12 +819,25 @@ func applyDelta(v crdt.Value, d *functionpb.CrdtDelta, r crdt.ReplicaID, clock *
 			return f.Enable(r), nil
 		}
 		return f.Disable(), nil
+	case *functionpb.CrdtDelta_Ormap:
+		m, ok := v.(*crdt.ORMap)
+		if !ok {
+			return nil, mismatch()
+		}
+		return applyMapDelta(m, x.Ormap, r, clock)
+	case *functionpb.CrdtDelta_Vote:
+		vt, ok := v.(*crdt.Vote)
+		if !ok {
+			return nil, mismatch()
+		}
+		return vt.Set(r, x.Vote.GetSelfVote())
 	}
 	return nil, fmt.Errorf("%w %T", errCRDTType, d.GetDelta())
 }
 
-// crdtView is a CRDT's state as the function sees it (nil for none).
-func crdtView(v crdt.Value) (*functionpb.CrdtState, error) {
+// crdtView is a CRDT's state as the function sees it (nil for none); self
+// is this node's replica (a Vote shows its vote).
+func crdtView(v crdt.Value, self crdt.ReplicaID) (*functionpb.CrdtState, error) {
 	switch x := v.(type) {
 	case nil:
 		return nil, nil
@@ -825,6 +856,10 @@ func crdtView(v crdt.Value) (*functionpb.CrdtState, error) {
 		return &functionpb.CrdtState{State: &functionpb.CrdtState_Flag{Flag: &functionpb.FlagState{Value: x.Enabled()}}}, nil
 	case *crdt.Flag:
 		return &functionpb.CrdtState{State: &functionpb.CrdtState_Flag{Flag: &functionpb.FlagState{Value: x.Enabled()}}}, nil
+	case *crdt.ORMap:
+		return ormapView(x, self)
+	case *crdt.Vote:
+		return voteView(x, self), nil
 	}
 	return nil, fmt.Errorf("%w %v", errCRDTType, v.Type())
 }

@@ -34,9 +34,14 @@ type crdtFake struct {
 	cancelled chan int64
 	// changes counts the `changed` messages received.
 	changes atomic.Int32
+	// handle, if set, serves the streams instead (other CRDT types).
+	handle func(s grpc.BidiStreamingServer[functionpb.CrdtStreamIn, functionpb.CrdtStreamOut]) error
 }
 
 func (f *crdtFake) Handle(s grpc.BidiStreamingServer[functionpb.CrdtStreamIn, functionpb.CrdtStreamOut]) error {
+	if f.handle != nil {
+		return f.handle(s)
+	}
 	var value int64
 	watchers := map[int64]bool{}
 	value64 := func() *functionpb.ClientAction {

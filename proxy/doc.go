@@ -78,8 +78,10 @@
 //     registers) with the reply's write consistency, or delete. What the
 //     function last saw is the state it was given plus its own reply's
 //     delta, so that delta is never sent back to it. GCounter, PNCounter,
-//     GSet, ORSet, LWWRegister and the enable-wins flag are routed; ORMap
-//     and Vote are not yet (Unimplemented).
+//     GSet, ORSet, LWWRegister, the enable-wins flag, Vote and ORMap are
+//     routed. An ORMap's values may be ORSets, flags and ORMaps (the
+//     causal types the mesh's map nests); other values are refused
+//     (Unimplemented). See crdt_map.go for how keys and types map.
 //   - Streamed CRDT commands: the Command has streamed set; a reply with
 //     streamed set keeps the call open (its client action, if any, is
 //     the first message), and every CrdtStreamedMessage for the command

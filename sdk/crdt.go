@@ -9,9 +9,9 @@ import (
 )
 
 // Crdt is one of the CRDT values an entity can hold: *PNCounter,
-// *GCounter, *GSet, *ORSet, *LWWRegister or *Flag. It is the function's
-// copy of the replica the proxy owns: the SDK sets it from the proxy's
-// initial state and applies the changes the proxy reports.
+// *GCounter, *GSet, *ORSet, *LWWRegister, *Flag, *Vote or *ORMap. It is
+// the function's copy of the replica the proxy owns: the SDK sets it from
+// the proxy's initial state and applies the changes the proxy reports.
 //
 // A command's mutations are pending until the command succeeds: reads
 // (Value, Elements, ...) include them, so a handler sees its own writes;
@@ -22,6 +22,8 @@ type Crdt interface {
 	applyDelta(*functionpb.CrdtDelta) error
 	// delta returns the pending mutations, nil if none.
 	delta() *functionpb.CrdtDelta
+	// state returns the value, including the pending mutations.
+	state() *functionpb.CrdtState
 	commit()
 	discard()
 }
@@ -33,6 +35,8 @@ var (
 	_ Crdt = (*ORSet)(nil)
 	_ Crdt = (*LWWRegister)(nil)
 	_ Crdt = (*Flag)(nil)
+	_ Crdt = (*ORMap)(nil)
+	_ Crdt = (*Vote)(nil)
 )
 
 func crdtMismatch(want string, got any) error {
@@ -81,6 +85,10 @@ func (c *PNCounter) delta() *functionpb.CrdtDelta {
 	return &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Pncounter{Pncounter: &functionpb.PNCounterDelta{Change: c.pending}}}
 }
 
+func (c *PNCounter) state() *functionpb.CrdtState {
+	return &functionpb.CrdtState{State: &functionpb.CrdtState_Pncounter{Pncounter: &functionpb.PNCounterState{Value: c.Value()}}}
+}
+
 func (c *PNCounter) commit()  { c.value, c.pending = c.value+c.pending, 0 }
 func (c *PNCounter) discard() { c.pending = 0 }
 
@@ -121,6 +129,10 @@ func (c *GCounter) delta() *functionpb.CrdtDelta {
 		return nil
 	}
 	return &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Gcounter{Gcounter: &functionpb.GCounterDelta{Increment: c.pending}}}
+}
+
+func (c *GCounter) state() *functionpb.CrdtState {
+	return &functionpb.CrdtState{State: &functionpb.CrdtState_Gcounter{Gcounter: &functionpb.GCounterState{Value: c.Value()}}}
 }
 
 func (c *GCounter) commit()  { c.value, c.pending = c.value+c.pending, 0 }
@@ -214,6 +226,10 @@ func (s *GSet) delta() *functionpb.CrdtDelta {
 		return nil
 	}
 	return &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Gset{Gset: &functionpb.GSetDelta{Added: s.added.sorted()}}}
+}
+
+func (s *GSet) state() *functionpb.CrdtState {
+	return &functionpb.CrdtState{State: &functionpb.CrdtState_Gset{Gset: &functionpb.GSetState{Items: s.Elements()}}}
 }
 
 func (s *GSet) commit() {
@@ -329,6 +345,10 @@ func (s *ORSet) delta() *functionpb.CrdtDelta {
 	}}}
 }
 
+func (s *ORSet) state() *functionpb.CrdtState {
+	return &functionpb.CrdtState{State: &functionpb.CrdtState_Orset{Orset: &functionpb.ORSetState{Items: s.Elements()}}}
+}
+
 func (s *ORSet) commit() {
 	s.items = s.view()
 	s.discard()
@@ -386,6 +406,10 @@ func (r *LWWRegister) delta() *functionpb.CrdtDelta {
 	return &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Lwwregister{Lwwregister: &functionpb.LWWRegisterDelta{Value: slices.Clone(r.pending)}}}
 }
 
+func (r *LWWRegister) state() *functionpb.CrdtState {
+	return &functionpb.CrdtState{State: &functionpb.CrdtState_Lwwregister{Lwwregister: &functionpb.LWWRegisterState{Value: r.Value()}}}
+}
+
 func (r *LWWRegister) commit() {
 	if r.set {
 		r.value = r.pending
@@ -441,6 +465,10 @@ func (f *Flag) delta() *functionpb.CrdtDelta {
 		return nil
 	}
 	return &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Flag{Flag: &functionpb.FlagDelta{Value: f.pending}}}
+}
+
+func (f *Flag) state() *functionpb.CrdtState {
+	return &functionpb.CrdtState{State: &functionpb.CrdtState_Flag{Flag: &functionpb.FlagState{Value: f.Enabled()}}}
 }
 
 func (f *Flag) commit() {

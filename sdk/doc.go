@@ -24,7 +24,8 @@
 //   - actions (RegisterAction): stateless unary methods (the streaming action
 //     calls are not implemented yet and answer Unimplemented);
 //   - CRDT entities (RegisterCrdt): the entity holds one CRDT (PNCounter,
-//     GCounter, GSet, ORSet, LWWRegister, Flag); mutations made by a command
+//     GCounter, GSet, ORSet, LWWRegister, Flag, Vote, or an ORMap of
+//     nested CRDTs, see GetOrCreate); mutations made by a command
 //     become the delta of its reply, with the write consistency the command
 //     chose. A streamed command may keep its caller's stream open with
 //     CrdtContext.OnChange: after every change the SDK sends what the

@@ -60,6 +60,33 @@ func FuzzStreams(f *testing.F) {
 		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Changed{Changed: &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Pncounter{Pncounter: &functionpb.PNCounterDelta{Change: 1}}}}},
 		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Command{Command: cmd(1, "Inc", newMsg("", "ALL", 2))}},
 	))
+	pn := func(v int64) *functionpb.CrdtState {
+		return &functionpb.CrdtState{State: &functionpb.CrdtState_Pncounter{Pncounter: &functionpb.PNCounterState{Value: v}}}
+	}
+	f.Add(frame(f,
+		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Init{Init: &functionpb.CrdtInit{ServiceName: "sdk.test.Stock", State: &functionpb.CrdtState{
+			State: &functionpb.CrdtState_Ormap{Ormap: &functionpb.ORMapState{Entries: []*functionpb.ORMapEntry{
+				{Key: []byte("a"), Value: pn(1)},
+				{Key: []byte("m"), Value: &functionpb.CrdtState{State: &functionpb.CrdtState_Ormap{Ormap: &functionpb.ORMapState{Entries: []*functionpb.ORMapEntry{
+					{Key: []byte("s"), Value: &functionpb.CrdtState{State: &functionpb.CrdtState_Orset{Orset: &functionpb.ORSetState{Items: [][]byte{[]byte("x")}}}}},
+				}}}}},
+			}}}}}}},
+		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Changed{Changed: &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Ormap{Ormap: &functionpb.ORMapDelta{
+			Removed: [][]byte{[]byte("m")},
+			Updated: []*functionpb.ORMapEntryDelta{{Key: []byte("a"), Delta: &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Pncounter{Pncounter: &functionpb.PNCounterDelta{Change: 2}}}}},
+			Added:   []*functionpb.ORMapEntry{{Key: []byte("t"), Value: &functionpb.CrdtState{State: &functionpb.CrdtState_Vote{Vote: &functionpb.VoteState{VotesFor: 1, TotalVoters: 2}}}}},
+		}}}}},
+		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Command{Command: cmd(1, "Add", newMsg("", "b", 3))}},
+		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Command{Command: cmd(3, "Tag", newMsg("", "a", 0))}},
+		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Command{Command: cmd(5, "Remove", newMsg("", "a", 0))}},
+	))
+	f.Add(frame(f,
+		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Init{Init: &functionpb.CrdtInit{ServiceName: "sdk.test.Ballot", State: &functionpb.CrdtState{
+			State: &functionpb.CrdtState_Vote{Vote: &functionpb.VoteState{VotesFor: 1, TotalVoters: 3}}}}}},
+		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Command{Command: cmd(1, "Cast", newMsg("", "", 1))}},
+		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Changed{Changed: &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Vote{Vote: &functionpb.VoteDelta{SelfVote: true, VotesFor: 2, TotalVoters: 3}}}}},
+		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Command{Command: cmd(3, "Get", newMsg("", "", 0))}},
+	))
 	f.Add(frame(f,
 		&functionpb.EventSourcedStreamIn{Message: &functionpb.EventSourcedStreamIn_Init{Init: &functionpb.EventSourcedInit{ServiceName: "sdk.test.Ledger"}}},
 		&functionpb.EventSourcedStreamIn{Message: &functionpb.EventSourcedStreamIn_Command{Command: cmd(1, "Add", newMsg("", "twice", 2))}},

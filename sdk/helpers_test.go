@@ -52,6 +52,8 @@ var testFile = func() protoreflect.FileDescriptor {
 			svc("Echo", unary("Say"), streamed("Stream")),
 			svc("Votes", unary("Inc"), unary("Get")),
 			svc("Tags", unary("Add"), unary("Remove"), streamed("Watch")),
+			svc("Stock", unary("Add"), unary("Tag"), unary("Remove"), unary("Get")),
+			svc("Ballot", unary("Cast"), unary("Get")),
 		},
 	}
 	fd, err := protodesc.NewFile(fdp, protoregistry.GlobalFiles)

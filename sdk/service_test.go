@@ -27,6 +27,8 @@ func allModels(t *testing.T) *sdk.Service {
 		svc.RegisterAction(service("Echo"), echo),
 		svc.RegisterCrdt(service("Votes"), func(string) sdk.CrdtEntity { return &votes{c: sdk.NewPNCounter()} }),
 		svc.RegisterCrdt(service("Tags"), func(string) sdk.CrdtEntity { return &tags{s: sdk.NewORSet()} }),
+		svc.RegisterCrdt(service("Stock"), func(string) sdk.CrdtEntity { return &stock{m: sdk.NewORMap()} }),
+		svc.RegisterCrdt(service("Ballot"), func(string) sdk.CrdtEntity { return &ballot{v: sdk.NewVote()} }),
 	}
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
@@ -76,6 +78,8 @@ func TestDiscovery(t *testing.T) {
 		"sdk.test.Echo":   {functionpb.Model_MODEL_ACTION, "sdk.test.Echo", 0},
 		"sdk.test.Votes":  {functionpb.Model_MODEL_CRDT, "sdk.test.Votes", 0},
 		"sdk.test.Tags":   {functionpb.Model_MODEL_CRDT, "sdk.test.Tags", 0},
+		"sdk.test.Stock":  {functionpb.Model_MODEL_CRDT, "sdk.test.Stock", 0},
+		"sdk.test.Ballot": {functionpb.Model_MODEL_CRDT, "sdk.test.Ballot", 0},
 	}
 	if len(got) != len(wantEnts) {
 		t.Fatalf("entities %v", got)
