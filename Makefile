@@ -13,13 +13,13 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 PROTOS        := $(shell find protocol -name '*.proto' -not -path 'protocol/third_party/*')
 # Pure packages (no I/O, no goroutines) and the concurrent ones whose
 # tests are quick: always run with -race.
-RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/... ./consensus/... ./sdk/... ./proxy/...
+RACE_PKGS     := ./crdt/... ./deltas/... ./internal/... ./eventlog/... ./mesh/... ./consensus/... ./sdk/... ./proxy/... ./tck/...
 # An execution count, not a duration: on Go 1.26 a duration-based
 # -fuzztime can fail spuriously with "context deadline exceeded" when it
 # expires while a worker is busy (go.dev/issue/75804, fixed in Go 1.27).
 FUZZTIME      ?= 30000x
 
-.PHONY: jepsen jepsen-ci tools-netns
+.PHONY: jepsen jepsen-ci tools-netns tck
 .PHONY: all build test test-race fuzz verify bench bench-sync bench-micro bench-convergence bench-mesh bench-consensus bench-proxy bench-startup proto examples-proto tools tools-apt tools-etcd tools-redis demo clean
 
 all: build
@@ -123,6 +123,12 @@ bench-proxy: build tools-redis
 
 bench-startup: build
 	./bin/statemesh bench startup
+
+## tck: the SDK conformance suite, verbose; against another language's
+## function with TCK_FUNCTION=HOST:PORT (tck/README.md). make test runs it
+## against the Go SDK.
+tck:
+	$(GO) test -count=1 -v -run 'TestTCK$$' ./tck/ $(if $(TCK_FUNCTION),-tck.function=$(TCK_FUNCTION))
 
 # The jepsen harness's netns backend: network namespaces (iproute2) and
 # partitions (iptables inside them).

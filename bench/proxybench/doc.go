@@ -22,6 +22,7 @@ const (
 	SystemHTTP     = "statemesh-http"
 	SystemRedis    = "redis"
 	SystemRegister = "register-grpc"
+	SystemCart     = "cart-grpc"
 )
 
 // Method paths of the example functions, as the proxy serves them over
@@ -29,6 +30,7 @@ const (
 const (
 	MethodIncrement   = "/statemesh.examples.counter.Counter/Increment"
 	MethodRegisterSet = "/statemesh.examples.register.Register/Set"
+	MethodCartAdd     = "/statemesh.examples.cart.Cart/AddItem"
 )
 
 // TargetRatio is the target: statemesh through gRPC does at least this

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/statemesh/statemesh/bench/consensusbench"
+	"github.com/statemesh/statemesh/examples/cart"
+	"github.com/statemesh/statemesh/examples/cart/cartpb"
 	"github.com/statemesh/statemesh/examples/counter"
 	"github.com/statemesh/statemesh/examples/counter/counterpb"
 	"github.com/statemesh/statemesh/examples/register"
@@ -36,14 +38,14 @@ type Mesh struct {
 	tmp    string // removed on Close
 }
 
-// StartFunctions serves the example counter and, with withRegister, the
-// register on a loopback port; Stop the service when done. A node without
-// Raft cannot front the register (event-sourced).
-func StartFunctions(log *slog.Logger, withRegister bool) (*sdk.Service, string, error) {
+// StartFunctions serves the example counter and, with withES, the
+// event-sourced register and cart on a loopback port; Stop the service
+// when done. A node without Raft cannot front event-sourced entities.
+func StartFunctions(log *slog.Logger, withES bool) (*sdk.Service, string, error) {
 	fn := sdk.New(sdk.WithLogger(log), sdk.WithServiceName("statemesh-examples"))
 	err := counter.Register(fn)
-	if withRegister {
-		err = errors.Join(err, register.Register(fn))
+	if withES {
+		err = errors.Join(err, register.Register(fn), cart.Register(fn))
 	}
 	if err != nil {
 		return nil, "", err
@@ -118,12 +120,12 @@ func StartMesh(ctx context.Context, dir string, n int, log *slog.Logger) (*Mesh,
 func (m *Mesh) wait(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	g, err := NewGRPCTarget(SystemGRPC, m.GRPCAddrs(), false)
+	g, err := NewGRPCTarget(SystemGRPC, m.GRPCAddrs())
 	if err != nil {
 		return err
 	}
 	defer g.Close()
-	r, err := NewGRPCTarget(SystemRegister, m.GRPCAddrs(), true)
+	r, err := NewGRPCTarget(SystemRegister, m.GRPCAddrs())
 	if err != nil {
 		return err
 	}
@@ -193,20 +195,26 @@ func FreeAddr() string {
 	return l.Addr().String()
 }
 
-// GRPCTarget sends counter Increments (LOCAL) or, for the register,
-// Sets through the nodes' gRPC endpoints: one grpc.ClientConn per node,
-// client c using node c mod n.
+// GRPCTarget sends, through the nodes' gRPC endpoints, counter
+// Increments (LOCAL) for SystemGRPC, register Sets for SystemRegister, or
+// cart AddItems for SystemCart: one grpc.ClientConn per node, client c
+// using node c mod n.
 type GRPCTarget struct {
-	name     string
-	register bool
-	conns    []*grpc.ClientConn
+	name  string
+	conns []*grpc.ClientConn
 }
 
 var _ consensusbench.Target = (*GRPCTarget)(nil)
 
-// NewGRPCTarget connects to addrs (lazily, as grpc.NewClient does).
-func NewGRPCTarget(name string, addrs []string, register bool) (*GRPCTarget, error) {
-	t := &GRPCTarget{name: name, register: register}
+// NewGRPCTarget connects to addrs (lazily, as grpc.NewClient does); name
+// is SystemGRPC, SystemRegister or SystemCart.
+func NewGRPCTarget(name string, addrs []string) (*GRPCTarget, error) {
+	switch name {
+	case SystemGRPC, SystemRegister, SystemCart:
+	default:
+		return nil, fmt.Errorf("proxybench: no gRPC target %q", name)
+	}
+	t := &GRPCTarget{name: name}
 	for _, a := range addrs {
 		c, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
@@ -222,8 +230,14 @@ func (t *GRPCTarget) Name() string { return t.name }
 
 func (t *GRPCTarget) Write(ctx context.Context, client int, key string, _ []byte) error {
 	conn := t.conns[client%len(t.conns)]
-	if t.register {
+	switch t.name {
+	case SystemRegister:
 		return conn.Invoke(ctx, MethodRegisterSet, &registerpb.SetRequest{Id: key, Value: "v"}, new(registerpb.RegisterValue))
+	case SystemCart:
+		// One of 10 products, one more of it: the cart stays small, every
+		// command emits an event.
+		p := "p" + strconv.Itoa(client%10)
+		return conn.Invoke(ctx, MethodCartAdd, &cartpb.AddItemRequest{CartId: key, ProductId: p, Name: p, Quantity: 1}, new(cartpb.CartItems))
 	}
 	return conn.Invoke(ctx, MethodIncrement, &counterpb.ChangeRequest{Id: key, Value: 1, Consistency: counterpb.Consistency_LOCAL}, new(counterpb.CounterValue))
 }

@@ -214,7 +214,7 @@ func TestMeshShortRun(t *testing.T) {
 			t.Errorf("close: %v", err)
 		}
 	}()
-	g, err := NewGRPCTarget(SystemGRPC, m.GRPCAddrs(), false)
+	g, err := NewGRPCTarget(SystemGRPC, m.GRPCAddrs())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,12 +223,17 @@ func TestMeshShortRun(t *testing.T) {
 	h := NewHTTPTarget(m.HTTPAddrs(), 4)
 	defer h.Close()
 	checkRun(t, h, shortLoad(4))
-	r, err := NewGRPCTarget(SystemRegister, m.GRPCAddrs(), true)
-	if err != nil {
-		t.Fatal(err)
+	for _, es := range []string{SystemRegister, SystemCart} {
+		r, err := NewGRPCTarget(es, m.GRPCAddrs())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		checkRun(t, r, shortLoad(4))
 	}
-	defer r.Close()
-	checkRun(t, r, shortLoad(4))
+	if _, err := NewGRPCTarget("nope", m.GRPCAddrs()); err == nil {
+		t.Error("NewGRPCTarget accepted an unknown system")
+	}
 }
 
 func TestRedisShortRun(t *testing.T) {
@@ -253,6 +258,7 @@ func TestJudgeAndReport(t *testing.T) {
 		{System: SystemRegister, Clients: 16, OpsPerSec: 1000},
 		{System: SystemGRPC, Clients: 64, OpsPerSec: 30000},
 		{System: SystemHTTP, Clients: 64, OpsPerSec: 20000},
+		{System: SystemCart, Clients: 16, OpsPerSec: 800},
 	}
 	v := Judge(rows)
 	if !v.Measured || !v.Met || v.Ratio < 0.33 || v.Ratio > 0.34 {
@@ -274,7 +280,7 @@ func TestJudgeAndReport(t *testing.T) {
 	for _, r := range rows {
 		order = append(order, r.System)
 	}
-	if want := []string{SystemGRPC, SystemHTTP, SystemRedis, SystemRegister}; !reflect.DeepEqual(order, want) {
+	if want := []string{SystemGRPC, SystemHTTP, SystemRedis, SystemRegister, SystemCart}; !reflect.DeepEqual(order, want) {
 		t.Errorf("SortRows: %v; want %v", order, want)
 	}
 	var md, svg bytes.Buffer

@@ -67,9 +67,10 @@ type Meta struct {
 	LoadBefore string  `json:"load_before,omitempty"`
 	LoadAfter  string  `json:"load_after,omitempty"`
 	WallS      float64 `json:"wall_s"`
-	// Counter and Register are the plans of the two parts.
+	// Counter, Register and Cart are the plans of the three parts.
 	Counter  consensusbench.Plan `json:"counter"`
 	Register consensusbench.Plan `json:"register"`
+	Cart     consensusbench.Plan `json:"cart"`
 	Systems  []string            `json:"systems,omitempty"`
 	Notes    []string            `json:"notes,omitempty"`
 	SVG      string              `json:"svg,omitempty"`
@@ -105,10 +106,10 @@ func WriteTable(w io.Writer, rows []consensusbench.Row) {
 }
 
 // SortRows orders rows as the report shows them: the counter systems,
-// then the register.
+// then the register, then the cart.
 func SortRows(rows []consensusbench.Row) {
 	rank := func(s string) int {
-		return cmp.Or(slices.Index([]string{SystemGRPC, SystemHTTP, SystemRedis, SystemRegister}, s)+1, 99)
+		return cmp.Or(slices.Index([]string{SystemGRPC, SystemHTTP, SystemRedis, SystemRegister, SystemCart}, s)+1, 99)
 	}
 	slices.SortStableFunc(rows, func(a, b consensusbench.Row) int {
 		return cmp.Or(cmp.Compare(rank(a.System), rank(b.System)), cmp.Compare(a.Clients, b.Clients))
@@ -117,16 +118,17 @@ func SortRows(rows []consensusbench.Row) {
 
 // RenderMarkdown writes the report kept in bench/results/proxy.md.
 func RenderMarkdown(w io.Writer, rows []consensusbench.Row, meta Meta) {
-	c, r := meta.Counter, meta.Register
+	c, r, ct := meta.Counter, meta.Register, meta.Cart
 	fmt.Fprintf(w, "# Proxy benchmark: requests through a node to a function, vs Redis\n\n")
-	fmt.Fprintf(w, "A 3-node statemesh mesh fronting the example functions (counter, register) on loopback, and a redis-server, on the same machine, in the same run. ")
+	fmt.Fprintf(w, "A 3-node statemesh mesh fronting the example functions (counter, register, cart) on loopback, and a redis-server, on the same machine, in the same run. ")
 	fmt.Fprintf(w, "Each client is a goroutine with one request outstanding (a closed loop) on one of %d ids (keys) picked at random; clients are spread over the 3 nodes (client c on node c mod 3). ", c.Load.Keys)
 	fmt.Fprintf(w, "Each run is %s of warm-up, then %s measured: req/s are the requests answered within the window divided by its length, latencies those of the same requests (exact quantiles); failed requests are errors and nowhere else. ", c.Load.Warmup, c.Load.Duration)
 	fmt.Fprintf(w, "%d round(s); within a round the systems take turns, in the opposite order every other round; each value is the median over the rounds (errors: the sum).\n\n", c.Repeat)
 	fmt.Fprintf(w, "- **statemesh-grpc**: `Counter/Increment` (value 1, consistency LOCAL) through the nodes' gRPC endpoints, one `grpc.ClientConn` per node shared by its clients.\n")
 	fmt.Fprintf(w, "- **statemesh-http**: the same through the HTTP/JSON fallback route `POST %s`, keep-alive connections (up to one idle per client per node).\n", MethodIncrement)
 	fmt.Fprintf(w, "- **redis**: `INCR` on the same keys, one connection per client, RESP spoken by hand; redis-server with no persistence (`--save \"\" --appendonly no`), as a LOCAL increment is acknowledged before any replication.\n")
-	fmt.Fprintf(w, "- **register-grpc**: the event-sourced register's `Register/Set` through gRPC (linearizable: a Raft write), %d clients, no baseline. The cart example the issue names does not exist yet; the register is the event-sourced example there is.\n\n", firstOr(r.Clients, 0))
+	fmt.Fprintf(w, "- **register-grpc**: the event-sourced register's `Register/Set` through gRPC (linearizable: a Raft write), %d clients, no baseline.\n", firstOr(r.Clients, 0))
+	fmt.Fprintf(w, "- **cart-grpc**: the event-sourced shopping cart's `Cart/AddItem` (one more of one of 10 products: every command loads the cart, runs the function's handler and appends one event through Raft), %d clients, no baseline.\n\n", firstOr(ct.Clients, 0))
 	fmt.Fprintf(w, "- Command: `%s`\n- Machine: %s\n- Load average before the run: %s; after: %s\n- Date: %s\n", meta.Command, meta.Machine, cmp.Or(meta.LoadBefore, "unknown"), cmp.Or(meta.LoadAfter, "unknown"), meta.Date)
 	if meta.WallS > 0 {
 		fmt.Fprintf(w, "- Wall time: %.1f s (start-up included)\n", meta.WallS)
@@ -157,7 +159,7 @@ func RenderMarkdown(w io.Writer, rows []consensusbench.Row, meta Meta) {
 	}
 	for _, x := range rows {
 		vs := "–"
-		if redis > 0 && x.System != SystemRegister {
+		if redis > 0 && x.System != SystemRegister && x.System != SystemCart {
 			vs = fmt.Sprintf("%.2f", x.OpsPerSec/redis)
 		}
 		fmt.Fprintf(w, "| %s | %d | %.0f | %.3f | %.3f | %.1f | %d | %s |\n", x.System, x.Clients, x.OpsPerSec, x.P50Ms, x.P99Ms, x.MaxMs, x.Errors, vs)
@@ -208,7 +210,7 @@ func oneLine(s string) string {
 // (medians over the rounds).
 func WriteSVG(w io.Writer, rows []consensusbench.Row) {
 	const left, top, width, barH, gap = 110, 50, 300, 26, 140
-	colors := map[string]string{SystemGRPC: "#1f77b4", SystemHTTP: "#17becf", SystemRedis: "#d62728", SystemRegister: "#2ca02c"}
+	colors := map[string]string{SystemGRPC: "#1f77b4", SystemHTTP: "#17becf", SystemRedis: "#d62728", SystemRegister: "#2ca02c", SystemCart: "#9467bd"}
 	height := len(rows)*(barH+10) + 10
 	fmt.Fprintf(w, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">`+"\n", 2*left+2*width+gap-60, top+height+30)
 	fmt.Fprintf(w, `<text x="10" y="18" font-size="14">Requests through a statemesh node vs Redis INCR: req/s and p99 (medians over rounds)</text>`+"\n")

@@ -21,7 +21,8 @@ import (
 
 // benchProxy runs `statemesh bench proxy`: counter increments through a
 // node's proxy (gRPC and HTTP/JSON) against Redis INCR, and the event-
-// sourced register's Set, on a 3-node mesh in this process.
+// sourced register's Set and cart's AddItem, on a 3-node mesh in this
+// process.
 func benchProxy(args []string, stdout, stderr io.Writer) int {
 	const name = "statemesh bench proxy"
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -33,6 +34,7 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 	quiet := fs.Bool("quiet", false, "no progress on stderr")
 	fs.IntVar(&counter.Clients[0], "clients", 64, "closed-loop clients of the counter and Redis runs, one request outstanding each")
 	registerClients := fs.Int("register-clients", 16, "closed-loop clients of the register run (0: skip it)")
+	cartClients := fs.Int("cart-clients", 16, "closed-loop clients of the cart run (0: skip it)")
 	fs.IntVar(&counter.Repeat, "repeat", counter.Repeat, "rounds; the report quotes medians over them")
 	fs.DurationVar(&counter.Load.Duration, "duration", counter.Load.Duration, "measured window of each run")
 	fs.DurationVar(&counter.Load.Warmup, "warmup", counter.Load.Warmup, "unmeasured requests before each window")
@@ -47,16 +49,22 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: unexpected arguments %q\n", name, fs.Args())
 		return 2
 	}
-	register := counter
+	register, cart := counter, counter
 	register.Clients = []int{*registerClients}
+	cart.Clients = []int{*cartClients}
 	if err := counter.Validate(); err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 2
 	}
-	if *registerClients > 0 {
-		if err := register.Validate(); err != nil {
-			fmt.Fprintf(stderr, "%s: %v\n", name, err)
-			return 2
+	for _, p := range []struct {
+		clients int
+		plan    consensusbench.Plan
+	}{{*registerClients, register}, {*cartClients, cart}} {
+		if p.clients > 0 {
+			if err := p.plan.Validate(); err != nil {
+				fmt.Fprintf(stderr, "%s: %v\n", name, err)
+				return 2
+			}
 		}
 	}
 	if *withRedis {
@@ -80,7 +88,7 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	meta := proxybench.NewMeta(strings.TrimSpace(name + " " + strings.Join(args, " ")))
-	meta.Counter, meta.Register = counter, register
+	meta.Counter, meta.Register, meta.Cart = counter, register, cart
 
 	nodeLogPath := filepath.Join(runDir, "nodes.log")
 	nodeLog, err := os.Create(nodeLogPath)
@@ -105,7 +113,7 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 			t.Close()
 		}
 	}()
-	g, err := proxybench.NewGRPCTarget(proxybench.SystemGRPC, m.GRPCAddrs(), false)
+	g, err := proxybench.NewGRPCTarget(proxybench.SystemGRPC, m.GRPCAddrs())
 	if err != nil {
 		return fail(err)
 	}
@@ -155,13 +163,21 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	if *registerClients > 0 {
-		r, err := proxybench.NewGRPCTarget(proxybench.SystemRegister, m.GRPCAddrs(), true)
+	// The event-sourced runs, each with its own client count.
+	for _, es := range []struct {
+		system  string
+		clients int
+		plan    consensusbench.Plan
+	}{{proxybench.SystemRegister, *registerClients, register}, {proxybench.SystemCart, *cartClients, cart}} {
+		if es.clients == 0 {
+			continue
+		}
+		r, err := proxybench.NewGRPCTarget(es.system, m.GRPCAddrs())
 		if err != nil {
 			return fail(err)
 		}
 		targets = append(targets, r)
-		rr, err := consensusbench.RunPlan(ctx, []consensusbench.Target{r}, register, onProgress)
+		rr, err := consensusbench.RunPlan(ctx, []consensusbench.Target{r}, es.plan, onProgress)
 		if err != nil {
 			return fail(err)
 		}
