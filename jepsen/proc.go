@@ -505,6 +505,6 @@ func (e *netnsEnv) cut(a, b int) error   { return e.net.Cut(a+1, b+1) }
 func (e *netnsEnv) heal() error          { return e.net.Heal() }
 func (e *netnsEnv) loss(p float64) error { return e.net.SetLoss(p) }
 func (e *netnsEnv) caps() Caps {
-	return Caps{Partition: true, Kill: true, Pause: true, ClockSkew: true}
+	return Caps{Partition: true, Kill: true, Pause: true, ClockSkew: true, Loss: true}
 }
 func (e *netnsEnv) close() error { return e.net.Close() }
