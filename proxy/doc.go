@@ -40,7 +40,8 @@
 // malformed JSON is 400, an unknown route 404.
 //
 // Server-streaming methods of CRDT entities (streamed commands, such as
-// the sets example's Watch) are served over gRPC as server streams, and
+// the sets example's Watch) and of actions are served over gRPC as server
+// streams, and
 // over HTTP as server-sent events (sse.go): Content-Type
 // text/event-stream, each message one "data: <JSON>\n\n" event, flushed,
 // on the paths of their google.api.http bindings (templates of literal
@@ -54,7 +55,13 @@
 //
 // # Routing
 //
-//   - Actions: ActionProtocol.HandleUnary.
+//   - Actions: ActionProtocol.HandleUnary; server-streaming methods
+//     ActionProtocol.HandleStreamedOut, each ActionResponse one message to
+//     the caller (forwards followed, side effects run as for a unary
+//     reply; a response with no reply only runs its side effects), a
+//     Failure ending the call with its code. A streamed action has no
+//     CommandTimeout: it ends when the function ends it, the caller goes
+//     away or the proxy closes.
 //   - Event-sourced entities: consensus.Host.Command with the entity
 //     (persistence id, entity id). On the shard leader the Host calls the
 //     proxy's Handler, which runs the command on the entity's

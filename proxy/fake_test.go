@@ -119,6 +119,9 @@ type fake struct {
 	discovers    atomic.Int32
 	esInits      atomic.Int32
 	reported     chan string
+	// streamEnded gets the context error of each Echo.Count call told to
+	// "wait" for its end.
+	streamEnded chan error
 }
 
 func newFake(t testing.TB) *fake {
@@ -126,7 +129,7 @@ func newFake(t testing.TB) *fake {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fake{t: t, values: &valueFake{t: t}, crdts: &crdtFake{t: t}, reported: make(chan string, 10), spec: &functionpb.EntitySpec{
+	return &fake{t: t, values: &valueFake{t: t}, crdts: &crdtFake{t: t}, reported: make(chan string, 10), streamEnded: make(chan error, 1), spec: &functionpb.EntitySpec{
 		Proto: b,
 		Entities: []*functionpb.Entity{
 			{Model: functionpb.Model_MODEL_EVENT_SOURCED, ServiceName: "proxytest.Cart", PersistenceId: "cart"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -330,9 +331,9 @@ func (p *Proxy) handleGRPC(_ any, ss grpc.ServerStream) error {
 	if m == nil {
 		return status.Errorf(codes.Unimplemented, "unknown service or method %s", full)
 	}
-	streamed := m.desc.IsStreamingServer() && !m.desc.IsStreamingClient() && m.svc.model == functionpb.Model_MODEL_CRDT
+	streamed := streamedMethod(m)
 	if (m.desc.IsStreamingClient() || m.desc.IsStreamingServer()) && !streamed {
-		return status.Errorf(codes.Unimplemented, "streaming method %s is not supported (only server-streaming methods of CRDT entities are)", full)
+		return status.Errorf(codes.Unimplemented, "streaming method %s is not supported (only server-streaming methods of CRDT entities and actions are)", full)
 	}
 	// Receive the bytes and decode them here, so that a malformed
 	// request is the client's error (InvalidArgument), not Internal.
@@ -346,11 +347,7 @@ func (p *Proxy) handleGRPC(_ any, ss grpc.ServerStream) error {
 	}
 	ctx := ss.Context()
 	if streamed {
-		_, store := p.backends()
-		if store == nil {
-			return toStatus(fmt.Errorf("%w: no CRDT store", ErrNotSupported)).Err()
-		}
-		err := p.streamCRDT(ctx, store, m, in, incomingMetadata(ctx), func(out proto.Message) error { return ss.SendMsg(out) })
+		err := p.stream(ctx, m, in, incomingMetadata(ctx), func(out proto.Message) error { return ss.SendMsg(out) })
 		if err != nil {
 			st := toStatus(err)
 			if st.Code() == codes.Internal || st.Code() == codes.Unknown {
@@ -564,6 +561,13 @@ func (p *Proxy) runAction(ctx context.Context, env *functionpb.ActionCommand) (*
 	if err != nil {
 		return nil, nil, functionCallError(err)
 	}
+	ca, effects := actionResult(resp)
+	return ca, effects, nil
+}
+
+// actionResult is an action's response as a ClientAction (with no action
+// if the response has none) and side effects.
+func actionResult(resp *functionpb.ActionResponse) (*functionpb.ClientAction, []*functionpb.SideEffect) {
 	ca := &functionpb.ClientAction{}
 	switch r := resp.GetResponse().(type) {
 	case *functionpb.ActionResponse_Reply:
@@ -573,7 +577,59 @@ func (p *Proxy) runAction(ctx context.Context, env *functionpb.ActionCommand) (*
 	case *functionpb.ActionResponse_Failure:
 		ca.Action = &functionpb.ClientAction_Failure{Failure: r.Failure}
 	}
-	return ca, resp.GetSideEffects(), nil
+	return ca, resp.GetSideEffects()
+}
+
+// stream runs a call of a streamed method (see streamedMethod), sending
+// each of its messages with send, until the method ends it, it fails, or
+// ctx ends.
+func (p *Proxy) stream(ctx context.Context, m *method, in proto.Message, meta map[string]string, send func(proto.Message) error) error {
+	if m.svc.model == functionpb.Model_MODEL_ACTION {
+		return p.streamAction(ctx, m, in, meta, send)
+	}
+	_, store := p.backends()
+	if store == nil {
+		return fmt.Errorf("%w: no CRDT store", ErrNotSupported)
+	}
+	return p.streamCRDT(ctx, store, m, in, meta, send)
+}
+
+// streamAction runs a call of a server-streaming action method with
+// ActionProtocol.HandleStreamedOut. Each response the function streams is
+// one message to the caller, handled as a unary action's reply is
+// (forwards followed, side effects run; a response with no reply runs its
+// side effects and sends nothing); a Failure ends the call with its code.
+// The call has no CommandTimeout (it lasts as long as the method streams);
+// it ends when the caller goes away or the proxy closes.
+func (p *Proxy) streamAction(ctx context.Context, m *method, in proto.Message, meta map[string]string, send func(proto.Message) error) error {
+	payload, err := anypb.New(in)
+	if err != nil {
+		return fmt.Errorf("%w: encoding the request: %v", ErrBadRequest, err)
+	}
+	env := &functionpb.ActionCommand{ServiceName: string(m.svc.desc.FullName()), Name: string(m.desc.Name()), Payload: payload, Metadata: meta}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(p.ctx, cancel)()
+	s, err := p.action.HandleStreamedOut(ctx, env)
+	if err != nil {
+		return functionCallError(err)
+	}
+	for {
+		resp, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if p.ctx.Err() != nil {
+				return ErrClosed
+			}
+			return functionCallError(err)
+		}
+		ca, effects := actionResult(resp)
+		if err := p.emit(ctx, m, ca, effects, meta, send); err != nil {
+			return err
+		}
+	}
 }
 
 // functionCallError classifies an error of a call to the function: the

@@ -23,7 +23,7 @@ import (
 
 // Vanguard transcodes REST only for unary methods (a server stream that
 // is not google.api.HttpBody is 415), so the proxy serves the
-// server-streaming methods of CRDT entities over HTTP itself, as
+// server-streaming methods of CRDT entities and actions over HTTP itself, as
 // server-sent events: on the paths of their google.api.http bindings
 // and on the POST /{package.Service}/{Method} fallback (a plain JSON
 // POST; Connect streaming clients still go to vanguard).
@@ -40,9 +40,13 @@ type sseRoute struct {
 }
 
 // streamedMethod: a method the proxy streams (server-streaming, of a CRDT
-// entity).
+// entity or an action).
 func streamedMethod(m *method) bool {
-	return m.desc.IsStreamingServer() && !m.desc.IsStreamingClient() && m.svc.model == functionpb.Model_MODEL_CRDT
+	switch m.svc.model {
+	case functionpb.Model_MODEL_CRDT, functionpb.Model_MODEL_ACTION:
+		return m.desc.IsStreamingServer() && !m.desc.IsStreamingClient()
+	}
+	return false
 }
 
 // sseRoutes collects the bindings of the streamed methods. Templates with
@@ -178,11 +182,6 @@ func (p *Proxy) serveSSE(w http.ResponseWriter, r *http.Request, m *method, vals
 		writeError(w, http.StatusBadRequest, "invalid_argument", err.Error())
 		return
 	}
-	_, store := p.backends()
-	if store == nil {
-		writeError(w, http.StatusNotImplemented, "unimplemented", "no CRDT store")
-		return
-	}
 	rc := http.NewResponseController(w)
 	started := false
 	start := func() {
@@ -208,7 +207,7 @@ func (p *Proxy) serveSSE(w http.ResponseWriter, r *http.Request, m *method, vals
 		}
 		return rc.Flush()
 	}
-	err := p.streamCRDT(r.Context(), store, m, in, flattenMetadata(r.Header), send)
+	err := p.stream(r.Context(), m, in, flattenMetadata(r.Header), send)
 	if err == nil {
 		start()
 		return

@@ -21,8 +21,10 @@
 //     emits nothing;
 //   - value entities (RegisterValue): commands read the current state and may
 //     replace or delete it;
-//   - actions (RegisterAction): stateless unary methods (the streaming action
-//     calls are not implemented yet and answer Unimplemented);
+//   - actions (RegisterAction, RegisterActionHandlers): stateless unary
+//     methods, and server-streaming ones whose handler sends any number of
+//     replies with ActionStream.Send (client-streaming and bidirectional
+//     action calls are not implemented yet and answer Unimplemented);
 //   - CRDT entities (RegisterCrdt): the entity holds one CRDT (PNCounter,
 //     GCounter, GSet, ORSet, LWWRegister, Flag, Vote, or an ORMap of
 //     nested CRDTs, see GetOrCreate); mutations made by a command

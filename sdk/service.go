@@ -99,10 +99,11 @@ type entityReg struct {
 	cfg     entityConfig
 	methods map[string]protoreflect.MethodDescriptor
 
-	esFactory     func(entityID string) EventSourcedEntity
-	valueFactory  func(entityID string) ValueEntity
-	crdtFactory   func(entityID string) CrdtEntity
-	actionHandler ActionHandler
+	esFactory          func(entityID string) EventSourcedEntity
+	valueFactory       func(entityID string) ValueEntity
+	crdtFactory        func(entityID string) CrdtEntity
+	actionHandler      ActionHandler
+	streamedOutHandler StreamedOutHandler
 }
 
 // method returns the descriptor of the named method or a NotFound error.
@@ -176,7 +177,17 @@ func (s *Service) RegisterAction(sd protoreflect.ServiceDescriptor, handler Acti
 	if handler == nil {
 		return fmt.Errorf("%w: nil handler", ErrInvalidRegistration)
 	}
-	return s.register(&entityReg{model: functionpb.Model_MODEL_ACTION, sd: sd, actionHandler: handler}, opts)
+	return s.RegisterActionHandlers(sd, ActionHandlers{Unary: handler}, opts...)
+}
+
+// RegisterActionHandlers registers a stateless action serving sd's unary
+// methods with h.Unary and its server-streaming ones with h.StreamedOut.
+// At least one handler must be set.
+func (s *Service) RegisterActionHandlers(sd protoreflect.ServiceDescriptor, h ActionHandlers, opts ...EntityOption) error {
+	if h.Unary == nil && h.StreamedOut == nil {
+		return fmt.Errorf("%w: no action handler", ErrInvalidRegistration)
+	}
+	return s.register(&entityReg{model: functionpb.Model_MODEL_ACTION, sd: sd, actionHandler: h.Unary, streamedOutHandler: h.StreamedOut}, opts)
 }
 
 func (s *Service) register(r *entityReg, opts []EntityOption) error {

@@ -23,9 +23,9 @@ import (
 )
 
 // rawModel implements ORMapTck and VoteTck directly on the function
-// protocol, with no SDK: it shows that the ORMap and Vote checks, which
-// the Go SDK skips, pass against a correct implementation (and so can be
-// trusted once an SDK declares those entities).
+// protocol, with no SDK: it shows that the ORMap and Vote checks pass
+// against a correct implementation written independently of package sdk
+// (so a pass of the Go model is not the SDK agreeing with itself).
 type rawModel struct {
 	functionpb.UnimplementedDiscoveryServer
 	functionpb.UnimplementedCrdtServer

@@ -45,13 +45,9 @@ func TestTCK(t *testing.T) {
 	Run(t, addr)
 }
 
-// expectedSkips are the checks the Go SDK skips: it has no ORMap, Vote or
-// streaming actions yet.
-var expectedSkips = []string{
-	"crdt/ormap/init-state", "crdt/ormap/operations-produce-deltas", "crdt/ormap/delta-from-other-replica", "crdt/ormap/delete",
-	"crdt/vote/init-state", "crdt/vote/operations-produce-deltas", "crdt/vote/delta-from-other-replica", "crdt/vote/delete",
-	"action/streamed-out",
-}
+// expectedSkips are the checks the Go SDK skips: none, it declares every
+// optional model service (ORMapTck, VoteTck, StreamedActionTck).
+var expectedSkips []string
 
 // results runs the suite and returns the check names by status; it logs
 // the failures when the test fails.
@@ -116,6 +112,7 @@ func TestChecksCatchFaults(t *testing.T) {
 		{gomodel.FaultConsistencyAll, []string{"crdt/write-consistency"}},
 		{gomodel.FaultNoSnapshot, []string{"eventsourced/snapshot"}},
 		{gomodel.FaultSinkReplyWrongID, []string{"action/sink"}},
+		{gomodel.FaultStreamedOutShort, []string{"action/streamed-out"}},
 		{gomodel.FaultNoFlag, []string{
 			"discovery/entities",
 			"crdt/flag/init-state", "crdt/flag/operations-produce-deltas", "crdt/flag/delta-from-other-replica", "crdt/flag/delete",

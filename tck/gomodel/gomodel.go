@@ -8,6 +8,7 @@
 package gomodel
 
 import (
+	"fmt"
 	"slices"
 
 	"google.golang.org/grpc/codes"
@@ -41,6 +42,9 @@ const (
 	// FaultNoFlag leaves FlagTck unregistered: discovery lacks a required
 	// entity.
 	FaultNoFlag Fault = "no-flag"
+	// FaultStreamedOutShort makes StreamedActionTck send one message
+	// fewer than asked.
+	FaultStreamedOutShort Fault = "streamed-out-short"
 )
 
 // Option configures the model.
@@ -62,15 +66,16 @@ var crdtKinds = []struct {
 	{"ORSetTck", func() sdk.Crdt { return sdk.NewORSet() }},
 	{"LWWRegisterTck", func() sdk.Crdt { return sdk.NewLWWRegister() }},
 	{"FlagTck", func() sdk.Crdt { return sdk.NewFlag() }},
+	{"ORMapTck", func() sdk.Crdt { return sdk.NewORMap() }},
+	{"VoteTck", func() sdk.Crdt { return sdk.NewVote() }},
 }
 
 func service(name string) protoreflect.ServiceDescriptor {
 	return tckpb.File_tck_v1_tck_proto.Services().ByName(protoreflect.Name(name))
 }
 
-// Register registers every model service the Go SDK supports on s.
-// ORMapTck and VoteTck are not registered (the SDK has no ORMap or Vote
-// yet), nor StreamedActionTck (the SDK has no streaming actions).
+// Register registers every model service on s, the optional ones
+// (ORMapTck, VoteTck, StreamedActionTck) included.
 func Register(s *sdk.Service, opts ...Option) error {
 	cfg := &config{faults: make(map[Fault]bool)}
 	for _, o := range opts {
@@ -98,6 +103,10 @@ func Register(s *sdk.Service, opts ...Option) error {
 		return err
 	}
 	if err := s.RegisterAction(service("ActionTck"), handleAction); err != nil {
+		return err
+	}
+	streamedOut := handleStreamedOut(cfg.faults[FaultStreamedOutShort])
+	if err := s.RegisterActionHandlers(service("StreamedActionTck"), sdk.ActionHandlers{StreamedOut: streamedOut}); err != nil {
 		return err
 	}
 	return s.RegisterAction(service("TckSink"), func(_ *sdk.CommandContext, cmd proto.Message) (proto.Message, error) {
@@ -171,6 +180,18 @@ func (e *crdtEntity) value() *tckpb.CrdtValue {
 		return &tckpb.CrdtValue{Value: string(c.Value())}
 	case *sdk.Flag:
 		return &tckpb.CrdtValue{Enabled: c.Enabled()}
+	case *sdk.ORMap:
+		v := &tckpb.CrdtValue{}
+		for _, k := range c.Keys() { // sorted
+			n := int64(0)
+			if pn, ok := c.Get(k).(*sdk.PNCounter); ok {
+				n = pn.Value()
+			}
+			v.Entries = append(v.Entries, &tckpb.ORMapValue{Key: string(k), Counter: n})
+		}
+		return v
+	case *sdk.Vote:
+		return &tckpb.CrdtValue{VotesFor: uint32(c.VotesFor()), TotalVoters: uint32(c.Voters()), SelfVote: c.SelfVote()}
 	}
 	return &tckpb.CrdtValue{}
 }
@@ -280,6 +301,32 @@ func (e *crdtEntity) apply(ctx *sdk.CrdtContext, a *tckpb.CrdtAction) error {
 		} else {
 			c.Disable()
 		}
+	case *sdk.ORMap:
+		x, ok := a.GetAction().(*tckpb.CrdtAction_Ormap)
+		if !ok {
+			return bad
+		}
+		key := []byte(x.Ormap.GetKey())
+		switch y := x.Ormap.GetAction().(type) {
+		case *tckpb.ORMapAction_Increment:
+			pn, err := sdk.GetOrCreate(c, key, sdk.NewPNCounter)
+			if err != nil {
+				return sdk.Fail(codes.InvalidArgument, "gomodel: %v", err)
+			}
+			pn.Increment(y.Increment)
+		case *tckpb.ORMapAction_Remove:
+			if y.Remove {
+				c.Remove(key)
+			}
+		default:
+			return bad
+		}
+	case *sdk.Vote:
+		x, ok := a.GetAction().(*tckpb.CrdtAction_Vote)
+		if !ok {
+			return bad
+		}
+		c.Vote(x.Vote)
 	default:
 		return bad
 	}
@@ -386,4 +433,37 @@ func handleAction(ctx *sdk.CommandContext, cmd proto.Message) (proto.Message, er
 		return nil, nil
 	}
 	return &tckpb.ActionResponse{Message: req.GetMessage()}, nil
+}
+
+// handleStreamedOut answers request.count messages "<message>-<i>" (one
+// fewer if short); the request's effects apply to the call (a failure
+// after the messages).
+func handleStreamedOut(short bool) sdk.StreamedOutHandler {
+	return func(ctx *sdk.CommandContext, cmd proto.Message, stream *sdk.ActionStream) error {
+		return streamedOut(ctx, cmd, stream, short)
+	}
+}
+
+func streamedOut(ctx *sdk.CommandContext, cmd proto.Message, stream *sdk.ActionStream, short bool) error {
+	req, ok := cmd.(*tckpb.ActionRequest)
+	if !ok {
+		return sdk.Fail(codes.InvalidArgument, "gomodel: unexpected %T", cmd)
+	}
+	n := req.GetCount()
+	if short {
+		n--
+	}
+	for i := range n {
+		if err := stream.Send(&tckpb.ActionResponse{Message: fmt.Sprintf("%s-%d", req.GetMessage(), i)}); err != nil {
+			return err
+		}
+	}
+	forwarded, err := applyEffects(ctx, req.GetEffects())
+	if err != nil {
+		return err
+	}
+	if forwarded {
+		return stream.Send(nil)
+	}
+	return nil
 }
