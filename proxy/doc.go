@@ -50,8 +50,11 @@
 // JSON body. Those requests are matched before vanguard, which cannot
 // stream REST (it answers 415 for a server stream that is not
 // google.api.HttpBody). An error before the first event is an ordinary
-// JSON error; after it, an "event: error" ends the stream. Other
-// streaming methods are Unimplemented.
+// JSON error; after it, an "event: error" ends the stream.
+// Client-streaming and bidirectional methods of actions are served over
+// gRPC only: over HTTP, whatever the request's form, they are 501
+// (ErrNotSupported; vanguard alone would answer 415 or fail obscurely).
+// Other streaming methods are Unimplemented.
 //
 // # Routing
 //
@@ -62,6 +65,12 @@
 //     Failure ending the call with its code. A streamed action has no
 //     CommandTimeout: it ends when the function ends it, the caller goes
 //     away or the proxy closes.
+//     Client-streaming methods use ActionProtocol.HandleStreamedIn and
+//     bidirectional ones HandleStreamed (action_streamed.go): a first
+//     message naming the method, with the metadata, then one message per
+//     caller message, relayed one at a time (gRPC flow control bounds
+//     what is in flight); the response, or each one, is handled as above.
+//     Either side ending, failing or going away ends the other's call.
 //   - Event-sourced entities: consensus.Host.Command with the entity
 //     (persistence id, entity id). On the shard leader the Host calls the
 //     proxy's Handler, which runs the command on the entity's

@@ -23,8 +23,8 @@ var (
 	// wrong type, a dropped stream). Only the command fails.
 	ErrFunction = errors.New("proxy: function error")
 	// ErrNotSupported: not routed by this proxy yet (streaming methods
-	// other than server streams of CRDT entities and actions, ORMap and
-	// Vote CRDTs), or a backend is missing.
+	// of entities other than server streams of CRDT entities; client
+	// streams over HTTP; ORMap and Vote CRDTs), or a backend is missing.
 	ErrNotSupported = errors.New("proxy: not supported")
 	// ErrSpec: the function's EntitySpec is invalid.
 	ErrSpec = errors.New("proxy: invalid entity spec")

@@ -122,6 +122,9 @@ type fake struct {
 	// streamEnded gets the context error of each Echo.Count call told to
 	// "wait" for its end.
 	streamEnded chan error
+	// waiting gets a value when a client-streamed Echo call told to
+	// "wait" starts waiting.
+	waiting chan struct{}
 }
 
 func newFake(t testing.TB) *fake {
@@ -129,7 +132,7 @@ func newFake(t testing.TB) *fake {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fake{t: t, values: &valueFake{t: t}, crdts: &crdtFake{t: t}, reported: make(chan string, 10), streamEnded: make(chan error, 1), spec: &functionpb.EntitySpec{
+	return &fake{t: t, values: &valueFake{t: t}, crdts: &crdtFake{t: t}, reported: make(chan string, 10), streamEnded: make(chan error, 1), waiting: make(chan struct{}, 1), spec: &functionpb.EntitySpec{
 		Proto: b,
 		Entities: []*functionpb.Entity{
 			{Model: functionpb.Model_MODEL_EVENT_SOURCED, ServiceName: "proxytest.Cart", PersistenceId: "cart"},

@@ -50,6 +50,13 @@ func (p *Proxy) newHTTPHandler() (http.Handler, error) {
 			// body is taken for what the user meant, JSON.
 			r.Header.Set("Content-Type", "application/json")
 		}
+		if m := p.lookup(r.URL.Path); m != nil && m.desc.IsStreamingClient() {
+			// Vanguard would answer 415 (a Connect unary request) or
+			// fail on its way to connectHandler (a Connect stream).
+			err := fmt.Errorf("%w: %s is client streaming: call it over gRPC", ErrNotSupported, m.fullMethod())
+			writeError(w, httpStatus(err), "unimplemented", err.Error())
+			return
+		}
 		if p.routeSSE(routes, w, r) {
 			return
 		}

@@ -331,9 +331,19 @@ func (p *Proxy) handleGRPC(_ any, ss grpc.ServerStream) error {
 	if m == nil {
 		return status.Errorf(codes.Unimplemented, "unknown service or method %s", full)
 	}
+	if clientStreamedAction(m) {
+		if err := p.streamInAction(ss, m); err != nil {
+			st := toStatus(err)
+			if st.Code() == codes.Internal || st.Code() == codes.Unknown {
+				p.cfg.Logger.Warn("proxy: streamed command failed", "method", full, "err", err)
+			}
+			return st.Err()
+		}
+		return nil
+	}
 	streamed := streamedMethod(m)
 	if (m.desc.IsStreamingClient() || m.desc.IsStreamingServer()) && !streamed {
-		return status.Errorf(codes.Unimplemented, "streaming method %s is not supported (only server-streaming methods of CRDT entities and actions are)", full)
+		return status.Errorf(codes.Unimplemented, "streaming method %s is not supported (only server-streaming methods of CRDT entities, and streaming methods of actions, are)", full)
 	}
 	// Receive the bytes and decode them here, so that a malformed
 	// request is the client's error (InvalidArgument), not Internal.

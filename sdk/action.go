@@ -3,12 +3,14 @@ package sdk
 import (
 	"context"
 	"errors"
+	"io"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/statemesh/statemesh/protocol/functionpb"
 )
@@ -28,20 +30,81 @@ type ActionHandler func(ctx *CommandContext, cmd proto.Message) (proto.Message, 
 // ctx.Context() is done when the caller goes away.
 type StreamedOutHandler func(ctx *CommandContext, cmd proto.Message, stream *ActionStream) error
 
+// StreamedInHandler handles one call of a client-streaming action method
+// (`rpc M(stream In) returns (Out)`): it receives the caller's messages
+// with in.Recv until io.EOF (or stops early) and returns one reply, with
+// the semantics of an ActionHandler's (a nil reply after ctx.Forward, side
+// effects added with ctx.SideEffect, an error fails the call). It may be
+// called concurrently; ctx.Context() is done when the caller goes away.
+type StreamedInHandler func(ctx *CommandContext, in *CommandStream) (proto.Message, error)
+
+// StreamedHandler handles one call of a bidirectional action method
+// (`rpc M(stream In) returns (stream Out)`): it receives the caller's
+// messages with in.Recv and sends any number of replies with out.Send, as
+// a StreamedOutHandler does, in any order; it may call in.Recv in one
+// goroutine while another uses ctx and out. Returning ends the call (an
+// error fails it after the messages already sent), even if the caller is
+// still sending. ctx.Context() is done when the caller goes away.
+type StreamedHandler func(ctx *CommandContext, in *CommandStream, out *ActionStream) error
+
 // ActionHandlers are the handlers of an action service, one per kind of
 // method. A call of a method whose kind has no handler fails with
-// Unimplemented. Client-streaming and bidirectional methods are not
-// supported yet.
+// Unimplemented.
 type ActionHandlers struct {
 	Unary       ActionHandler
 	StreamedOut StreamedOutHandler
+	StreamedIn  StreamedInHandler
+	Streamed    StreamedHandler
+}
+
+// CommandStream receives the messages of one client-streaming or
+// bidirectional action call. It is valid only during the handler call;
+// Recv must not be called concurrently with itself.
+type CommandStream struct {
+	in    protoreflect.MessageDescriptor
+	first *anypb.Any // the first protocol message's payload, not yet received
+	recv  func() (*functionpb.ActionCommand, error)
+	err   error // sticky: io.EOF, a bad payload, or the proxy gone
+	bad   error // a payload that did not decode (the call fails with it)
+	gone  error // the proxy went away
+}
+
+// Recv returns the caller's next message, of the method's input type, or
+// io.EOF after the last one. Any other error ends the stream: the proxy
+// went away (the handler should return), or a message did not decode (the
+// call then fails with InvalidArgument, whatever the handler returns).
+func (s *CommandStream) Recv() (proto.Message, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	a := s.first
+	if a != nil {
+		s.first = nil
+	} else {
+		c, err := s.recv()
+		if err != nil {
+			s.err = err
+			if !errors.Is(err, io.EOF) {
+				s.gone = err
+			}
+			return nil, err
+		}
+		a = c.GetPayload()
+	}
+	msg, err := decodeAs(a, s.in)
+	if err != nil {
+		s.err, s.bad = err, err
+		return nil, err
+	}
+	return msg, nil
 }
 
 // errStreamBroken: a StreamedOutHandler sent a message that breaks the
 // protocol (the call fails with Internal, whatever the handler returns).
 var errStreamBroken = errors.New("sdk: streamed action broke the protocol")
 
-// ActionStream sends the messages of one server-streaming action call. It
+// ActionStream sends the messages of one server-streaming or
+// bidirectional action call. It
 // is valid only during the handler call and is not safe for concurrent
 // use.
 type ActionStream struct {
@@ -95,29 +158,76 @@ func setResponse(out *functionpb.ActionResponse, action *functionpb.ClientAction
 	}
 }
 
-// resolveAction finds the action method a command names, checks that it
-// is of the kind (server streaming or not) of the protocol method that
-// carried it, and decodes the command's payload.
-func (a actionServer) resolveAction(in *functionpb.ActionCommand, streamedOut bool) (*entityReg, protoreflect.MethodDescriptor, proto.Message, error) {
+// actionKind is the kind of an action method, and of the protocol method
+// that calls it.
+type actionKind int
+
+const (
+	kindUnary actionKind = iota
+	kindStreamedOut
+	kindStreamedIn
+	kindStreamed
+)
+
+// kinds describes each kind: its methods, its protocol method and its
+// ActionHandlers field.
+var kinds = [...]struct{ what, rpc, field string }{
+	kindUnary:       {"unary", "HandleUnary", "Unary"},
+	kindStreamedOut: {"server-streaming", "HandleStreamedOut", "StreamedOut"},
+	kindStreamedIn:  {"client-streaming", "HandleStreamedIn", "StreamedIn"},
+	kindStreamed:    {"bidirectional", "HandleStreamed", "Streamed"},
+}
+
+func kindOf(md protoreflect.MethodDescriptor) actionKind {
+	switch {
+	case md.IsStreamingClient() && md.IsStreamingServer():
+		return kindStreamed
+	case md.IsStreamingClient():
+		return kindStreamedIn
+	case md.IsStreamingServer():
+		return kindStreamedOut
+	}
+	return kindUnary
+}
+
+// resolveAction finds the action method a command names and checks that
+// it is of the kind of the protocol method that carried it, and that the
+// service has a handler for that kind.
+func (a actionServer) resolveAction(in *functionpb.ActionCommand, kind actionKind) (*entityReg, protoreflect.MethodDescriptor, error) {
 	reg, err := a.s.entity(in.GetServiceName(), functionpb.Model_MODEL_ACTION)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	md, err := reg.method(in.GetName())
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	switch {
-	case md.IsStreamingClient():
-		return nil, nil, nil, status.Errorf(codes.Unimplemented, "sdk: client-streaming action %s is not supported", md.FullName())
-	case md.IsStreamingServer() && !streamedOut:
-		return nil, nil, nil, status.Errorf(codes.InvalidArgument, "sdk: %s is server streaming: call it with HandleStreamedOut", md.FullName())
-	case !md.IsStreamingServer() && streamedOut:
-		return nil, nil, nil, status.Errorf(codes.InvalidArgument, "sdk: %s is unary: call it with HandleUnary", md.FullName())
-	case streamedOut && reg.streamedOutHandler == nil:
-		return nil, nil, nil, status.Errorf(codes.Unimplemented, "sdk: no handler for the server-streaming methods of %s (ActionHandlers.StreamedOut)", reg.sd.FullName())
-	case !streamedOut && reg.actionHandler == nil:
-		return nil, nil, nil, status.Errorf(codes.Unimplemented, "sdk: no handler for the unary methods of %s (ActionHandlers.Unary)", reg.sd.FullName())
+	if k := kindOf(md); k != kind {
+		return nil, nil, status.Errorf(codes.InvalidArgument, "sdk: %s is %s: call it with %s", md.FullName(), kinds[k].what, kinds[k].rpc)
+	}
+	var missing bool
+	switch kind {
+	case kindUnary:
+		missing = reg.actionHandler == nil
+	case kindStreamedOut:
+		missing = reg.streamedOutHandler == nil
+	case kindStreamedIn:
+		missing = reg.streamedInHandler == nil
+	case kindStreamed:
+		missing = reg.streamedHandler == nil
+	}
+	if missing {
+		return nil, nil, status.Errorf(codes.Unimplemented, "sdk: no handler for the %s methods of %s (ActionHandlers.%s)", kinds[kind].what, reg.sd.FullName(), kinds[kind].field)
+	}
+	return reg, md, nil
+}
+
+// resolveCommand is resolveAction for the methods that take one message,
+// which it decodes.
+func (a actionServer) resolveCommand(in *functionpb.ActionCommand, kind actionKind) (*entityReg, protoreflect.MethodDescriptor, proto.Message, error) {
+	reg, md, err := a.resolveAction(in, kind)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	msg, err := decodeAs(in.GetPayload(), md.Input())
 	if err != nil {
@@ -129,7 +239,7 @@ func (a actionServer) resolveAction(in *functionpb.ActionCommand, streamedOut bo
 // HandleUnary serves one unary action call. Errors are answered as a
 // Failure in the response; the RPC itself does not fail.
 func (a actionServer) HandleUnary(ctx context.Context, in *functionpb.ActionCommand) (*functionpb.ActionResponse, error) {
-	reg, md, msg, err := a.resolveAction(in, false)
+	reg, md, msg, err := a.resolveCommand(in, kindUnary)
 	if err != nil {
 		return actionFailure(err), nil
 	}
@@ -158,26 +268,110 @@ func (a actionServer) HandleUnary(ctx context.Context, in *functionpb.ActionComm
 // response, carrying the side effects added after the last message, if
 // there are any. The RPC itself fails only if the proxy goes away.
 func (a actionServer) HandleStreamedOut(in *functionpb.ActionCommand, stream grpc.ServerStreamingServer[functionpb.ActionResponse]) error {
-	reg, md, msg, err := a.resolveAction(in, true)
+	reg, md, msg, err := a.resolveCommand(in, kindStreamedOut)
 	if err != nil {
 		return stream.Send(actionFailure(err))
 	}
 	cctx := &CommandContext{ctx: stream.Context(), serviceName: in.GetServiceName(), name: in.GetName(), metadata: in.GetMetadata()}
 	as := &ActionStream{ctx: cctx, out: md.Output(), send: stream.Send}
 	err = protect(func() error { return reg.streamedOutHandler(cctx, msg, as) })
+	return endStream(cctx, as, nil, err, stream.Send)
+}
+
+// endStream ends a streamed call after its handler returned err: see
+// HandleStreamedOut. in is the call's CommandStream, if it has one.
+func endStream(cctx *CommandContext, as *ActionStream, in *CommandStream, err error, send func(*functionpb.ActionResponse) error) error {
 	switch {
 	case errors.Is(as.err, errStreamBroken):
-		return stream.Send(actionFailure(status.Error(codes.Internal, as.err.Error())))
+		return send(actionFailure(status.Error(codes.Internal, as.err.Error())))
 	case as.err != nil:
 		return as.err // the proxy went away
+	case in != nil && in.gone != nil:
+		return in.gone
+	case in != nil && in.bad != nil:
+		return send(actionFailure(in.bad))
 	case err != nil:
-		return stream.Send(actionFailure(err))
+		return send(actionFailure(err))
 	case cctx.forward != nil:
-		return stream.Send(actionFailure(status.Error(codes.Internal, "sdk: streamed action forwarded without sending (call stream.Send(nil) after ctx.Forward)")))
+		return send(actionFailure(status.Error(codes.Internal, "sdk: streamed action forwarded without sending (call stream.Send(nil) after ctx.Forward)")))
 	case cctx.err != nil:
-		return stream.Send(actionFailure(status.Error(codes.Internal, cctx.err.Error())))
+		return send(actionFailure(status.Error(codes.Internal, cctx.err.Error())))
 	case len(cctx.sideEffects) > 0:
-		return stream.Send(&functionpb.ActionResponse{SideEffects: cctx.sideEffects})
+		return send(&functionpb.ActionResponse{SideEffects: cctx.sideEffects})
 	}
 	return nil
+}
+
+// firstCommand receives the first protocol message of a client-streaming
+// or bidirectional call: it names the method and carries the metadata;
+// its payload, if it has one, is the caller's first message (the proxy
+// sends none: each of the caller's messages follows in its own
+// ActionCommand, of which only the payload is read).
+func firstCommand(recv func() (*functionpb.ActionCommand, error)) (*functionpb.ActionCommand, error) {
+	first, err := recv()
+	if errors.Is(err, io.EOF) {
+		return nil, status.Error(codes.InvalidArgument, "sdk: streamed action call without a first message naming the method")
+	}
+	return first, err
+}
+
+// HandleStreamedIn serves one call of a client-streaming action method:
+// one ActionResponse, as HandleUnary answers, once the handler returns
+// (which may be before the proxy has sent every message). The RPC itself
+// fails only if the proxy goes away.
+func (a actionServer) HandleStreamedIn(stream grpc.ClientStreamingServer[functionpb.ActionCommand, functionpb.ActionResponse]) error {
+	first, err := firstCommand(stream.Recv)
+	if status.Code(err) == codes.InvalidArgument {
+		return stream.SendAndClose(actionFailure(err))
+	} else if err != nil {
+		return err
+	}
+	reg, md, err := a.resolveAction(first, kindStreamedIn)
+	if err != nil {
+		return stream.SendAndClose(actionFailure(err))
+	}
+	cctx := &CommandContext{ctx: stream.Context(), serviceName: first.GetServiceName(), name: first.GetName(), metadata: first.GetMetadata()}
+	in := &CommandStream{in: md.Input(), first: first.GetPayload(), recv: stream.Recv}
+	var reply proto.Message
+	err = protect(func() error {
+		var err error
+		reply, err = reg.streamedInHandler(cctx, in)
+		return err
+	})
+	switch {
+	case in.gone != nil:
+		return in.gone
+	case in.bad != nil:
+		return stream.SendAndClose(actionFailure(in.bad))
+	case err != nil:
+		return stream.SendAndClose(actionFailure(err))
+	}
+	action, err := cctx.clientAction(reply, md.Output())
+	if err != nil {
+		return stream.SendAndClose(actionFailure(status.Error(codes.Internal, err.Error())))
+	}
+	out := &functionpb.ActionResponse{SideEffects: cctx.sideEffects}
+	setResponse(out, action)
+	return stream.SendAndClose(out)
+}
+
+// HandleStreamed serves one call of a bidirectional action method: the
+// responses are those of HandleStreamedOut. The RPC itself fails only if
+// the proxy goes away.
+func (a actionServer) HandleStreamed(stream grpc.BidiStreamingServer[functionpb.ActionCommand, functionpb.ActionResponse]) error {
+	first, err := firstCommand(stream.Recv)
+	if status.Code(err) == codes.InvalidArgument {
+		return stream.Send(actionFailure(err))
+	} else if err != nil {
+		return err
+	}
+	reg, md, err := a.resolveAction(first, kindStreamed)
+	if err != nil {
+		return stream.Send(actionFailure(err))
+	}
+	cctx := &CommandContext{ctx: stream.Context(), serviceName: first.GetServiceName(), name: first.GetName(), metadata: first.GetMetadata()}
+	in := &CommandStream{in: md.Input(), first: first.GetPayload(), recv: stream.Recv}
+	as := &ActionStream{ctx: cctx, out: md.Output(), send: stream.Send}
+	err = protect(func() error { return reg.streamedHandler(cctx, in, as) })
+	return endStream(cctx, as, in, err, stream.Send)
 }

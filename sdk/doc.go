@@ -22,9 +22,10 @@
 //   - value entities (RegisterValue): commands read the current state and may
 //     replace or delete it;
 //   - actions (RegisterAction, RegisterActionHandlers): stateless unary
-//     methods, and server-streaming ones whose handler sends any number of
-//     replies with ActionStream.Send (client-streaming and bidirectional
-//     action calls are not implemented yet and answer Unimplemented);
+//     methods, server-streaming ones whose handler sends any number of
+//     replies with ActionStream.Send, client-streaming ones whose handler
+//     receives commands with CommandStream.Recv and returns one reply, and
+//     bidirectional ones that do both (see ActionHandlers);
 //   - CRDT entities (RegisterCrdt): the entity holds one CRDT (PNCounter,
 //     GCounter, GSet, ORSet, LWWRegister, Flag, Vote, or an ORMap of
 //     nested CRDTs, see GetOrCreate); mutations made by a command

@@ -30,6 +30,16 @@ var testFile = func() protoreflect.FileDescriptor {
 		m.ServerStreaming = proto.Bool(true)
 		return m
 	}
+	streamedIn := func(name string) *descriptorpb.MethodDescriptorProto {
+		m := unary(name)
+		m.ClientStreaming = proto.Bool(true)
+		return m
+	}
+	bidi := func(name string) *descriptorpb.MethodDescriptorProto {
+		m := streamed(name)
+		m.ClientStreaming = proto.Bool(true)
+		return m
+	}
 	svc := func(name string, ms ...*descriptorpb.MethodDescriptorProto) *descriptorpb.ServiceDescriptorProto {
 		return &descriptorpb.ServiceDescriptorProto{Name: proto.String(name), Method: ms}
 	}
@@ -49,7 +59,7 @@ var testFile = func() protoreflect.FileDescriptor {
 		Service: []*descriptorpb.ServiceDescriptorProto{
 			svc("Ledger", unary("Add"), unary("Get")),
 			svc("Doc", unary("Put"), unary("Get"), unary("Delete")),
-			svc("Echo", unary("Say"), streamed("Stream")),
+			svc("Echo", unary("Say"), streamed("Stream"), streamedIn("Sum"), bidi("Chat")),
 			svc("Votes", unary("Inc"), unary("Get")),
 			svc("Tags", unary("Add"), unary("Remove"), streamed("Watch")),
 			svc("Stock", unary("Add"), unary("Tag"), unary("Remove"), unary("Get")),

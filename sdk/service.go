@@ -104,6 +104,8 @@ type entityReg struct {
 	crdtFactory        func(entityID string) CrdtEntity
 	actionHandler      ActionHandler
 	streamedOutHandler StreamedOutHandler
+	streamedInHandler  StreamedInHandler
+	streamedHandler    StreamedHandler
 }
 
 // method returns the descriptor of the named method or a NotFound error.
@@ -181,13 +183,15 @@ func (s *Service) RegisterAction(sd protoreflect.ServiceDescriptor, handler Acti
 }
 
 // RegisterActionHandlers registers a stateless action serving sd's unary
-// methods with h.Unary and its server-streaming ones with h.StreamedOut.
-// At least one handler must be set.
+// methods with h.Unary, its server-streaming ones with h.StreamedOut, its
+// client-streaming ones with h.StreamedIn and its bidirectional ones with
+// h.Streamed. At least one handler must be set.
 func (s *Service) RegisterActionHandlers(sd protoreflect.ServiceDescriptor, h ActionHandlers, opts ...EntityOption) error {
-	if h.Unary == nil && h.StreamedOut == nil {
+	if h.Unary == nil && h.StreamedOut == nil && h.StreamedIn == nil && h.Streamed == nil {
 		return fmt.Errorf("%w: no action handler", ErrInvalidRegistration)
 	}
-	return s.register(&entityReg{model: functionpb.Model_MODEL_ACTION, sd: sd, actionHandler: h.Unary, streamedOutHandler: h.StreamedOut}, opts)
+	return s.register(&entityReg{model: functionpb.Model_MODEL_ACTION, sd: sd, actionHandler: h.Unary,
+		streamedOutHandler: h.StreamedOut, streamedInHandler: h.StreamedIn, streamedHandler: h.Streamed}, opts)
 }
 
 func (s *Service) register(r *entityReg, opts []EntityOption) error {

@@ -38,6 +38,8 @@ const (
 	valueService        = tckPackage + "ValueEntityTck"
 	actionService       = tckPackage + "ActionTck"
 	streamedAction      = tckPackage + "StreamedActionTck"
+	streamedInAction    = tckPackage + "StreamedInActionTck"
+	bidiAction          = tckPackage + "BidiActionTck"
 	sinkService         = tckPackage + "TckSink"
 )
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -457,5 +458,132 @@ func actionChecks() []check {
 				}
 			}
 		}},
+		{"action/streamed-in", func(c *checker) {
+			c.optionalEntity(streamedInAction, functionpb.Model_MODEL_ACTION)
+			effects := []*tckpb.SideEffectTo{{Id: "s1", Synchronous: true}}
+			resp := c.streamedIn(&tckpb.ActionRequest{Message: "a", Effects: &tckpb.Effects{SideEffects: effects}},
+				&tckpb.ActionRequest{Message: "b"}, &tckpb.ActionRequest{Message: "c"})
+			if resp.GetReply() == nil {
+				c.fatalf("want a reply, got %v", resp)
+			}
+			got := &tckpb.ActionResponse{}
+			c.decode(resp.GetReply().GetPayload(), got)
+			if got.GetMessage() != "a,b,c" {
+				c.errorf("reply %q, want %q", got.GetMessage(), "a,b,c")
+			}
+			c.wantSideEffects(resp.GetSideEffects(), effects)
+		}},
+		{"action/streamed-in-failure", func(c *checker) {
+			c.optionalEntity(streamedInAction, functionpb.Model_MODEL_ACTION)
+			resp := c.streamedIn(&tckpb.ActionRequest{Message: "a", Effects: &tckpb.Effects{SideEffects: []*tckpb.SideEffectTo{{Id: "s"}}}},
+				&tckpb.ActionRequest{Effects: &tckpb.Effects{Fail: "bad"}}, &tckpb.ActionRequest{Message: "c"})
+			if f := resp.GetFailure(); f == nil || f.GetDescription() != "bad" {
+				c.errorf("want a failure %q, got %v", "bad", resp)
+			}
+			if len(resp.GetSideEffects()) > 0 {
+				c.errorf("a failed action carried side effects: %v", resp.GetSideEffects())
+			}
+		}},
+		{"action/streamed", func(c *checker) {
+			c.optionalEntity(bidiAction, functionpb.Model_MODEL_ACTION)
+			s := c.bidi()
+			c.bidiSend(s, &tckpb.ActionRequest{Message: "a"})
+			c.wantBidiReply(s, "a")
+			effects := []*tckpb.SideEffectTo{{Id: "s2", Synchronous: true}}
+			c.bidiSend(s, &tckpb.ActionRequest{Message: "b", Effects: &tckpb.Effects{SideEffects: effects}})
+			c.wantSideEffects(c.wantBidiReply(s, "b").GetSideEffects(), effects)
+			c.bidiSend(s, &tckpb.ActionRequest{Effects: &tckpb.Effects{Forward: "f2"}})
+			resp := c.bidiRecv(s)
+			if resp.GetForward() == nil {
+				c.fatalf("want a forward, got %v", resp)
+			}
+			c.wantForward(&functionpb.ClientAction{Action: &functionpb.ClientAction_Forward{Forward: resp.GetForward()}}, "f2")
+			if err := s.CloseSend(); err != nil {
+				c.fatalf("CloseSend: %v", err)
+			}
+			c.wantBidiEnd(s)
+		}},
+		{"action/streamed-failure", func(c *checker) {
+			c.optionalEntity(bidiAction, functionpb.Model_MODEL_ACTION)
+			s := c.bidi()
+			c.bidiSend(s, &tckpb.ActionRequest{Message: "a"})
+			c.wantBidiReply(s, "a")
+			c.bidiSend(s, &tckpb.ActionRequest{Effects: &tckpb.Effects{Fail: "bad"}})
+			if f := c.bidiRecv(s).GetFailure(); f == nil || f.GetDescription() != "bad" {
+				c.errorf("want a failure %q, got %v", "bad", f)
+			}
+			c.wantBidiEnd(s)
+		}},
+	}
+}
+
+// streamedIn calls StreamedInActionTck.ProcessStreamedIn with reqs and
+// returns its response. Sending may stop early: the function may answer
+// before the last request.
+func (c *checker) streamedIn(reqs ...*tckpb.ActionRequest) *functionpb.ActionResponse {
+	s, err := c.s.action.HandleStreamedIn(c.ctx)
+	if err != nil {
+		c.fatalf("HandleStreamedIn: %v", err)
+	}
+	if err := s.Send(&functionpb.ActionCommand{ServiceName: streamedInAction, Name: "ProcessStreamedIn"}); err != nil {
+		c.fatalf("HandleStreamedIn: sending the first message: %v", err)
+	}
+	for _, r := range reqs {
+		if err := s.Send(&functionpb.ActionCommand{Payload: mustAny(r)}); err != nil {
+			break // the function answered: CloseAndRecv has it
+		}
+	}
+	resp, err := s.CloseAndRecv()
+	if err != nil {
+		c.fatalf("HandleStreamedIn: %v", err)
+	}
+	return resp
+}
+
+type bidiStream = grpc.BidiStreamingClient[functionpb.ActionCommand, functionpb.ActionResponse]
+
+// bidi opens a BidiActionTck.ProcessStreamed call.
+func (c *checker) bidi() bidiStream {
+	s, err := c.s.action.HandleStreamed(c.ctx)
+	if err != nil {
+		c.fatalf("HandleStreamed: %v", err)
+	}
+	if err := s.Send(&functionpb.ActionCommand{ServiceName: bidiAction, Name: "ProcessStreamed"}); err != nil {
+		c.fatalf("HandleStreamed: sending the first message: %v", err)
+	}
+	return s
+}
+
+func (c *checker) bidiSend(s bidiStream, r *tckpb.ActionRequest) {
+	if err := s.Send(&functionpb.ActionCommand{Payload: mustAny(r)}); err != nil {
+		c.fatalf("HandleStreamed: sending %v: %v", r, err)
+	}
+}
+
+func (c *checker) bidiRecv(s bidiStream) *functionpb.ActionResponse {
+	resp, err := s.Recv()
+	if err != nil {
+		c.fatalf("HandleStreamed: %v", err)
+	}
+	return resp
+}
+
+// wantBidiReply receives a reply with message msg.
+func (c *checker) wantBidiReply(s bidiStream, msg string) *functionpb.ActionResponse {
+	resp := c.bidiRecv(s)
+	if resp.GetReply() == nil {
+		c.fatalf("want a reply %q, got %v", msg, resp)
+	}
+	got := &tckpb.ActionResponse{}
+	c.decode(resp.GetReply().GetPayload(), got)
+	if got.GetMessage() != msg {
+		c.fatalf("reply %q, want %q", got.GetMessage(), msg)
+	}
+	return resp
+}
+
+func (c *checker) wantBidiEnd(s bidiStream) {
+	if resp, err := s.Recv(); !errors.Is(err, io.EOF) {
+		c.errorf("HandleStreamed: got %v, %v; want the end of the stream", resp, err)
 	}
 }

@@ -42,7 +42,8 @@ const (
 	Pass Status = iota
 	Fail
 	// Skip: the check needs an optional model service (ORMapTck, VoteTck,
-	// StreamedActionTck) that the function does not declare.
+	// StreamedActionTck, StreamedInActionTck, BidiActionTck) that the
+	// function does not declare.
 	Skip
 )
 

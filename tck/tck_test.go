@@ -46,7 +46,8 @@ func TestTCK(t *testing.T) {
 }
 
 // expectedSkips are the checks the Go SDK skips: none, it declares every
-// optional model service (ORMapTck, VoteTck, StreamedActionTck).
+// optional model service (ORMapTck, VoteTck, StreamedActionTck,
+// StreamedInActionTck, BidiActionTck).
 var expectedSkips []string
 
 // results runs the suite and returns the check names by status; it logs
@@ -113,6 +114,8 @@ func TestChecksCatchFaults(t *testing.T) {
 		{gomodel.FaultNoSnapshot, []string{"eventsourced/snapshot"}},
 		{gomodel.FaultSinkReplyWrongID, []string{"action/sink"}},
 		{gomodel.FaultStreamedOutShort, []string{"action/streamed-out"}},
+		{gomodel.FaultStreamedInDropFirst, []string{"action/streamed-in"}},
+		{gomodel.FaultStreamedWrongEcho, []string{"action/streamed", "action/streamed-failure"}},
 		{gomodel.FaultNoFlag, []string{
 			"discovery/entities",
 			"crdt/flag/init-state", "crdt/flag/operations-produce-deltas", "crdt/flag/delta-from-other-replica", "crdt/flag/delete",

@@ -1569,7 +1569,11 @@ const file_tck_v1_tck_proto_rawDesc = "" +
 	"\tActionTck\x12L\n" +
 	"\aProcess\x12\x1f.statemesh.tck.v1.ActionRequest\x1a .statemesh.tck.v1.ActionResponse2n\n" +
 	"\x11StreamedActionTck\x12Y\n" +
-	"\x12ProcessStreamedOut\x12\x1f.statemesh.tck.v1.ActionRequest\x1a .statemesh.tck.v1.ActionResponse0\x01B/Z-github.com/statemesh/statemesh/protocol/tckpbb\x06proto3"
+	"\x12ProcessStreamedOut\x12\x1f.statemesh.tck.v1.ActionRequest\x1a .statemesh.tck.v1.ActionResponse0\x012o\n" +
+	"\x13StreamedInActionTck\x12X\n" +
+	"\x11ProcessStreamedIn\x12\x1f.statemesh.tck.v1.ActionRequest\x1a .statemesh.tck.v1.ActionResponse(\x012i\n" +
+	"\rBidiActionTck\x12X\n" +
+	"\x0fProcessStreamed\x12\x1f.statemesh.tck.v1.ActionRequest\x1a .statemesh.tck.v1.ActionResponse(\x010\x01B/Z-github.com/statemesh/statemesh/protocol/tckpbb\x06proto3"
 
 var (
 	file_tck_v1_tck_proto_rawDescOnce sync.Once
@@ -1643,29 +1647,33 @@ var file_tck_v1_tck_proto_depIdxs = []int32{
 	16, // 31: statemesh.tck.v1.ValueEntityTck.Process:input_type -> statemesh.tck.v1.ValueRequest
 	19, // 32: statemesh.tck.v1.ActionTck.Process:input_type -> statemesh.tck.v1.ActionRequest
 	19, // 33: statemesh.tck.v1.StreamedActionTck.ProcessStreamedOut:input_type -> statemesh.tck.v1.ActionRequest
-	7,  // 34: statemesh.tck.v1.GCounterTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 35: statemesh.tck.v1.GCounterTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 36: statemesh.tck.v1.PNCounterTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 37: statemesh.tck.v1.PNCounterTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 38: statemesh.tck.v1.GSetTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 39: statemesh.tck.v1.GSetTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 40: statemesh.tck.v1.ORSetTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 41: statemesh.tck.v1.ORSetTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 42: statemesh.tck.v1.LWWRegisterTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 43: statemesh.tck.v1.LWWRegisterTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 44: statemesh.tck.v1.FlagTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 45: statemesh.tck.v1.FlagTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 46: statemesh.tck.v1.ORMapTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 47: statemesh.tck.v1.ORMapTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 48: statemesh.tck.v1.VoteTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
-	7,  // 49: statemesh.tck.v1.VoteTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
-	11, // 50: statemesh.tck.v1.TckSink.Call:output_type -> statemesh.tck.v1.SinkResponse
-	14, // 51: statemesh.tck.v1.EventSourcedTck.Process:output_type -> statemesh.tck.v1.EventSourcedResponse
-	18, // 52: statemesh.tck.v1.ValueEntityTck.Process:output_type -> statemesh.tck.v1.ValueResponse
-	20, // 53: statemesh.tck.v1.ActionTck.Process:output_type -> statemesh.tck.v1.ActionResponse
-	20, // 54: statemesh.tck.v1.StreamedActionTck.ProcessStreamedOut:output_type -> statemesh.tck.v1.ActionResponse
-	34, // [34:55] is the sub-list for method output_type
-	13, // [13:34] is the sub-list for method input_type
+	19, // 34: statemesh.tck.v1.StreamedInActionTck.ProcessStreamedIn:input_type -> statemesh.tck.v1.ActionRequest
+	19, // 35: statemesh.tck.v1.BidiActionTck.ProcessStreamed:input_type -> statemesh.tck.v1.ActionRequest
+	7,  // 36: statemesh.tck.v1.GCounterTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 37: statemesh.tck.v1.GCounterTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 38: statemesh.tck.v1.PNCounterTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 39: statemesh.tck.v1.PNCounterTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 40: statemesh.tck.v1.GSetTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 41: statemesh.tck.v1.GSetTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 42: statemesh.tck.v1.ORSetTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 43: statemesh.tck.v1.ORSetTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 44: statemesh.tck.v1.LWWRegisterTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 45: statemesh.tck.v1.LWWRegisterTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 46: statemesh.tck.v1.FlagTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 47: statemesh.tck.v1.FlagTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 48: statemesh.tck.v1.ORMapTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 49: statemesh.tck.v1.ORMapTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 50: statemesh.tck.v1.VoteTck.Process:output_type -> statemesh.tck.v1.CrdtResponse
+	7,  // 51: statemesh.tck.v1.VoteTck.ProcessStreamed:output_type -> statemesh.tck.v1.CrdtResponse
+	11, // 52: statemesh.tck.v1.TckSink.Call:output_type -> statemesh.tck.v1.SinkResponse
+	14, // 53: statemesh.tck.v1.EventSourcedTck.Process:output_type -> statemesh.tck.v1.EventSourcedResponse
+	18, // 54: statemesh.tck.v1.ValueEntityTck.Process:output_type -> statemesh.tck.v1.ValueResponse
+	20, // 55: statemesh.tck.v1.ActionTck.Process:output_type -> statemesh.tck.v1.ActionResponse
+	20, // 56: statemesh.tck.v1.StreamedActionTck.ProcessStreamedOut:output_type -> statemesh.tck.v1.ActionResponse
+	20, // 57: statemesh.tck.v1.StreamedInActionTck.ProcessStreamedIn:output_type -> statemesh.tck.v1.ActionResponse
+	20, // 58: statemesh.tck.v1.BidiActionTck.ProcessStreamed:output_type -> statemesh.tck.v1.ActionResponse
+	36, // [36:59] is the sub-list for method output_type
+	13, // [13:36] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
 	13, // [13:13] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
@@ -1710,7 +1718,7 @@ func file_tck_v1_tck_proto_init() {
 			NumEnums:      1,
 			NumMessages:   20,
 			NumExtensions: 0,
-			NumServices:   13,
+			NumServices:   15,
 		},
 		GoTypes:           file_tck_v1_tck_proto_goTypes,
 		DependencyIndexes: file_tck_v1_tck_proto_depIdxs,

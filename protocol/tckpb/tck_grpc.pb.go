@@ -1705,3 +1705,194 @@ var StreamedActionTck_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "tck/v1/tck.proto",
 }
+
+const (
+	StreamedInActionTck_ProcessStreamedIn_FullMethodName = "/statemesh.tck.v1.StreamedInActionTck/ProcessStreamedIn"
+)
+
+// StreamedInActionTckClient is the client API for StreamedInActionTck service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+type StreamedInActionTckClient interface {
+	ProcessStreamedIn(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ActionRequest, ActionResponse], error)
+}
+
+type streamedInActionTckClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewStreamedInActionTckClient(cc grpc.ClientConnInterface) StreamedInActionTckClient {
+	return &streamedInActionTckClient{cc}
+}
+
+func (c *streamedInActionTckClient) ProcessStreamedIn(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ActionRequest, ActionResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &StreamedInActionTck_ServiceDesc.Streams[0], StreamedInActionTck_ProcessStreamedIn_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ActionRequest, ActionResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type StreamedInActionTck_ProcessStreamedInClient = grpc.ClientStreamingClient[ActionRequest, ActionResponse]
+
+// StreamedInActionTckServer is the server API for StreamedInActionTck service.
+// All implementations must embed UnimplementedStreamedInActionTckServer
+// for forward compatibility.
+type StreamedInActionTckServer interface {
+	ProcessStreamedIn(grpc.ClientStreamingServer[ActionRequest, ActionResponse]) error
+	mustEmbedUnimplementedStreamedInActionTckServer()
+}
+
+// UnimplementedStreamedInActionTckServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedStreamedInActionTckServer struct{}
+
+func (UnimplementedStreamedInActionTckServer) ProcessStreamedIn(grpc.ClientStreamingServer[ActionRequest, ActionResponse]) error {
+	return status.Error(codes.Unimplemented, "method ProcessStreamedIn not implemented")
+}
+func (UnimplementedStreamedInActionTckServer) mustEmbedUnimplementedStreamedInActionTckServer() {}
+func (UnimplementedStreamedInActionTckServer) testEmbeddedByValue()                             {}
+
+// UnsafeStreamedInActionTckServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to StreamedInActionTckServer will
+// result in compilation errors.
+type UnsafeStreamedInActionTckServer interface {
+	mustEmbedUnimplementedStreamedInActionTckServer()
+}
+
+func RegisterStreamedInActionTckServer(s grpc.ServiceRegistrar, srv StreamedInActionTckServer) {
+	// If the following call panics, it indicates UnimplementedStreamedInActionTckServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&StreamedInActionTck_ServiceDesc, srv)
+}
+
+func _StreamedInActionTck_ProcessStreamedIn_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(StreamedInActionTckServer).ProcessStreamedIn(&grpc.GenericServerStream[ActionRequest, ActionResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type StreamedInActionTck_ProcessStreamedInServer = grpc.ClientStreamingServer[ActionRequest, ActionResponse]
+
+// StreamedInActionTck_ServiceDesc is the grpc.ServiceDesc for StreamedInActionTck service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var StreamedInActionTck_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "statemesh.tck.v1.StreamedInActionTck",
+	HandlerType: (*StreamedInActionTckServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ProcessStreamedIn",
+			Handler:       _StreamedInActionTck_ProcessStreamedIn_Handler,
+			ClientStreams: true,
+		},
+	},
+	Metadata: "tck/v1/tck.proto",
+}
+
+const (
+	BidiActionTck_ProcessStreamed_FullMethodName = "/statemesh.tck.v1.BidiActionTck/ProcessStreamed"
+)
+
+// BidiActionTckClient is the client API for BidiActionTck service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+type BidiActionTckClient interface {
+	ProcessStreamed(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ActionRequest, ActionResponse], error)
+}
+
+type bidiActionTckClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewBidiActionTckClient(cc grpc.ClientConnInterface) BidiActionTckClient {
+	return &bidiActionTckClient{cc}
+}
+
+func (c *bidiActionTckClient) ProcessStreamed(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ActionRequest, ActionResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BidiActionTck_ServiceDesc.Streams[0], BidiActionTck_ProcessStreamed_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ActionRequest, ActionResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BidiActionTck_ProcessStreamedClient = grpc.BidiStreamingClient[ActionRequest, ActionResponse]
+
+// BidiActionTckServer is the server API for BidiActionTck service.
+// All implementations must embed UnimplementedBidiActionTckServer
+// for forward compatibility.
+type BidiActionTckServer interface {
+	ProcessStreamed(grpc.BidiStreamingServer[ActionRequest, ActionResponse]) error
+	mustEmbedUnimplementedBidiActionTckServer()
+}
+
+// UnimplementedBidiActionTckServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedBidiActionTckServer struct{}
+
+func (UnimplementedBidiActionTckServer) ProcessStreamed(grpc.BidiStreamingServer[ActionRequest, ActionResponse]) error {
+	return status.Error(codes.Unimplemented, "method ProcessStreamed not implemented")
+}
+func (UnimplementedBidiActionTckServer) mustEmbedUnimplementedBidiActionTckServer() {}
+func (UnimplementedBidiActionTckServer) testEmbeddedByValue()                       {}
+
+// UnsafeBidiActionTckServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to BidiActionTckServer will
+// result in compilation errors.
+type UnsafeBidiActionTckServer interface {
+	mustEmbedUnimplementedBidiActionTckServer()
+}
+
+func RegisterBidiActionTckServer(s grpc.ServiceRegistrar, srv BidiActionTckServer) {
+	// If the following call panics, it indicates UnimplementedBidiActionTckServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&BidiActionTck_ServiceDesc, srv)
+}
+
+func _BidiActionTck_ProcessStreamed_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(BidiActionTckServer).ProcessStreamed(&grpc.GenericServerStream[ActionRequest, ActionResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BidiActionTck_ProcessStreamedServer = grpc.BidiStreamingServer[ActionRequest, ActionResponse]
+
+// BidiActionTck_ServiceDesc is the grpc.ServiceDesc for BidiActionTck service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var BidiActionTck_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "statemesh.tck.v1.BidiActionTck",
+	HandlerType: (*BidiActionTckServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ProcessStreamed",
+			Handler:       _BidiActionTck_ProcessStreamed_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
+	Metadata: "tck/v1/tck.proto",
+}

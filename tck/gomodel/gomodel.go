@@ -8,7 +8,9 @@
 package gomodel
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"slices"
 
 	"google.golang.org/grpc/codes"
@@ -45,6 +47,12 @@ const (
 	// FaultStreamedOutShort makes StreamedActionTck send one message
 	// fewer than asked.
 	FaultStreamedOutShort Fault = "streamed-out-short"
+	// FaultStreamedInDropFirst makes StreamedInActionTck leave the first
+	// message out of its reply.
+	FaultStreamedInDropFirst Fault = "streamed-in-drop-first"
+	// FaultStreamedWrongEcho makes BidiActionTck answer each message with
+	// another.
+	FaultStreamedWrongEcho Fault = "streamed-wrong-echo"
 )
 
 // Option configures the model.
@@ -75,7 +83,8 @@ func service(name string) protoreflect.ServiceDescriptor {
 }
 
 // Register registers every model service on s, the optional ones
-// (ORMapTck, VoteTck, StreamedActionTck) included.
+// (ORMapTck, VoteTck, StreamedActionTck, StreamedInActionTck,
+// BidiActionTck) included.
 func Register(s *sdk.Service, opts ...Option) error {
 	cfg := &config{faults: make(map[Fault]bool)}
 	for _, o := range opts {
@@ -107,6 +116,12 @@ func Register(s *sdk.Service, opts ...Option) error {
 	}
 	streamedOut := handleStreamedOut(cfg.faults[FaultStreamedOutShort])
 	if err := s.RegisterActionHandlers(service("StreamedActionTck"), sdk.ActionHandlers{StreamedOut: streamedOut}); err != nil {
+		return err
+	}
+	if err := s.RegisterActionHandlers(service("StreamedInActionTck"), sdk.ActionHandlers{StreamedIn: handleStreamedIn(cfg.faults[FaultStreamedInDropFirst])}); err != nil {
+		return err
+	}
+	if err := s.RegisterActionHandlers(service("BidiActionTck"), sdk.ActionHandlers{Streamed: handleStreamed(cfg.faults[FaultStreamedWrongEcho])}); err != nil {
 		return err
 	}
 	return s.RegisterAction(service("TckSink"), func(_ *sdk.CommandContext, cmd proto.Message) (proto.Message, error) {
@@ -466,4 +481,82 @@ func streamedOut(ctx *sdk.CommandContext, cmd proto.Message, stream *sdk.ActionS
 		return stream.Send(nil)
 	}
 	return nil
+}
+
+// handleStreamedIn answers the requests' messages joined by "," (the
+// first left out if dropFirst), applying each request's effects as it
+// arrives (a failure fails the call at once).
+func handleStreamedIn(dropFirst bool) sdk.StreamedInHandler {
+	return func(ctx *sdk.CommandContext, in *sdk.CommandStream) (proto.Message, error) {
+		var msgs []string
+		forwarded := false
+		for i := 0; ; i++ {
+			cmd, err := in.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return nil, err
+			}
+			req, ok := cmd.(*tckpb.ActionRequest)
+			if !ok {
+				return nil, sdk.Fail(codes.InvalidArgument, "gomodel: unexpected %T", cmd)
+			}
+			f, err := applyEffects(ctx, req.GetEffects())
+			if err != nil {
+				return nil, err
+			}
+			forwarded = forwarded || f
+			if i == 0 && dropFirst {
+				continue
+			}
+			msgs = append(msgs, req.GetMessage())
+		}
+		if forwarded {
+			return nil, nil
+		}
+		joined := ""
+		for i, m := range msgs {
+			if i > 0 {
+				joined += ","
+			}
+			joined += m
+		}
+		return &tckpb.ActionResponse{Message: joined}, nil
+	}
+}
+
+// handleStreamed answers each request with its message (with a "!" if
+// wrong), applying its effects.
+func handleStreamed(wrong bool) sdk.StreamedHandler {
+	return func(ctx *sdk.CommandContext, in *sdk.CommandStream, out *sdk.ActionStream) error {
+		for {
+			cmd, err := in.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			req, ok := cmd.(*tckpb.ActionRequest)
+			if !ok {
+				return sdk.Fail(codes.InvalidArgument, "gomodel: unexpected %T", cmd)
+			}
+			forwarded, err := applyEffects(ctx, req.GetEffects())
+			if err != nil {
+				return err
+			}
+			var reply proto.Message
+			if !forwarded {
+				msg := req.GetMessage()
+				if wrong {
+					msg += "!"
+				}
+				reply = &tckpb.ActionResponse{Message: msg}
+			}
+			if err := out.Send(reply); err != nil {
+				return err
+			}
+		}
+	}
 }
