@@ -181,7 +181,7 @@ func (c *causal) sortedKeys() []string {
 	return c.order
 }
 
-// removedKeys returns the keys of c, not in om, that may hold a dot o's
+// removedKeys returns the keys of c, not in om, that hold a dot o's
 // context covers: the only entries that o can remove. With an index and a
 // small overlap it looks the overlapping dots up; otherwise it scans.
 func (c *causal) removedKeys(o *causal, om dotMap) []string {
@@ -190,8 +190,11 @@ func (c *causal) removedKeys(o *causal, om dotMap) []string {
 		return nil
 	}
 	var keys []string
+	overlap := o.ctx.Intersect(c.ctx)
+	if overlap.IsEmpty() {
+		return nil // o has seen none of c's dots: it removes nothing
+	}
 	if idx := c.idx; idx != nil {
-		overlap := o.ctx.Intersect(c.ctx)
 		if overlap.Count() <= uint64(len(idx)) {
 			seen := map[string]bool{}
 			overlap.ForEach(func(d Dot) bool {
@@ -206,12 +209,35 @@ func (c *causal) removedKeys(o *causal, om dotMap) []string {
 			return keys
 		}
 	}
-	for k := range m {
-		if _, inO := om[k]; !inO {
+	for k, s := range m {
+		if _, inO := om[k]; !inO && holdsAny(s, o.ctx) {
 			keys = append(keys, k)
 		}
 	}
 	return keys
+}
+
+// holdsAny reports whether store s holds a dot of ctx.
+func holdsAny(s store, ctx *Context) bool {
+	switch x := s.(type) {
+	case dotFun:
+		for _, e := range x {
+			if ctx.Contains(e.d) {
+				return true
+			}
+		}
+		return false
+	case dotSet:
+		for _, d := range x {
+			if ctx.Contains(d) {
+				return true
+			}
+		}
+		return false
+	}
+	found := false
+	s.eachDot(func(d Dot) { found = found || ctx.Contains(d) })
+	return found
 }
 
 // extractCausal returns the part of o that is new to c: o's stored dots
@@ -220,13 +246,14 @@ func (c *causal) removedKeys(o *causal, om dotMap) []string {
 func (c *causal) extractCausal(o *causal, indexed bool) causal {
 	fresh := o.ctx.Minus(c.ctx)
 	out := causal{ctx: fresh}
-	if o.s != nil {
+	if o.s != nil && !fresh.IsEmpty() { // o's dots are in o.ctx: none is fresh if fresh is empty
 		out.s = o.s.filter(fresh.Contains)
 	}
 	// Dots that o has seen, c still holds, and o does not hold: o removed
 	// them.
-	oDots := map[Dot]struct{}{}
+	var oDots map[Dot]struct{}
 	if o.s != nil {
+		oDots = make(map[Dot]struct{}, o.s.size()) // about one dot per entry: no rehashing as it fills
 		o.s.eachDot(func(d Dot) { oDots[d] = struct{}{} })
 	}
 	removed := func(d Dot) {

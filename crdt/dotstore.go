@@ -46,8 +46,6 @@ func (s dotSet) equal(o store) bool {
 	return ok && slices.Equal(s, os)
 }
 
-func setsEqual(a, b dotSet) bool { return slices.Equal(a, b) }
-
 func (s dotSet) filter(keep func(Dot) bool) store {
 	var out dotSet
 	for i, d := range s {
@@ -69,11 +67,6 @@ func (s dotSet) filter(keep func(Dot) bool) store {
 }
 
 func (s dotSet) size() int { return 1 }
-
-func (s dotSet) has(d Dot) bool {
-	_, ok := slices.BinarySearchFunc(s, d, Dot.Compare)
-	return ok
-}
 
 // dotFun maps dots to immutable values (a dot names one write), as a
 // slice sorted by dot: registers hold one value or a few. Value bytes are
@@ -127,10 +120,6 @@ func (f dotFun) filter(keep func(Dot) bool) store {
 
 func (f dotFun) size() int { return len(f) }
 
-func (f dotFun) find(d Dot) (int, bool) {
-	return slices.BinarySearchFunc(f, d, func(e funEntry, d Dot) int { return e.d.Compare(d) })
-}
-
 // dotMap maps keys to non-empty stores.
 type dotMap map[string]store
 
@@ -144,10 +133,15 @@ func (m dotMap) eachDot(fn func(Dot)) {
 
 func (m dotMap) clone() store { return m.cloneMap() }
 
+// cloneMap copies m. Dot sets and funs are immutable and shared, so only
+// nested maps need copying: the map is copied whole (much faster than
+// inserting key by key), then nested maps are replaced by their copies.
 func (m dotMap) cloneMap() dotMap {
-	out := make(dotMap, len(m))
-	for k, s := range m {
-		out[k] = s.clone()
+	out := maps.Clone(m)
+	for k, s := range out {
+		if sm, ok := s.(dotMap); ok {
+			out[k] = sm.cloneMap()
+		}
 	}
 	return out
 }
@@ -197,73 +191,54 @@ func dotsOf(s store) []Dot {
 // is never aliased) and whether it differs from a. The contexts are not
 // changed; the caller joins them afterwards.
 func joinStores(a store, ca *Context, b store, cb *Context) (store, bool) {
+	// Dot sets and funs are immutable and shared. Where a or b is the
+	// result, it is returned as it is: converting the slice to a store
+	// again would allocate, once per key of every join.
 	if b == nil {
 		if a == nil {
 			return nil, false
 		}
-		n := dotCount(a)
-		out := a.filter(func(d Dot) bool { return !cb.Contains(d) })
-		return out, dotCount(out) != n
+		notInB := func(d Dot) bool { return !cb.Contains(d) }
+		if isSlice(a) {
+			if allDots(a, notInB) {
+				return a, false
+			}
+			return a.filter(notInB), true
+		}
+		out := a.filter(notInB)
+		return out, dotCount(out) != dotCount(a)
 	}
 	if a == nil {
-		out := b.filter(func(d Dot) bool { return !ca.Contains(d) })
+		notInA := func(d Dot) bool { return !ca.Contains(d) }
+		if isSlice(b) && allDots(b, notInA) {
+			return b, true
+		}
+		out := b.filter(notInA)
 		return out, out != nil
 	}
 	switch as := a.(type) {
 	case dotSet:
 		bs := b.(dotSet)
-		if setsEqual(as, bs) {
-			return as, false
-		}
-		var out dotSet
-		for _, d := range as {
-			if bs.has(d) || !cb.Contains(d) {
-				out = append(out, d)
-			}
-		}
-		added := false
-		for _, d := range bs {
-			if !as.has(d) && !ca.Contains(d) {
-				out = append(out, d)
-				added = true
-			}
-		}
-		if added {
-			slices.SortFunc(out, Dot.Compare)
-		}
-		if len(out) == 0 {
+		out, changed := joinSorted(as, ca, bs, cb, func(d Dot) Dot { return d })
+		switch {
+		case !changed:
+			return a, false // joinSorted returned as
+		case len(out) == 0:
 			return nil, true
-		}
-		if !added && len(out) == len(as) {
-			return as, false
+		case sameArray(out, bs):
+			return b, true
 		}
 		return out, true
 	case dotFun:
 		bf := b.(dotFun)
-		if funsEqual(as, bf) {
-			return as, false
-		}
-		var out dotFun
-		for _, e := range as {
-			if _, ok := bf.find(e.d); ok || !cb.Contains(e.d) {
-				out = append(out, e)
-			}
-		}
-		added := false
-		for _, e := range bf {
-			if _, ok := as.find(e.d); !ok && !ca.Contains(e.d) {
-				out = append(out, e)
-				added = true
-			}
-		}
-		if added {
-			slices.SortFunc(out, func(x, y funEntry) int { return x.d.Compare(y.d) })
-		}
-		if len(out) == 0 {
+		out, changed := joinSorted(as, ca, bf, cb, func(e funEntry) Dot { return e.d })
+		switch {
+		case !changed:
+			return a, false // joinSorted returned as
+		case len(out) == 0:
 			return nil, true
-		}
-		if !added && len(out) == len(as) {
-			return as, false
+		case sameArray(out, bf):
+			return b, true
 		}
 		return out, true
 	case dotMap:
@@ -292,6 +267,95 @@ func joinStores(a store, ca *Context, b store, cb *Context) (store, bool) {
 		return as, changed
 	}
 	panic("crdt: unknown dot store") // unreachable: stores are built only by this package
+}
+
+func isSlice(s store) bool {
+	switch s.(type) {
+	case dotSet, dotFun:
+		return true
+	}
+	return false
+}
+
+// allDots reports whether keep holds for every dot of a dot set or fun.
+func allDots(s store, keep func(Dot) bool) bool {
+	switch x := s.(type) {
+	case dotSet:
+		for _, d := range x {
+			if !keep(d) {
+				return false
+			}
+		}
+	case dotFun:
+		for _, e := range x {
+			if !keep(e.d) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// sameArray reports whether x and y are one slice.
+func sameArray[E any](x, y []E) bool {
+	return len(x) == len(y) && (len(x) == 0 || &x[0] == &y[0])
+}
+
+// joinSorted is joinStores for two dot-sorted stores of distinct dots (a
+// dotSet or a dotFun), as one merge of a and b: an item of both is kept
+// (a's: a dot names one write, so the values agree), an item of one only
+// is kept if the other's context has not seen its dot. It returns a itself
+// and false when nothing changes (the common case, tested first without
+// allocating), nil and true when nothing is left.
+func joinSorted[S ~[]E, E any](a S, ca *Context, b S, cb *Context, dot func(E) Dot) (S, bool) {
+	if sameArray(a, b) {
+		return a, false // one shared store: the common case of values that travelled by reference
+	}
+	if slices.EqualFunc(a, b, func(x, y E) bool { return dot(x) == dot(y) }) {
+		return a, false
+	}
+	out := make(S, 0, len(a)+len(b))
+	added, keptA := false, 0
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		c := -1
+		switch {
+		case i == len(a):
+			c = 1
+		case j < len(b):
+			c = dot(a[i]).Compare(dot(b[j]))
+		}
+		switch {
+		case c == 0:
+			out = append(out, a[i])
+			keptA++
+			i++
+			j++
+		case c < 0:
+			if !cb.Contains(dot(a[i])) {
+				out = append(out, a[i])
+				keptA++
+			}
+			i++
+		default:
+			if !ca.Contains(dot(b[j])) {
+				out = append(out, b[j])
+				added = true
+			}
+			j++
+		}
+	}
+	switch {
+	case len(out) == 0:
+		return nil, true
+	case !added && len(out) == len(a):
+		return a, false
+	case keptA == 0 && len(out) == len(b):
+		// out is b: b replaced a (a newer write). Share b, so that later
+		// joins of the same store find it equal by identity.
+		return b, true
+	}
+	return out, true
 }
 
 func setOrDelete(m dotMap, k string, s store) {

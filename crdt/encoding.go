@@ -6,6 +6,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"sync"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -63,8 +64,18 @@ func AppendEncode(b []byte, v Value) []byte {
 	return b
 }
 
-// EncodedSize returns len(Encode(v)).
-func EncodedSize(v Value) int { return len(Encode(v)) }
+// EncodedSize returns len(Encode(v)). It encodes into a reused buffer, so
+// counting bytes allocates nothing once the buffer has grown.
+func EncodedSize(v Value) int {
+	bp := sizeBufs.Get().(*[]byte)
+	b := AppendEncode((*bp)[:0], v)
+	*bp = b
+	sizeBufs.Put(bp)
+	return len(b)
+}
+
+// sizeBufs holds scratch buffers for EncodedSize.
+var sizeBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // ToProto returns the wire message of v.
 func ToProto(v Value) *crdtpb.State {
@@ -197,17 +208,32 @@ func (e *encoder) sortedDots(s store) []Dot {
 	return ds
 }
 
-// mvEntries appends repeated MVEntry field num.
+// mvEntries appends repeated MVEntry field num. Registers are most of a
+// map's bytes, so each entry's length is computed up front rather than
+// through message.
 func (e *encoder) mvEntries(b []byte, num protowire.Number, s store) []byte {
 	f, _ := s.(dotFun)
 	for _, fe := range f {
-		b = e.message(b, num, func(b []byte) []byte {
-			b = appendUint(b, 1, e.rep(fe.d.Replica))
-			b = appendUint(b, 2, fe.d.Seq)
-			return appendBytes(b, 3, fe.v)
-		})
+		r := e.rep(fe.d.Replica)
+		n := uintSize(1, r) + uintSize(2, fe.d.Seq)
+		if len(fe.v) > 0 {
+			n += protowire.SizeTag(3) + protowire.SizeBytes(len(fe.v))
+		}
+		b = protowire.AppendTag(b, num, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(n))
+		b = appendUint(b, 1, r)
+		b = appendUint(b, 2, fe.d.Seq)
+		b = appendBytes(b, 3, fe.v)
 	}
 	return b
+}
+
+// uintSize is the length of what appendUint appends.
+func uintSize(num protowire.Number, v uint64) int {
+	if v == 0 {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeVarint(v)
 }
 
 // setEntries appends repeated ORSetEntry field num; keys are m's sorted

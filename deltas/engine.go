@@ -261,7 +261,7 @@ func (e *Engine) restored(key string) {
 // written again (Update fails with ErrDeleted). It reports whether the key
 // was not deleted before. Deleting a key that never existed works too.
 func (e *Engine) Delete(key string) bool {
-	return e.receiveKS("", KeyState{Key: key, Deleted: true})
+	return e.receiveKS("", KeyState{Key: key, Deleted: true}, true)
 }
 
 // Deleted reports whether key was deleted.
@@ -379,8 +379,10 @@ func (e *Engine) PeerDown(p PeerID) {
 func (e *Engine) RemovePeer(p PeerID) { delete(e.peers, p) }
 
 // receiveKS joins a state, delta or deletion from peer p into key's state,
-// buffering what inflated it, and reports whether the state grew.
-func (e *Engine) receiveKS(p PeerID, ks KeyState) bool {
+// buffering what inflated it, and reports whether the state grew. Without
+// RR the whole of ks.State is buffered: shared if immutable (a message
+// value, see Message), else copied.
+func (e *Engine) receiveKS(p PeerID, ks KeyState, immutable bool) bool {
 	key := ks.Key
 	if e.Deleted(key) {
 		return false // the deletion absorbs everything
@@ -411,7 +413,10 @@ func (e *Engine) receiveKS(p PeerID, ks KeyState) bool {
 			return false
 		}
 		if e.cfg.Mode != ModeState {
-			inflation = d.Clone()
+			inflation = d
+			if !immutable {
+				inflation = d.Clone()
+			}
 		}
 	}
 	e.state[key] = x
@@ -503,7 +508,7 @@ func (e *Engine) Step(m Message) error {
 	switch b := m.Body.(type) {
 	case *Deltas:
 		for _, k := range b.Deltas {
-			e.receiveKS(m.From, k)
+			e.receiveKS(m.From, k, true)
 		}
 		if b.FromSeq <= pr.received && b.ToSeq > pr.received {
 			pr.received = b.ToSeq
@@ -511,7 +516,7 @@ func (e *Engine) Step(m Message) error {
 		pr.ackOwed = true
 	case *States:
 		for _, k := range b.States {
-			e.receiveKS(m.From, k)
+			e.receiveKS(m.From, k, true)
 		}
 		if b.Seq > 0 {
 			pr.received = max(pr.received, b.Seq)
@@ -521,7 +526,7 @@ func (e *Engine) Step(m Message) error {
 		e.answerDigest(pr, m.From, b)
 	case *DigestReply:
 		for _, k := range b.States {
-			e.receiveKS(m.From, k)
+			e.receiveKS(m.From, k, true)
 		}
 		// A reply to an earlier digest (one that timed out) does not say
 		// what the peer lacks relative to the current one.
@@ -853,7 +858,7 @@ func (e *Engine) Merge(key string, v crdt.Value) (bool, error) {
 	if err := e.checkTypes(ks); err != nil {
 		return false, err
 	}
-	return e.receiveKS("", ks[0]), nil
+	return e.receiveKS("", ks[0], false), nil
 }
 
 // collect drops buffered deltas every peer in the horizon has acknowledged.

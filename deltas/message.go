@@ -16,8 +16,10 @@ type PeerID string
 
 // Message is one message between engines. To is not on the wire: the
 // transport knows where it sends. The CRDT values a message carries are
-// read-only: an engine may share one value between several messages, and
-// Step never modifies the values it is given.
+// immutable: an engine may share one value between several messages,
+// Step never modifies the values it is given and may keep them (as
+// buffered deltas), so nothing may modify them once they are in a
+// message.
 type Message struct {
 	From, To PeerID
 	// Session is the sender engine's session (Config.Session).
@@ -110,8 +112,71 @@ var ErrDecode = errors.New("deltas: malformed message")
 // are embedded as crdt.Encode writes them.
 func EncodeMessage(m Message) []byte { return AppendMessage(nil, m) }
 
-// MessageSize returns len(EncodeMessage(m)).
-func MessageSize(m Message) int { return len(EncodeMessage(m)) }
+// MessageSize returns len(EncodeMessage(m)), computed without building
+// the message (a state with Encoded set is counted by its length).
+func MessageSize(m Message) int {
+	n := stringSize(1, string(m.From)) + uintSize(2, m.Session) + uintSize(3, m.AckSession) + uintSize(4, m.Ack)
+	switch body := m.Body.(type) {
+	case *Deltas:
+		n += fieldSize(5, uintSize(1, body.FromSeq)+uintSize(2, body.ToSeq)+keyStatesSize(3, body.Deltas))
+	case *Digest:
+		x := 0
+		for _, kd := range body.Digests {
+			y := stringSize(1, kd.Key)
+			if kd.Hash != 0 {
+				y += protowire.SizeTag(2) + protowire.SizeFixed64()
+			}
+			x += fieldSize(1, y)
+		}
+		n += fieldSize(6, x+uintSize(2, body.Seq))
+	case *DigestReply:
+		x := 0
+		for _, k := range body.Want {
+			x += fieldSize(1, len(k))
+		}
+		n += fieldSize(7, x+keyStatesSize(2, body.States)+uintSize(3, body.Seq))
+	case *States:
+		n += fieldSize(8, uintSize(1, body.Seq)+keyStatesSize(2, body.States))
+	}
+	return n
+}
+
+// keyStatesSize, fieldSize, stringSize and uintSize are the lengths of
+// what appendKeyStates, appendField, appendString and appendUint append.
+func keyStatesSize(num protowire.Number, ks []KeyState) int {
+	n := 0
+	for _, k := range ks {
+		y := stringSize(1, k.Key)
+		switch {
+		case k.Deleted:
+			y += uintSize(3, 1)
+		case k.Encoded != nil:
+			y += fieldSize(2, len(k.Encoded))
+		default:
+			y += fieldSize(2, crdt.EncodedSize(k.State))
+		}
+		n += fieldSize(num, y)
+	}
+	return n
+}
+
+func fieldSize(num protowire.Number, n int) int {
+	return protowire.SizeTag(num) + protowire.SizeBytes(n)
+}
+
+func stringSize(num protowire.Number, v string) int {
+	if v == "" {
+		return 0
+	}
+	return fieldSize(num, len(v))
+}
+
+func uintSize(num protowire.Number, v uint64) int {
+	if v == 0 {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeVarint(v)
+}
 
 // AppendMessage appends the wire form of m to b.
 func AppendMessage(b []byte, m Message) []byte {

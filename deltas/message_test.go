@@ -509,6 +509,11 @@ func TestSimMessagesRoundTrip(t *testing.T) {
 				t.Fatalf("%s: %v", mode, err)
 			}
 			sameMessage(t, got, m)
+			// MessageSize counts without encoding, from Encoded when the
+			// engine set it (m) and from the states (got).
+			if n, dn := deltas.MessageSize(m), deltas.MessageSize(got); n != len(enc) || dn != len(enc) {
+				t.Fatalf("%s: %s message of %d bytes, MessageSize %d (decoded: %d)", mode, k, len(enc), n, dn)
+			}
 		}
 	}
 	for _, k := range []string{"ack", "Deltas", "Digest", "DigestReply", "States", "States{Seq}"} {

@@ -121,7 +121,10 @@ func Run(o Options, progress func(done, total int, r Result)) ([]Result, error) 
 			}
 		}()
 	}
-	for _, j := range jobs {
+	// The last workloads are the heaviest (gmap-100 takes the most):
+	// starting them first keeps one long run from finishing alone at the
+	// end. Results keep their order.
+	for _, j := range slices.Backward(jobs) {
 		work <- j
 	}
 	close(work)
