@@ -20,6 +20,7 @@ import (
 
 	"github.com/statemesh/statemesh/consensus"
 	"github.com/statemesh/statemesh/examples"
+	"github.com/statemesh/statemesh/internal/freeport"
 	"github.com/statemesh/statemesh/internal/netfault"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/node"
@@ -60,15 +61,9 @@ func (chanFactory) Create(c config.NodeHostConfig, h raftio.MessageHandler, ch r
 }
 func (chanFactory) Validate(string) bool { return true }
 
-// freeAddr returns a loopback address whose port is free right now.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+// freeAddr returns a loopback address whose port is free right now,
+// below the ephemeral range (internal/freeport).
+func freeAddr() (string, error) { return freeport.Addr() }
 
 func startSim(ctx context.Context, cfg ClusterConfig, seed int64) (_ *simCluster, err error) {
 	c := &simCluster{cfg: cfg, faults: netfault.New(seed), addrs: &netfault.AddrBook{},

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/statemesh/statemesh/internal/freeport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
@@ -506,20 +506,15 @@ func portFree(port int) bool {
 }
 
 // FreePorts returns the first of n consecutive ports on 127.0.0.1 that
-// are free now (in 20000-49999), e.g. for StartEtcd's basePort (n = 6).
-// Another process may take one before they are used.
+// are free now, below the kernel's ephemeral range (internal/freeport),
+// e.g. for StartEtcd's basePort (n = 6). Another process may still take
+// one before they are used.
 func FreePorts(n int) (int, error) {
-	for range 100 {
-		base := 20000 + rand.IntN(30000-n)
-		ok := true
-		for p := base; p < base+n && ok; p++ {
-			ok = portFree(p)
-		}
-		if ok {
-			return base, nil
-		}
+	base, err := freeport.Block(n)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrPortInUse, err)
 	}
-	return 0, fmt.Errorf("%w: found no %d consecutive free ports", ErrPortInUse, n)
+	return base, nil
 }
 
 // tailBuffer keeps about the last max bytes written to it.

@@ -24,6 +24,7 @@ import (
 	"github.com/statemesh/statemesh/examples/counter/counterpb"
 	"github.com/statemesh/statemesh/examples/register"
 	"github.com/statemesh/statemesh/examples/register/registerpb"
+	"github.com/statemesh/statemesh/internal/freeport"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/node"
 	"github.com/statemesh/statemesh/sdk"
@@ -185,14 +186,14 @@ func (m *Mesh) Close() error {
 	return errors.Join(errs...)
 }
 
-// FreeAddr returns a loopback address whose port is free right now.
+// FreeAddr returns a loopback address whose port is free right now,
+// below the ephemeral range (internal/freeport).
 func FreeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Addr()
 	if err != nil {
 		return "127.0.0.1:0"
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return a
 }
 
 // GRPCTarget sends, through the nodes' gRPC endpoints, counter

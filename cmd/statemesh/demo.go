@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/statemesh/statemesh/examples"
+	"github.com/statemesh/statemesh/internal/freeport"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/node"
 	"github.com/statemesh/statemesh/sdk"
@@ -124,14 +125,14 @@ func startDemo(dataDir string, n int, log *slog.Logger, progress io.Writer) (*de
 	return d, nil
 }
 
-// freeAddr returns a loopback address whose port is free right now.
+// freeAddr returns a loopback address whose port is free right now,
+// below the ephemeral range (internal/freeport).
 func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Addr()
 	if err != nil {
 		return "127.0.0.1:0"
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return a
 }
 
 func (d *demo) print(w io.Writer) {

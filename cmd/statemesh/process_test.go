@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/statemesh/statemesh/crdt"
+	"github.com/statemesh/statemesh/internal/freeport"
 	"github.com/statemesh/statemesh/protocol/adminpb"
 )
 
@@ -39,15 +39,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freePort returns a loopback address with a port free right now.
+// freePort returns a loopback address with a port free right now, below
+// the ephemeral range (internal/freeport).
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return a
 }
 
 // proc is one `statemesh node` process.
