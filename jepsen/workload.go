@@ -39,13 +39,13 @@ func newWorkload(name string) (workload, error) {
 	case WorkloadCounter:
 		return &counterWorkload{keys: 2}, nil
 	case WorkloadSet:
-		return &setWorkload{keys: 2}, nil
+		return &setWorkload{prefix: "jepsen-s", keys: 2}, nil
 	case WorkloadRegister:
 		return &registerWorkload{keys: 8}, nil
 	case WorkloadDurability:
-		return &durabilityWorkload{}, nil
+		return &durabilityWorkload{set: setWorkload{prefix: "jepsen-d", keys: 2}}, nil
 	case WorkloadConvergence:
-		return &convergenceWorkload{counter: counterWorkload{keys: 3}, set: setWorkload{keys: 3}}, nil
+		return &convergenceWorkload{counter: counterWorkload{keys: 3}, set: setWorkload{prefix: "jepsen-s", keys: 3}}, nil
 	}
 	return nil, fmt.Errorf("jepsen: unknown workload %q (one of %v)", name, Workloads)
 }
@@ -58,10 +58,13 @@ type counterWorkload struct{ keys int }
 
 func (wl *counterWorkload) key(i int) string { return "jepsen-c" + strconv.Itoa(i) }
 
-func (wl *counterWorkload) allKeys() []string {
-	var ks []string
-	for i := range wl.keys {
-		ks = append(ks, wl.key(i))
+func (wl *counterWorkload) allKeys() []string { return keyNames(wl.keys, wl.key) }
+
+// keyNames lists the names of keys 0..n-1.
+func keyNames(n int, name func(int) string) []string {
+	ks := make([]string, n)
+	for i := range ks {
+		ks[i] = name(i)
 	}
 	return ks
 }
@@ -114,17 +117,14 @@ func (wl *counterWorkload) check(r *runner, ops []history.Op) []check.Result {
 
 // ---- set ----
 
-type setWorkload struct{ keys int }
-
-func (wl *setWorkload) key(i int) string { return "jepsen-s" + strconv.Itoa(i) }
-
-func (wl *setWorkload) allKeys() []string {
-	var ks []string
-	for i := range wl.keys {
-		ks = append(ks, wl.key(i))
-	}
-	return ks
+type setWorkload struct {
+	prefix string // key names: prefix0, prefix1, ...
+	keys   int
 }
+
+func (wl *setWorkload) key(i int) string { return wl.prefix + strconv.Itoa(i) }
+
+func (wl *setWorkload) allKeys() []string { return keyNames(wl.keys, wl.key) }
 
 func (wl *setWorkload) step(ctx context.Context, w *worker) {
 	switch x := w.rng.IntN(20); {
@@ -227,7 +227,7 @@ type durabilityWorkload struct{ set setWorkload }
 
 func (wl *durabilityWorkload) step(ctx context.Context, w *worker) {
 	if w.rng.IntN(2) == 0 {
-		key := "jepsen-d" + strconv.Itoa(w.rng.IntN(2))
+		key := wl.set.key(w.rng.IntN(wl.set.keys))
 		v := check.SetOp{Key: key, Element: w.unique()}
 		if w.run("add", v, func(ctx context.Context) (any, outcome) { return v, w.c.setAdd(ctx, key, v.Element) }) == history.OK {
 			w.added = append(w.added, v)
@@ -244,22 +244,8 @@ func (wl *durabilityWorkload) step(ctx context.Context, w *worker) {
 }
 
 func (wl *durabilityWorkload) final(ctx context.Context, r *runner) error {
-	wl.set = setWorkload{keys: 2}
-	setKeys := []string{"jepsen-d0", "jepsen-d1"}
-	digest := func(ctx context.Context, c client) (string, error) {
-		out := ""
-		for _, k := range setKeys {
-			els, o := c.setGet(ctx, k)
-			if o.typ != history.OK {
-				return "", fmt.Errorf("%s", o.err)
-			}
-			slices.Sort(els)
-			out += fmt.Sprintf("%s=%v;", k, els)
-		}
-		return out, nil
-	}
-	r.converge(ctx, digest)
-	if err := r.finalReads(ctx, setKeys, wl.set.finalRead); err != nil {
+	r.converge(ctx, wl.set.digest)
+	if err := r.finalReads(ctx, wl.set.allKeys(), wl.set.finalRead); err != nil {
 		return err
 	}
 	var regKeys []string
