@@ -98,11 +98,21 @@ func (c *causal) replaceEntry(k string, oldDots []Dot, s store) {
 		c.order = nil
 	}
 	if c.idx != nil {
+		// A register's new value usually keeps some of its old dots (a
+		// value written concurrently): those stay in the index as they
+		// are. Only small entries are compared dot by dot.
+		small := s != nil && isSlice(s) && len(oldDots) <= 16
 		for _, d := range oldDots {
-			delete(c.idx, d)
+			if !small || !holdsDot(s, d) {
+				delete(c.idx, d)
+			}
 		}
 		if s != nil {
-			s.eachDot(func(d Dot) { c.idx[d] = k })
+			s.eachDot(func(d Dot) {
+				if !small || !slices.Contains(oldDots, d) {
+					c.idx[d] = k
+				}
+			})
 		}
 	}
 	setOrDelete(m, k, s)
@@ -112,11 +122,14 @@ func (c *causal) replaceEntry(k string, oldDots []Dot, s store) {
 }
 
 // indexedDots returns the dots of s if c keeps an index (for replaceEntry).
-func (c *causal) indexedDots(s store) []Dot {
+func (c *causal) indexedDots(s store) []Dot { return c.appendIndexedDots(nil, s) }
+
+// appendIndexedDots is indexedDots appending to buf.
+func (c *causal) appendIndexedDots(buf []Dot, s store) []Dot {
 	if c.idx == nil {
 		return nil
 	}
-	return dotsOf(s)
+	return appendDots(buf, s)
 }
 
 // joinCausal joins o into c in place and reports whether c inflated.
@@ -127,6 +140,7 @@ func (c *causal) joinCausal(o *causal) bool {
 		// new one, so the map is looked up afresh for every key.
 		om, _ := o.s.(dotMap)
 		before, present := len(c.entries()), 0
+		var buf []Dot // the old dots of one entry, reused from key to key
 		for k, ov := range om {
 			cur := c.entries()[k]
 			if cur != nil {
@@ -134,15 +148,16 @@ func (c *causal) joinCausal(o *causal) bool {
 			}
 			var old []Dot
 			if isMap(cur) {
-				old = c.indexedDots(cur) // nested maps are joined in place
+				old = c.appendIndexedDots(buf[:0], cur) // nested maps are joined in place
 			}
 			nv, ch := joinStores(cur, c.ctx, ov, o.ctx)
 			if ch {
 				changed = true
 				if !isMap(cur) {
-					old = c.indexedDots(cur) // dot sets and funs are immutable
+					old = c.appendIndexedDots(buf[:0], cur) // dot sets and funs are immutable
 				}
 				c.replaceEntry(k, old, nv)
+				buf = old
 			}
 		}
 		var gone []string
@@ -250,14 +265,11 @@ func (c *causal) extractCausal(o *causal, indexed bool) causal {
 		out.s = o.s.filter(fresh.Contains)
 	}
 	// Dots that o has seen, c still holds, and o does not hold: o removed
-	// them.
-	var oDots map[Dot]struct{}
-	if o.s != nil {
-		oDots = make(map[Dot]struct{}, o.s.size()) // about one dot per entry: no rehashing as it fills
-		o.s.eachDot(func(d Dot) { oDots[d] = struct{}{} })
-	}
-	removed := func(d Dot) {
-		if _, held := oDots[d]; !held {
+	// them. With c's index, a dot's key is known, and o can hold the dot
+	// at that key only (a dot names one write, to one key).
+	om, _ := o.s.(dotMap)
+	removedAt := func(d Dot, k string) {
+		if !holdsDot(om[k], d) {
 			out.ctx.Add(d)
 		}
 	}
@@ -265,22 +277,27 @@ func (c *causal) extractCausal(o *causal, indexed bool) causal {
 		overlap := o.ctx.Intersect(c.ctx)
 		if overlap.Count() <= uint64(len(idx)) {
 			overlap.ForEach(func(d Dot) bool {
-				if _, live := idx[d]; live {
-					removed(d)
+				if k, live := idx[d]; live {
+					removedAt(d, k)
 				}
 				return true
 			})
 		} else {
-			for d := range idx {
+			for d, k := range idx {
 				if o.ctx.Contains(d) {
-					removed(d)
+					removedAt(d, k)
 				}
 			}
 		}
 	} else if c.s != nil {
+		var oDots map[Dot]struct{}
+		if o.s != nil {
+			oDots = make(map[Dot]struct{}, o.s.size()) // about one dot per entry: no rehashing as it fills
+			o.s.eachDot(func(d Dot) { oDots[d] = struct{}{} })
+		}
 		c.s.eachDot(func(d Dot) {
-			if o.ctx.Contains(d) {
-				removed(d)
+			if _, held := oDots[d]; !held && o.ctx.Contains(d) {
+				out.ctx.Add(d)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"bytes"
+	"cmp"
 	"maps"
 	"slices"
 )
@@ -176,12 +177,37 @@ func dotCount(s store) int {
 	return n
 }
 
-func dotsOf(s store) []Dot {
-	var out []Dot
-	if s != nil {
-		s.eachDot(func(d Dot) { out = append(out, d) })
+func dotsOf(s store) []Dot { return appendDots(nil, s) }
+
+// appendDots appends the dots of s to buf.
+func appendDots(buf []Dot, s store) []Dot {
+	switch x := s.(type) {
+	case nil:
+	case dotSet:
+		buf = append(buf, x...)
+	case dotFun:
+		for _, e := range x {
+			buf = append(buf, e.d)
+		}
+	default:
+		s.eachDot(func(d Dot) { buf = append(buf, d) })
 	}
-	return out
+	return buf
+}
+
+// holdsDot reports whether store s (nil for none) holds d.
+func holdsDot(s store, d Dot) bool {
+	switch x := s.(type) {
+	case nil:
+		return false
+	case dotSet:
+		return slices.Contains(x, d)
+	case dotFun:
+		return slices.ContainsFunc(x, func(e funEntry) bool { return sameDot(e.d, d) })
+	}
+	found := false
+	s.eachDot(func(e Dot) { found = found || e == d })
+	return found
 }
 
 // joinStores is the causal join of store a with context ca and store b with
@@ -219,6 +245,11 @@ func joinStores(a store, ca *Context, b store, cb *Context) (store, bool) {
 	switch as := a.(type) {
 	case dotSet:
 		bs := b.(dotSet)
+		if len(as) == 1 && len(bs) == 1 {
+			if out, changed, ok := joinSingle(a, as[0], ca, b, bs[0], cb); ok {
+				return out, changed
+			}
+		}
 		out, changed := joinSorted(as, ca, bs, cb, func(d Dot) Dot { return d })
 		switch {
 		case !changed:
@@ -231,6 +262,13 @@ func joinStores(a store, ca *Context, b store, cb *Context) (store, bool) {
 		return out, true
 	case dotFun:
 		bf := b.(dotFun)
+		if len(as) == 1 && len(bf) == 1 {
+			// One value each (a register written once since it was last
+			// seen): the common case, decided without a merge.
+			if out, changed, ok := joinSingle(a, as[0].d, ca, b, bf[0].d, cb); ok {
+				return out, changed
+			}
+		}
 		out, changed := joinSorted(as, ca, bf, cb, func(e funEntry) Dot { return e.d })
 		switch {
 		case !changed:
@@ -267,6 +305,38 @@ func joinStores(a store, ca *Context, b store, cb *Context) (store, bool) {
 		return as, changed
 	}
 	panic("crdt: unknown dot store") // unreachable: stores are built only by this package
+}
+
+// joinSingle is joinSorted for a and b of one dot each (da and db). It
+// decides every case but one where both dots survive (concurrent writes),
+// and then reports !ok for the caller to merge.
+func joinSingle(a store, da Dot, ca *Context, b store, db Dot, cb *Context) (out store, changed, ok bool) {
+	if sameDot(da, db) {
+		return a, false, true
+	}
+	keepA, keepB := !cb.Contains(da), !ca.Contains(db)
+	switch {
+	case keepA && keepB:
+		return nil, false, false
+	case keepA:
+		return a, false, true
+	case keepB:
+		return b, true, true // b replaced a: share it, as joinSorted does
+	}
+	return nil, true, true
+}
+
+// sameDot is x == y, comparing the sequence numbers first: they tell most
+// dots apart without reading the replicas' names.
+func sameDot(x, y Dot) bool { return x.Seq == y.Seq && x.Replica == y.Replica }
+
+// compareDots is x.Compare(y), without comparing names of one replica
+// (dots of one replica usually share their name's bytes).
+func compareDots(x, y Dot) int {
+	if x.Replica == y.Replica {
+		return cmp.Compare(x.Seq, y.Seq)
+	}
+	return x.Replica.Compare(y.Replica)
 }
 
 func isSlice(s store) bool {
@@ -311,11 +381,34 @@ func joinSorted[S ~[]E, E any](a S, ca *Context, b S, cb *Context, dot func(E) D
 	if sameArray(a, b) {
 		return a, false // one shared store: the common case of values that travelled by reference
 	}
-	if slices.EqualFunc(a, b, func(x, y E) bool { return dot(x) == dot(y) }) {
+	// Count first, without allocating: most joins keep a (equal stores
+	// need no context look-up) or replace it by b.
+	n, keptA, added := mergeSorted(a, ca, b, cb, dot, nil)
+	switch {
+	case n == 0:
+		return nil, true
+	case !added && n == len(a):
 		return a, false
+	case keptA == 0 && n == len(b):
+		// b replaced a (a newer write). Share b, so that later joins of
+		// the same store find it equal by identity.
+		return b, true
 	}
-	out := make(S, 0, len(a)+len(b))
-	added, keptA := false, 0
+	out := make(S, 0, n)
+	mergeSorted(a, ca, b, cb, dot, &out)
+	return out, true
+}
+
+// mergeSorted walks the merge of joinSorted, appending the items kept to
+// *out unless out is nil. It returns how many it keeps, how many of them
+// come from a, and whether any comes from b only.
+func mergeSorted[S ~[]E, E any](a S, ca *Context, b S, cb *Context, dot func(E) Dot, out *S) (n, keptA int, added bool) {
+	keep := func(e E) {
+		n++
+		if out != nil {
+			*out = append(*out, e)
+		}
+	}
 	i, j := 0, 0
 	for i < len(a) || j < len(b) {
 		c := -1
@@ -323,39 +416,29 @@ func joinSorted[S ~[]E, E any](a S, ca *Context, b S, cb *Context, dot func(E) D
 		case i == len(a):
 			c = 1
 		case j < len(b):
-			c = dot(a[i]).Compare(dot(b[j]))
+			c = compareDots(dot(a[i]), dot(b[j]))
 		}
 		switch {
 		case c == 0:
-			out = append(out, a[i])
+			keep(a[i])
 			keptA++
 			i++
 			j++
 		case c < 0:
 			if !cb.Contains(dot(a[i])) {
-				out = append(out, a[i])
+				keep(a[i])
 				keptA++
 			}
 			i++
 		default:
 			if !ca.Contains(dot(b[j])) {
-				out = append(out, b[j])
+				keep(b[j])
 				added = true
 			}
 			j++
 		}
 	}
-	switch {
-	case len(out) == 0:
-		return nil, true
-	case !added && len(out) == len(a):
-		return a, false
-	case keptA == 0 && len(out) == len(b):
-		// out is b: b replaced a (a newer write). Share b, so that later
-		// joins of the same store find it equal by identity.
-		return b, true
-	}
-	return out, true
+	return n, keptA, added
 }
 
 func setOrDelete(m dotMap, k string, s store) {

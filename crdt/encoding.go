@@ -52,8 +52,10 @@ const maxNodeName = 255
 func Encode(v Value) []byte { return AppendEncode(nil, v) }
 
 // AppendEncode appends the wire form of v to b.
-func AppendEncode(b []byte, v Value) []byte {
-	e := &encoder{idx: map[ReplicaID]uint32{}}
+func AppendEncode(b []byte, v Value) []byte { return appendEncode(b, v, false) }
+
+func appendEncode(b []byte, v Value, sizeOnly bool) []byte {
+	e := &encoder{idx: map[ReplicaID]uint32{}, sizeOnly: sizeOnly}
 	b = v.encode(e, b)
 	for _, r := range e.order {
 		b = e.message(b, 1, func(b []byte) []byte {
@@ -68,7 +70,7 @@ func AppendEncode(b []byte, v Value) []byte {
 // counting bytes allocates nothing once the buffer has grown.
 func EncodedSize(v Value) int {
 	bp := sizeBufs.Get().(*[]byte)
-	b := AppendEncode((*bp)[:0], v)
+	b := appendEncode((*bp)[:0], v, true)
 	*bp = b
 	sizeBufs.Put(bp)
 	return len(b)
@@ -89,6 +91,12 @@ func ToProto(v Value) *crdtpb.State {
 type encoder struct {
 	idx   map[ReplicaID]uint32
 	order []ReplicaID
+	// sizeOnly lets map entries come in any order (EncodedSize reads
+	// only the length). The order changes no byte count: each entry is
+	// a message of its own, and every replica an entry names already has
+	// its index, given when the map's context (which holds every dot of
+	// the map, nested ones too) was written before the entries.
+	sizeOnly bool
 }
 
 func (e *encoder) rep(r ReplicaID) uint64 {
@@ -256,25 +264,34 @@ func (e *encoder) setEntries(b []byte, num protowire.Number, s store, keys []str
 // keys, or nil to sort them here.
 func (e *encoder) mapEntries(b []byte, num protowire.Number, s store, keys []string) []byte {
 	m, _ := s.(dotMap)
-	if keys == nil {
-		keys = slices.Sorted(maps.Keys(m))
-	}
-	for _, k := range keys {
+	entry := func(b []byte, k string, v store) []byte {
 		t, key := splitEntryKey(k)
-		b = e.message(b, num, func(b []byte) []byte {
+		return e.message(b, num, func(b []byte) []byte {
 			b = appendString(b, 1, key)
 			b = appendUint(b, 2, uint64(t))
 			switch t {
 			case TypeEWFlag:
-				return e.message(b, 3, func(b []byte) []byte { return e.dots(b, e.sortedDots(m[k])) })
+				return e.message(b, 3, func(b []byte) []byte { return e.dots(b, e.sortedDots(v)) })
 			case TypeMVRegister:
-				return e.message(b, 4, func(b []byte) []byte { return e.mvEntries(b, 1, m[k]) })
+				return e.message(b, 4, func(b []byte) []byte { return e.mvEntries(b, 1, v) })
 			case TypeORSet:
-				return e.message(b, 5, func(b []byte) []byte { return e.setEntries(b, 1, m[k], nil) })
+				return e.message(b, 5, func(b []byte) []byte { return e.setEntries(b, 1, v, nil) })
 			default:
-				return e.message(b, 6, func(b []byte) []byte { return e.mapEntries(b, 1, m[k], nil) })
+				return e.message(b, 6, func(b []byte) []byte { return e.mapEntries(b, 1, v, nil) })
 			}
 		})
+	}
+	if e.sizeOnly {
+		for k, v := range m {
+			b = entry(b, k, v)
+		}
+		return b
+	}
+	if keys == nil {
+		keys = slices.Sorted(maps.Keys(m))
+	}
+	for _, k := range keys {
+		b = entry(b, k, m[k])
 	}
 	return b
 }
