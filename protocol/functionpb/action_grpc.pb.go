@@ -32,9 +32,17 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type ActionProtocolClient interface {
 	HandleUnary(ctx context.Context, in *ActionCommand, opts ...grpc.CallOption) (*ActionResponse, error)
-	// Client streaming: the first message names the service and method.
+	// Client streaming: the proxy's first message names the service and
+	// method and carries the call's metadata, without a payload; then one
+	// message per caller message, of which only the payload is read (an SDK
+	// treats a payload on the first message as the caller's first message).
+	// The function answers once, after the proxy closes its side.
 	HandleStreamedIn(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ActionCommand, ActionResponse], error)
+	// Server streaming: one command in, any number of responses out, each
+	// with the side effects added since the previous; a Failure ends it.
 	HandleStreamedOut(ctx context.Context, in *ActionCommand, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ActionResponse], error)
+	// Bidirectional: the messages in as for HandleStreamedIn, the responses
+	// out as for HandleStreamedOut.
 	HandleStreamed(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ActionCommand, ActionResponse], error)
 }
 
@@ -106,9 +114,17 @@ type ActionProtocol_HandleStreamedClient = grpc.BidiStreamingClient[ActionComman
 // for forward compatibility.
 type ActionProtocolServer interface {
 	HandleUnary(context.Context, *ActionCommand) (*ActionResponse, error)
-	// Client streaming: the first message names the service and method.
+	// Client streaming: the proxy's first message names the service and
+	// method and carries the call's metadata, without a payload; then one
+	// message per caller message, of which only the payload is read (an SDK
+	// treats a payload on the first message as the caller's first message).
+	// The function answers once, after the proxy closes its side.
 	HandleStreamedIn(grpc.ClientStreamingServer[ActionCommand, ActionResponse]) error
+	// Server streaming: one command in, any number of responses out, each
+	// with the side effects added since the previous; a Failure ends it.
 	HandleStreamedOut(*ActionCommand, grpc.ServerStreamingServer[ActionResponse]) error
+	// Bidirectional: the messages in as for HandleStreamedIn, the responses
+	// out as for HandleStreamedOut.
 	HandleStreamed(grpc.BidiStreamingServer[ActionCommand, ActionResponse]) error
 	mustEmbedUnimplementedActionProtocolServer()
 }
