@@ -370,13 +370,14 @@ func (n *Node) run(ctx context.Context, o *op) (uint64, error) {
 		<-o.done // it is running: it will be done at once
 		return o.batch, nil
 	case <-n.stopc:
-		// The loop may have finished o before stopping.
-		select {
-		case <-o.done:
-			return o.batch, nil
-		default:
+		// As for ctx: a pending o is cancelled, so the loop never runs fn
+		// after the caller has returned (and read what fn writes); one the
+		// loop took runs and is done within that loop step.
+		if o.state.CompareAndSwap(opPending, opCanceled) {
 			return 0, ErrClosed
 		}
+		<-o.done
+		return o.batch, nil
 	}
 }
 
