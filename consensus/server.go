@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 
 	"github.com/lni/dragonboat/v4"
@@ -176,7 +177,9 @@ func (h *Host) client(addr string) (consensuspb.ConsensusClient, error) {
 	if c, ok := h.conns.m[addr]; ok {
 		return consensuspb.NewConsensusClient(c), nil
 	}
-	opts := h.cfg.DialOptions
+	// Clipped: appending must not write into the spare capacity of the
+	// caller's Config.DialOptions.
+	opts := slices.Clip(h.cfg.DialOptions)
 	if len(opts) == 0 {
 		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}

@@ -111,7 +111,7 @@ func (m *stateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 // entries and failed expectations are results, not errors; an error means
 // the store failed and the shard must stop.
 func (m *stateMachine) apply(tx *eventlog.ShardTxn, e *sm.Entry) (sm.Result, error) {
-	res, err := m.applyEntry(tx, e)
+	res, requestID, err := m.applyEntry(tx, e)
 	if err != nil {
 		return sm.Result{}, err
 	}
@@ -122,39 +122,48 @@ func (m *stateMachine) apply(tx *eventlog.ShardTxn, e *sm.Entry) (sm.Result, err
 	if err != nil {
 		return sm.Result{}, err
 	}
+	// The recorded result of a request is the one returned now: marshalled
+	// once, on the apply path.
+	if res.Code == consensuspb.Code_CODE_OK && !res.Duplicate && len(requestID) > 0 {
+		if err := tx.PutRequest(requestID, e.Index, data); err != nil {
+			return sm.Result{}, err
+		}
+	}
 	return sm.Result{Value: uint64(res.Code), Data: data}, nil
 }
 
-func (m *stateMachine) applyEntry(tx *eventlog.ShardTxn, e *sm.Entry) (*consensuspb.Result, error) {
-	invalid := func(format string, args ...any) *consensuspb.Result {
-		return &consensuspb.Result{Code: consensuspb.Code_CODE_INVALID, Message: fmt.Sprintf(format, args...)}
+// applyEntry applies one entry's operation inside tx and returns its result
+// and the entry's request id; apply records the result under that id.
+func (m *stateMachine) applyEntry(tx *eventlog.ShardTxn, e *sm.Entry) (*consensuspb.Result, []byte, error) {
+	invalid := func(format string, args ...any) (*consensuspb.Result, []byte, error) {
+		return &consensuspb.Result{Code: consensuspb.Code_CODE_INVALID, Message: fmt.Sprintf(format, args...)}, nil, nil
 	}
 	if len(e.Cmd) > MaxEntryBytes {
-		return invalid("entry of %d bytes exceeds %d", len(e.Cmd), MaxEntryBytes), nil
+		return invalid("entry of %d bytes exceeds %d", len(e.Cmd), MaxEntryBytes)
 	}
 	var ent consensuspb.Entry
 	if err := proto.Unmarshal(e.Cmd, &ent); err != nil {
-		return invalid("entry does not decode: %v", err), nil
+		return invalid("entry does not decode: %v", err)
 	}
 	if len(ent.RequestId) > eventlog.MaxRequestIDBytes {
-		return invalid("request id of %d bytes", len(ent.RequestId)), nil
+		return invalid("request id of %d bytes", len(ent.RequestId))
 	}
 	entity := entityOf(ent.Entity)
 	if err := entity.Validate(); err != nil {
-		return invalid("%v", err), nil
+		return invalid("%v", err)
 	}
 	if len(ent.RequestId) > 0 {
 		prior, found, err := tx.Request(ent.RequestId)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if found {
 			r, err := decodeResult(prior)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			r.Duplicate = true
-			return r, nil
+			return r, nil, nil
 		}
 	}
 	var res *consensuspb.Result
@@ -167,25 +176,15 @@ func (m *stateMachine) applyEntry(tx *eventlog.ShardTxn, e *sm.Entry) (*consensu
 	case *consensuspb.Entry_DeleteValue:
 		res, err = m.applyValue(tx, entity, op.DeleteValue.CheckVersion, op.DeleteValue.ExpectedVersion, nil, true)
 	default:
-		return invalid("entry has no operation"), nil
+		return invalid("entry has no operation")
 	}
 	if err != nil {
 		if isInputError(err) {
-			return invalid("%v", err), nil
+			return invalid("%v", err)
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	if res.Code == consensuspb.Code_CODE_OK && len(ent.RequestId) > 0 {
-		res.Index = e.Index
-		b, err := proto.Marshal(res)
-		if err != nil {
-			return nil, err
-		}
-		if err := tx.PutRequest(ent.RequestId, e.Index, b); err != nil {
-			return nil, err
-		}
-	}
-	return res, nil
+	return res, ent.RequestId, nil
 }
 
 // isInputError reports whether a store error was caused by the entry's
