@@ -243,22 +243,34 @@ func (a actionServer) HandleUnary(ctx context.Context, in *functionpb.ActionComm
 	if err != nil {
 		return actionFailure(err), nil
 	}
-	cctx := &CommandContext{ctx: ctx, serviceName: in.GetServiceName(), name: in.GetName(), metadata: in.GetMetadata()}
+	cctx := newActionContext(ctx, in)
 	var reply proto.Message
-	if err := protect(func() error {
+	err = protect(func() error {
 		var err error
 		reply, err = reg.actionHandler(cctx, msg)
 		return err
-	}); err != nil {
-		return actionFailure(err), nil
-	}
-	action, err := cctx.clientAction(reply, md.Output())
+	})
+	return replyResponse(cctx, reply, err, md.Output()), nil
+}
+
+// newActionContext is the context of the action call in names.
+func newActionContext(ctx context.Context, in *functionpb.ActionCommand) *CommandContext {
+	return &CommandContext{ctx: ctx, serviceName: in.GetServiceName(), name: in.GetName(), metadata: in.GetMetadata()}
+}
+
+// replyResponse answers a call that returns one reply: the handler's
+// error, or its reply (or forward) with its side effects.
+func replyResponse(cctx *CommandContext, reply proto.Message, err error, out protoreflect.MessageDescriptor) *functionpb.ActionResponse {
 	if err != nil {
-		return actionFailure(status.Error(codes.Internal, err.Error())), nil
+		return actionFailure(err)
 	}
-	out := &functionpb.ActionResponse{SideEffects: cctx.sideEffects}
-	setResponse(out, action)
-	return out, nil
+	action, err := cctx.clientAction(reply, out)
+	if err != nil {
+		return actionFailure(status.Error(codes.Internal, err.Error()))
+	}
+	resp := &functionpb.ActionResponse{SideEffects: cctx.sideEffects}
+	setResponse(resp, action)
+	return resp
 }
 
 // HandleStreamedOut serves one call of a server-streaming action method:
@@ -272,7 +284,7 @@ func (a actionServer) HandleStreamedOut(in *functionpb.ActionCommand, stream grp
 	if err != nil {
 		return stream.Send(actionFailure(err))
 	}
-	cctx := &CommandContext{ctx: stream.Context(), serviceName: in.GetServiceName(), name: in.GetName(), metadata: in.GetMetadata()}
+	cctx := newActionContext(stream.Context(), in)
 	as := &ActionStream{ctx: cctx, out: md.Output(), send: stream.Send}
 	err = protect(func() error { return reg.streamedOutHandler(cctx, msg, as) })
 	return endStream(cctx, as, nil, err, stream.Send)
@@ -302,17 +314,35 @@ func endStream(cctx *CommandContext, as *ActionStream, in *CommandStream, err er
 	return nil
 }
 
-// firstCommand receives the first protocol message of a client-streaming
-// or bidirectional call: it names the method and carries the metadata;
-// its payload, if it has one, is the caller's first message (the proxy
-// sends none: each of the caller's messages follows in its own
-// ActionCommand, of which only the payload is read).
-func firstCommand(recv func() (*functionpb.ActionCommand, error)) (*functionpb.ActionCommand, error) {
+// streamCall is a client-streaming or bidirectional call, started.
+type streamCall struct {
+	reg  *entityReg
+	md   protoreflect.MethodDescriptor
+	cctx *CommandContext
+	in   *CommandStream
+}
+
+// openStream starts a client-streaming or bidirectional call: it receives
+// the first protocol message, which names the method and carries the
+// metadata; its payload, if it has one, is the caller's first message (the
+// proxy sends none: each of the caller's messages follows in its own
+// ActionCommand, of which only the payload is read). It returns the call,
+// or the failure that answers it, or the error of the proxy gone away.
+func (a actionServer) openStream(ctx context.Context, recv func() (*functionpb.ActionCommand, error), kind actionKind) (*streamCall, *functionpb.ActionResponse, error) {
 	first, err := recv()
 	if errors.Is(err, io.EOF) {
-		return nil, status.Error(codes.InvalidArgument, "sdk: streamed action call without a first message naming the method")
+		return nil, actionFailure(status.Error(codes.InvalidArgument, "sdk: streamed action call without a first message naming the method")), nil
+	} else if err != nil {
+		return nil, nil, err
 	}
-	return first, err
+	reg, md, err := a.resolveAction(first, kind)
+	if err != nil {
+		return nil, actionFailure(err), nil
+	}
+	return &streamCall{
+		reg: reg, md: md, cctx: newActionContext(ctx, first),
+		in: &CommandStream{in: md.Input(), first: first.GetPayload(), recv: recv},
+	}, nil, nil
 }
 
 // HandleStreamedIn serves one call of a client-streaming action method:
@@ -320,58 +350,40 @@ func firstCommand(recv func() (*functionpb.ActionCommand, error)) (*functionpb.A
 // (which may be before the proxy has sent every message). The RPC itself
 // fails only if the proxy goes away.
 func (a actionServer) HandleStreamedIn(stream grpc.ClientStreamingServer[functionpb.ActionCommand, functionpb.ActionResponse]) error {
-	first, err := firstCommand(stream.Recv)
-	if status.Code(err) == codes.InvalidArgument {
-		return stream.SendAndClose(actionFailure(err))
-	} else if err != nil {
+	c, failure, err := a.openStream(stream.Context(), stream.Recv, kindStreamedIn)
+	if err != nil {
 		return err
 	}
-	reg, md, err := a.resolveAction(first, kindStreamedIn)
-	if err != nil {
-		return stream.SendAndClose(actionFailure(err))
+	if failure != nil {
+		return stream.SendAndClose(failure)
 	}
-	cctx := &CommandContext{ctx: stream.Context(), serviceName: first.GetServiceName(), name: first.GetName(), metadata: first.GetMetadata()}
-	in := &CommandStream{in: md.Input(), first: first.GetPayload(), recv: stream.Recv}
 	var reply proto.Message
 	err = protect(func() error {
 		var err error
-		reply, err = reg.streamedInHandler(cctx, in)
+		reply, err = c.reg.streamedInHandler(c.cctx, c.in)
 		return err
 	})
 	switch {
-	case in.gone != nil:
-		return in.gone
-	case in.bad != nil:
-		return stream.SendAndClose(actionFailure(in.bad))
-	case err != nil:
-		return stream.SendAndClose(actionFailure(err))
+	case c.in.gone != nil:
+		return c.in.gone
+	case c.in.bad != nil:
+		err = c.in.bad
 	}
-	action, err := cctx.clientAction(reply, md.Output())
-	if err != nil {
-		return stream.SendAndClose(actionFailure(status.Error(codes.Internal, err.Error())))
-	}
-	out := &functionpb.ActionResponse{SideEffects: cctx.sideEffects}
-	setResponse(out, action)
-	return stream.SendAndClose(out)
+	return stream.SendAndClose(replyResponse(c.cctx, reply, err, c.md.Output()))
 }
 
 // HandleStreamed serves one call of a bidirectional action method: the
 // responses are those of HandleStreamedOut. The RPC itself fails only if
 // the proxy goes away.
 func (a actionServer) HandleStreamed(stream grpc.BidiStreamingServer[functionpb.ActionCommand, functionpb.ActionResponse]) error {
-	first, err := firstCommand(stream.Recv)
-	if status.Code(err) == codes.InvalidArgument {
-		return stream.Send(actionFailure(err))
-	} else if err != nil {
+	c, failure, err := a.openStream(stream.Context(), stream.Recv, kindStreamed)
+	if err != nil {
 		return err
 	}
-	reg, md, err := a.resolveAction(first, kindStreamed)
-	if err != nil {
-		return stream.Send(actionFailure(err))
+	if failure != nil {
+		return stream.Send(failure)
 	}
-	cctx := &CommandContext{ctx: stream.Context(), serviceName: first.GetServiceName(), name: first.GetName(), metadata: first.GetMetadata()}
-	in := &CommandStream{in: md.Input(), first: first.GetPayload(), recv: stream.Recv}
-	as := &ActionStream{ctx: cctx, out: md.Output(), send: stream.Send}
-	err = protect(func() error { return reg.streamedHandler(cctx, in, as) })
-	return endStream(cctx, as, in, err, stream.Send)
+	as := &ActionStream{ctx: c.cctx, out: c.md.Output(), send: stream.Send}
+	err = protect(func() error { return c.reg.streamedHandler(c.cctx, c.in, as) })
+	return endStream(c.cctx, as, c.in, err, stream.Send)
 }

@@ -264,16 +264,21 @@ func (s *ORSet) Contains(e []byte) bool {
 	return ok
 }
 
-func (s *ORSet) view() byteSet {
+func (s *ORSet) view() byteSet { return liveKeys(s.items, s.cleared, s.removed, s.added) }
+
+// liveKeys are the keys of an observed-remove collection with this
+// command's changes: the committed keys (none if cleared) less the removed
+// ones, and the added ones.
+func liveKeys[V, W any](committed map[string]V, cleared bool, removed byteSet, added map[string]W) byteSet {
 	out := byteSet{}
-	if !s.cleared {
-		for k := range s.items {
-			if _, gone := s.removed[k]; !gone {
+	if !cleared {
+		for k := range committed {
+			if _, gone := removed[k]; !gone {
 				out[k] = struct{}{}
 			}
 		}
 	}
-	for k := range s.added {
+	for k := range added {
 		out[k] = struct{}{}
 	}
 	return out

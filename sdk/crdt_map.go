@@ -74,20 +74,7 @@ func (m *ORMap) Contains(key []byte) bool {
 	return ok
 }
 
-func (m *ORMap) view() byteSet {
-	out := byteSet{}
-	if !m.cleared {
-		for k := range m.entries {
-			if _, gone := m.removed[k]; !gone {
-				out[k] = struct{}{}
-			}
-		}
-	}
-	for k := range m.created {
-		out[k] = struct{}{}
-	}
-	return out
-}
+func (m *ORMap) view() byteSet { return liveKeys(m.entries, m.cleared, m.removed, m.created) }
 
 // Keys returns the keys, sorted.
 func (m *ORMap) Keys() [][]byte { return m.view().sorted() }
@@ -167,27 +154,33 @@ func emptied(c Crdt) bool {
 	return false
 }
 
-// newCrdtFor returns an empty value of st's type.
-func newCrdtFor(st *functionpb.CrdtState) (Crdt, error) {
+// newCrdtFrom returns a value of st's type, holding st.
+func newCrdtFrom(st *functionpb.CrdtState) (Crdt, error) {
+	var v Crdt
 	switch st.GetState().(type) {
 	case *functionpb.CrdtState_Gcounter:
-		return NewGCounter(), nil
+		v = NewGCounter()
 	case *functionpb.CrdtState_Pncounter:
-		return NewPNCounter(), nil
+		v = NewPNCounter()
 	case *functionpb.CrdtState_Gset:
-		return NewGSet(), nil
+		v = NewGSet()
 	case *functionpb.CrdtState_Orset:
-		return NewORSet(), nil
+		v = NewORSet()
 	case *functionpb.CrdtState_Lwwregister:
-		return NewLWWRegister(), nil
+		v = NewLWWRegister()
 	case *functionpb.CrdtState_Flag:
-		return NewFlag(), nil
+		v = NewFlag()
 	case *functionpb.CrdtState_Ormap:
-		return NewORMap(), nil
+		v = NewORMap()
 	case *functionpb.CrdtState_Vote:
-		return NewVote(), nil
+		v = NewVote()
+	default:
+		return nil, errors.New("sdk: an ORMap value with no state")
 	}
-	return nil, errors.New("sdk: an ORMap value with no state")
+	if err := v.setState(st); err != nil {
+		return nil, err
+	}
+	return v, nil
 }
 
 // checkState validates a state from the proxy before it is loaded: map
@@ -200,17 +193,7 @@ func checkState(st *functionpb.CrdtState, depth int) error {
 		if depth >= maxMapDepth {
 			return fmt.Errorf("sdk: ORMaps nested deeper than %d", maxMapDepth)
 		}
-		seen := make(byteSet, len(x.Ormap.GetEntries()))
-		for _, e := range x.Ormap.GetEntries() {
-			k := string(e.GetKey())
-			if _, dup := seen[k]; dup {
-				return fmt.Errorf("sdk: ORMap state holds key %q twice", k)
-			}
-			seen[k] = struct{}{}
-			if err := checkState(e.GetValue(), depth+1); err != nil {
-				return err
-			}
-		}
+		return checkEntries(x.Ormap.GetEntries(), "state holds", func(e *functionpb.ORMapEntry) error { return checkState(e.GetValue(), depth+1) })
 	case *functionpb.CrdtState_Vote:
 		return checkVote(x.Vote.GetSelfVote(), x.Vote.GetVotesFor(), x.Vote.GetTotalVoters())
 	}
@@ -226,30 +209,29 @@ func checkDelta(d *functionpb.CrdtDelta, depth int) error {
 		if depth >= maxMapDepth {
 			return fmt.Errorf("sdk: ORMaps nested deeper than %d", maxMapDepth)
 		}
-		seen := make(byteSet, len(x.Ormap.GetUpdated()))
-		for _, e := range x.Ormap.GetUpdated() {
-			k := string(e.GetKey())
-			if _, dup := seen[k]; dup {
-				return fmt.Errorf("sdk: ORMap delta updates key %q twice", k)
-			}
-			seen[k] = struct{}{}
-			if err := checkDelta(e.GetDelta(), depth+1); err != nil {
-				return err
-			}
+		if err := checkEntries(x.Ormap.GetUpdated(), "delta updates", func(e *functionpb.ORMapEntryDelta) error { return checkDelta(e.GetDelta(), depth+1) }); err != nil {
+			return err
 		}
-		seen = make(byteSet, len(x.Ormap.GetAdded()))
-		for _, e := range x.Ormap.GetAdded() {
-			k := string(e.GetKey())
-			if _, dup := seen[k]; dup {
-				return fmt.Errorf("sdk: ORMap delta adds key %q twice", k)
-			}
-			seen[k] = struct{}{}
-			if err := checkState(e.GetValue(), depth+1); err != nil {
-				return err
-			}
-		}
+		return checkEntries(x.Ormap.GetAdded(), "delta adds", func(e *functionpb.ORMapEntry) error { return checkState(e.GetValue(), depth+1) })
 	case *functionpb.CrdtDelta_Vote:
 		return checkVote(x.Vote.GetSelfVote(), x.Vote.GetVotesFor(), x.Vote.GetTotalVoters())
+	}
+	return nil
+}
+
+// checkEntries checks each of an ORMap's entries with check, and that no
+// key occurs twice (what names the message: "state holds", ...).
+func checkEntries[E interface{ GetKey() []byte }](entries []E, what string, check func(E) error) error {
+	seen := make(byteSet, len(entries))
+	for _, e := range entries {
+		k := string(e.GetKey())
+		if _, dup := seen[k]; dup {
+			return fmt.Errorf("sdk: ORMap %s key %q twice", what, k)
+		}
+		seen[k] = struct{}{}
+		if err := check(e); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -271,10 +253,7 @@ func (m *ORMap) setState(st *functionpb.CrdtState) error {
 	}
 	entries := make(map[string]Crdt, len(x.Ormap.GetEntries()))
 	for _, e := range x.Ormap.GetEntries() {
-		v, err := newCrdtFor(e.GetValue())
-		if err == nil {
-			err = v.setState(e.GetValue())
-		}
+		v, err := newCrdtFrom(e.GetValue())
 		if err != nil {
 			return err
 		}
@@ -309,10 +288,7 @@ func (m *ORMap) applyDelta(d *functionpb.CrdtDelta) error {
 		}
 	}
 	for _, e := range md.GetAdded() {
-		v, err := newCrdtFor(e.GetValue())
-		if err == nil {
-			err = v.setState(e.GetValue())
-		}
+		v, err := newCrdtFrom(e.GetValue())
 		if err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/statemesh/statemesh/protocol/functionpb"
 	"github.com/statemesh/statemesh/sdk"
+	"github.com/statemesh/statemesh/sdk/sdktest"
 )
 
 // frames splits data into length-prefixed (uvarint) frames.
@@ -44,11 +45,7 @@ func frame(t testing.TB, msgs ...proto.Message) []byte {
 // every answer must be a well-formed message.
 func FuzzStreams(f *testing.F) {
 	cmd := func(id int64, name string, m proto.Message) *functionpb.Command {
-		a, err := anyOfErr(m)
-		if err != nil {
-			f.Fatal(err)
-		}
-		return &functionpb.Command{Id: id, Name: name, Payload: a, Streamed: id%2 == 0}
+		return &functionpb.Command{Id: id, Name: name, Payload: sdktest.Any(f, m), Streamed: id%2 == 0}
 	}
 	f.Add(frame(f,
 		&functionpb.CrdtStreamIn{Message: &functionpb.CrdtStreamIn_Init{Init: &functionpb.CrdtInit{ServiceName: "sdk.test.Tags"}}},

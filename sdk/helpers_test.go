@@ -110,5 +110,3 @@ func decodeMsg(t *testing.T, a *anypb.Any) proto.Message {
 }
 
 func anyOf(t *testing.T, m proto.Message) *anypb.Any { return sdktest.Any(t, m) }
-
-func anyOfErr(m proto.Message) (*anypb.Any, error) { return anypb.New(m) }

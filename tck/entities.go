@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -100,7 +101,7 @@ func (c *checker) persisted(as ...*anypb.Any) []string {
 
 func (c *checker) wantEvents(what string, r *functionpb.EventSourcedReply, want ...string) {
 	got := c.persisted(r.GetEvents()...)
-	if fmt.Sprint(got) != fmt.Sprint(want) || len(got) != len(want) {
+	if !slices.Equal(got, want) {
 		c.errorf("%s: events %q, want %q", what, got, want)
 	}
 }

@@ -22,11 +22,6 @@ func open(t *testing.T, snap *functionpb.EventSourcedSnapshot, events ...proto.M
 	return sdktest.Start(t, svc).EventSourcedEntity(t, cart.ServiceName, "k1", snap, events...)
 }
 
-func call(t *testing.T, s *sdktest.ESEntity, id int64, name string, req proto.Message) *functionpb.EventSourcedReply {
-	t.Helper()
-	return s.Call(id, name, req)
-}
-
 func items(t *testing.T, r *functionpb.EventSourcedReply) []*cartpb.LineItem {
 	t.Helper()
 	if r.GetClientAction().GetReply() == nil {
@@ -53,19 +48,19 @@ func same(got []*cartpb.LineItem, want ...*cartpb.LineItem) bool {
 
 func TestCart(t *testing.T) {
 	s := open(t, nil)
-	if got := items(t, call(t, s, 1, "GetCart", &cartpb.GetCartRequest{CartId: "k1"})); len(got) != 0 {
+	if got := items(t, s.Call(1, "GetCart", &cartpb.GetCartRequest{CartId: "k1"})); len(got) != 0 {
 		t.Fatalf("new cart: %v", got)
 	}
-	r := call(t, s, 2, "AddItem", &cartpb.AddItemRequest{CartId: "k1", ProductId: "p1", Name: "apple", Quantity: 2})
+	r := s.Call(2, "AddItem", &cartpb.AddItemRequest{CartId: "k1", ProductId: "p1", Name: "apple", Quantity: 2})
 	if got := items(t, r); !same(got, item("p1", "apple", 2)) || len(r.GetEvents()) != 1 {
 		t.Fatalf("add p1: %v", r)
 	}
 	if ev := sdktest.Decode(t, r.GetEvents()[0], &cartpb.ItemAdded{}); !proto.Equal(ev.GetItem(), item("p1", "apple", 2)) {
 		t.Fatalf("event %v", ev)
 	}
-	call(t, s, 3, "AddItem", &cartpb.AddItemRequest{CartId: "k1", ProductId: "p2", Name: "pear", Quantity: 1})
+	s.Call(3, "AddItem", &cartpb.AddItemRequest{CartId: "k1", ProductId: "p2", Name: "pear", Quantity: 1})
 	// Adding a product again adds to its quantity, in place.
-	r = call(t, s, 4, "AddItem", &cartpb.AddItemRequest{CartId: "k1", ProductId: "p1", Name: "apple", Quantity: 3})
+	r = s.Call(4, "AddItem", &cartpb.AddItemRequest{CartId: "k1", ProductId: "p1", Name: "apple", Quantity: 3})
 	if got := items(t, r); !same(got, item("p1", "apple", 5), item("p2", "pear", 1)) {
 		t.Fatalf("add p1 again: %v", got)
 	}
@@ -79,19 +74,19 @@ func TestCart(t *testing.T) {
 		{"AddItem", &cartpb.AddItemRequest{CartId: "k1", Quantity: 1}, codes.InvalidArgument},
 		{"RemoveItem", &cartpb.RemoveItemRequest{CartId: "k1", ProductId: "p9"}, codes.NotFound},
 	} {
-		r := call(t, s, int64(5+i), c.name, c.req)
+		r := s.Call(int64(5+i), c.name, c.req)
 		if f := r.GetClientAction().GetFailure(); codes.Code(f.GetGrpcStatusCode()) != c.code || len(r.GetEvents()) != 0 {
 			t.Fatalf("%s %v: %v, want %v", c.name, c.req, r, c.code)
 		}
 	}
-	r = call(t, s, 8, "RemoveItem", &cartpb.RemoveItemRequest{CartId: "k1", ProductId: "p1"})
+	r = s.Call(8, "RemoveItem", &cartpb.RemoveItemRequest{CartId: "k1", ProductId: "p1"})
 	if got := items(t, r); !same(got, item("p2", "pear", 1)) || len(r.GetEvents()) != 1 {
 		t.Fatalf("remove p1: %v", r)
 	}
 	if ev := sdktest.Decode(t, r.GetEvents()[0], &cartpb.ItemRemoved{}); ev.GetProductId() != "p1" {
 		t.Fatalf("event %v", ev)
 	}
-	if got := items(t, call(t, s, 9, "GetCart", &cartpb.GetCartRequest{CartId: "k1"})); !same(got, item("p2", "pear", 1)) {
+	if got := items(t, s.Call(9, "GetCart", &cartpb.GetCartRequest{CartId: "k1"})); !same(got, item("p2", "pear", 1)) {
 		t.Fatalf("get: %v", got)
 	}
 }
@@ -104,10 +99,10 @@ func TestCartRecoversAndSnapshots(t *testing.T) {
 	s := open(t, snap,
 		&cartpb.ItemAdded{Item: item("p3", "plum", 4)},
 		&cartpb.ItemRemoved{ProductId: "p1"})
-	if got := items(t, call(t, s, 1, "GetCart", &cartpb.GetCartRequest{CartId: "k1"})); !same(got, item("p2", "pear", 1), item("p3", "plum", 4)) {
+	if got := items(t, s.Call(1, "GetCart", &cartpb.GetCartRequest{CartId: "k1"})); !same(got, item("p2", "pear", 1), item("p3", "plum", 4)) {
 		t.Fatalf("recovered: %v", got)
 	}
-	r := call(t, s, 2, "AddItem", &cartpb.AddItemRequest{CartId: "k1", ProductId: "p2", Name: "pear", Quantity: 1})
+	r := s.Call(2, "AddItem", &cartpb.AddItemRequest{CartId: "k1", ProductId: "p2", Name: "pear", Quantity: 1})
 	got := sdktest.Decode(t, r.GetSnapshot(), &cartpb.CartSnapshot{})
 	if !same(got.GetItems(), item("p2", "pear", 2), item("p3", "plum", 4)) {
 		t.Fatalf("snapshot at %d: %v", cart.SnapshotInterval, got)

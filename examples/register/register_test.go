@@ -22,11 +22,6 @@ func open(t *testing.T, snap *functionpb.EventSourcedSnapshot, events ...proto.M
 	return sdktest.Start(t, svc).EventSourcedEntity(t, register.ServiceName, "r1", snap, events...)
 }
 
-func call(t *testing.T, s *sdktest.ESEntity, id int64, name string, req proto.Message) *functionpb.EventSourcedReply {
-	t.Helper()
-	return s.Call(id, name, req)
-}
-
 func value(t *testing.T, r *functionpb.EventSourcedReply) *registerpb.RegisterValue {
 	t.Helper()
 	return sdktest.Decode(t, r.GetClientAction().GetReply().GetPayload(), &registerpb.RegisterValue{})
@@ -34,25 +29,25 @@ func value(t *testing.T, r *functionpb.EventSourcedReply) *registerpb.RegisterVa
 
 func TestRegister(t *testing.T) {
 	s := open(t, nil)
-	if v := value(t, call(t, s, 1, "Get", &registerpb.GetRequest{Id: "r1"})); v.GetValue() != "" || v.GetVersion() != 0 {
+	if v := value(t, s.Call(1, "Get", &registerpb.GetRequest{Id: "r1"})); v.GetValue() != "" || v.GetVersion() != 0 {
 		t.Fatalf("new register: %v", v)
 	}
-	r := call(t, s, 2, "Set", &registerpb.SetRequest{Id: "r1", Value: "a"})
+	r := s.Call(2, "Set", &registerpb.SetRequest{Id: "r1", Value: "a"})
 	if v := value(t, r); v.GetValue() != "a" || v.GetVersion() != 1 || len(r.GetEvents()) != 1 {
 		t.Fatalf("Set a: %v", r)
 	}
 	if ev := sdktest.Decode(t, r.GetEvents()[0], &registerpb.ValueWritten{}); ev.GetValue() != "a" {
 		t.Fatalf("event %v", ev)
 	}
-	r = call(t, s, 3, "CompareAndSet", &registerpb.CompareAndSetRequest{Id: "r1", Expected: "b", Value: "c"})
+	r = s.Call(3, "CompareAndSet", &registerpb.CompareAndSetRequest{Id: "r1", Expected: "b", Value: "c"})
 	if f := r.GetClientAction().GetFailure(); codes.Code(f.GetGrpcStatusCode()) != codes.Aborted || len(r.GetEvents()) != 0 {
 		t.Fatalf("CAS with a wrong expectation: %v", r)
 	}
-	r = call(t, s, 4, "CompareAndSet", &registerpb.CompareAndSetRequest{Id: "r1", Expected: "a", Value: "c"})
+	r = s.Call(4, "CompareAndSet", &registerpb.CompareAndSetRequest{Id: "r1", Expected: "a", Value: "c"})
 	if v := value(t, r); v.GetValue() != "c" || v.GetVersion() != 2 || len(r.GetEvents()) != 1 {
 		t.Fatalf("CAS a -> c: %v", r)
 	}
-	if v := value(t, call(t, s, 5, "Get", &registerpb.GetRequest{Id: "r1"})); v.GetValue() != "c" || v.GetVersion() != 2 {
+	if v := value(t, s.Call(5, "Get", &registerpb.GetRequest{Id: "r1"})); v.GetValue() != "c" || v.GetVersion() != 2 {
 		t.Fatalf("Get: %v", v)
 	}
 }
@@ -63,10 +58,10 @@ func TestRegisterRecoversAndSnapshots(t *testing.T) {
 		Snapshot:         sdktest.Any(t, &registerpb.RegisterSnapshot{Value: "old", Version: register.SnapshotInterval - 2}),
 	}
 	s := open(t, snap, &registerpb.ValueWritten{Value: "new"})
-	if v := value(t, call(t, s, 1, "Get", &registerpb.GetRequest{Id: "r1"})); v.GetValue() != "new" || v.GetVersion() != register.SnapshotInterval-1 {
+	if v := value(t, s.Call(1, "Get", &registerpb.GetRequest{Id: "r1"})); v.GetValue() != "new" || v.GetVersion() != register.SnapshotInterval-1 {
 		t.Fatalf("recovered: %v", v)
 	}
-	r := call(t, s, 2, "Set", &registerpb.SetRequest{Id: "r1", Value: "snap"})
+	r := s.Call(2, "Set", &registerpb.SetRequest{Id: "r1", Value: "snap"})
 	got := sdktest.Decode(t, r.GetSnapshot(), &registerpb.RegisterSnapshot{})
 	if got.GetValue() != "snap" || got.GetVersion() != register.SnapshotInterval {
 		t.Fatalf("snapshot at %d: %v", register.SnapshotInterval, got)
