@@ -91,20 +91,7 @@ func (p *Proxy) streamInAction(ss grpc.ServerStream, m *method) error {
 		}
 		return ss.SendMsg(out)
 	}
-	for {
-		resp := &functionpb.ActionResponse{}
-		err := fs.RecvMsg(resp)
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return p.streamInError(err, relayed)
-		}
-		ca, effects := actionResult(resp)
-		if err := p.emit(ctx, m, ca, effects, meta, func(out proto.Message) error { return ss.SendMsg(out) }); err != nil {
-			return err
-		}
-	}
+	return p.emitResponses(ctx, m, fs, relayed, meta, func(out proto.Message) error { return ss.SendMsg(out) })
 }
 
 // relayIn passes the caller's messages to the function, one at a time,
@@ -134,9 +121,11 @@ func (p *Proxy) relayIn(ss grpc.ServerStream, m *method, send func(*functionpb.A
 	}
 }
 
-// streamInError is the error a client-streamed call ends with when the
-// function's stream failed with err: the relay's, if it failed first (and
-// cancelled the function's call), else as for the other action calls.
+// streamInError is the error a streamed action call ends with when the
+// function's stream failed with err: the relay's (of a client-streamed
+// call; relayed is nil otherwise), if it failed first (and cancelled the
+// function's call), else ErrClosed when the proxy is closing, else as for
+// the unary action calls.
 func (p *Proxy) streamInError(err error, relayed <-chan error) error {
 	select {
 	case rerr := <-relayed:

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"connectrpc.com/connect"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -58,11 +59,7 @@ func (p *Proxy) connectHandler() http.Handler {
 		defer cancel()
 		out, err := p.invoke(ctx, m, in, flattenMetadata(r.Header), 0)
 		if err != nil {
-			st := toStatus(err)
-			if st.Code() == codes.Internal || st.Code() == codes.Unknown {
-				p.cfg.Logger.Warn("proxy: command failed", "method", r.URL.Path, "err", err)
-			}
-			writeConnectError(w, st)
+			writeConnectError(w, p.callStatus("proxy: command failed", r.URL.Path, err))
 			return
 		}
 		b, err := proto.Marshal(out)
@@ -75,38 +72,15 @@ func (p *Proxy) connectHandler() http.Handler {
 	})
 }
 
-// connectCodes are the Connect protocol's names and HTTP statuses of gRPC
-// codes (connectrpc.com/docs/protocol, "Error Codes").
-var connectCodes = map[codes.Code]struct {
-	name string
-	http int
-}{
-	codes.Canceled:           {"canceled", 499},
-	codes.Unknown:            {"unknown", 500},
-	codes.InvalidArgument:    {"invalid_argument", 400},
-	codes.DeadlineExceeded:   {"deadline_exceeded", 504},
-	codes.NotFound:           {"not_found", 404},
-	codes.AlreadyExists:      {"already_exists", 409},
-	codes.PermissionDenied:   {"permission_denied", 403},
-	codes.ResourceExhausted:  {"resource_exhausted", 429},
-	codes.FailedPrecondition: {"failed_precondition", 400},
-	codes.Aborted:            {"aborted", 409},
-	codes.OutOfRange:         {"out_of_range", 400},
-	codes.Unimplemented:      {"unimplemented", 501},
-	codes.Internal:           {"internal", 500},
-	codes.Unavailable:        {"unavailable", 503},
-	codes.DataLoss:           {"data_loss", 500},
-	codes.Unauthenticated:    {"unauthenticated", 401},
-}
-
 // writeConnectError writes st as a Connect unary error; vanguard turns it
-// into the REST error of the original request.
+// into the REST error of the original request. The code's name is the
+// Connect protocol's (connect.Code), its HTTP status the error table's.
 func writeConnectError(w http.ResponseWriter, st *status.Status) {
-	c, ok := connectCodes[st.Code()]
-	if !ok {
-		c = connectCodes[codes.Unknown]
+	c := st.Code()
+	if c == codes.OK || c > codes.Unauthenticated {
+		c = codes.Unknown
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(c.http)
-	_ = json.NewEncoder(w).Encode(map[string]string{"code": c.name, "message": st.Message()})
+	w.WriteHeader(httpStatusOf(c))
+	_ = json.NewEncoder(w).Encode(map[string]string{"code": connect.Code(c).String(), "message": st.Message()})
 }

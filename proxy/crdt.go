@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/statemesh/statemesh/crdt"
 	"github.com/statemesh/statemesh/internal/hlc"
@@ -216,8 +215,6 @@ func (p *Proxy) runCRDT(ctx context.Context, store CRDTStore, m *method, id stri
 	return r.GetClientAction(), r.GetSideEffects(), nil
 }
 
-func crdtSlotKey(s *service, id string) string { return string(s.desc.FullName()) + "\x00" + id }
-
 // crdtCommand runs one command. With streamed, the Command asks for a
 // stream, and when the function keeps it open the returned sub receives
 // its further messages; cancel it with cancelStreamed unless the function
@@ -225,8 +222,8 @@ func crdtSlotKey(s *service, id string) string { return string(s.desc.FullName()
 func (p *Proxy) crdtCommand(ctx context.Context, store CRDTStore, m *method, id string, env *functionpb.ActionCommand, streamed bool) (*functionpb.CrdtReply, *crdtSub, error) {
 	s := m.svc
 	key := mesh.Key{Service: s.persistenceID, ID: id}
-	slotKey := crdtSlotKey(s, id)
-	sl, err := p.crdts.acquire(slotKey, s.passivation)
+	sk := slotKey(s, id)
+	sl, err := p.crdts.acquire(sk, s.passivation)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -270,7 +267,7 @@ func (p *Proxy) crdtCommand(ctx context.Context, store CRDTStore, m *method, id 
 	if !st.watching {
 		p.watchCRDT(store, sl, st)
 	}
-	return r, &crdtSub{slot: slotKey, m: m, entityID: id, st: st, c: c}, nil
+	return r, &crdtSub{slot: sk, m: m, entityID: id, st: st, c: c}, nil
 }
 
 // prepareCRDT reads the entity's local state and brings the slot's stream
@@ -290,9 +287,6 @@ func (p *Proxy) prepareCRDT(ctx context.Context, store CRDTStore, sl *slot[*crdt
 	}
 	if sl.ok {
 		if err := sl.s.sync(view); err != nil {
-			if view == nil {
-				err = errDeleted
-			}
 			sl.s.fail(err) // its streamed commands end with err
 			sl.drop()
 		}
@@ -370,11 +364,15 @@ var errDeleted = errors.New("proxy: the entity was deleted")
 // with a delta (deleted, or a different type); the stream is reopened.
 var errResync = fmt.Errorf("%w: the entity's state cannot be sent as a change", ErrFunction)
 
-// sync sends the function the change from its copy to view, if any. The
-// slot's lock is held.
+// sync sends the function the change from its copy to view, if any; it
+// fails with errDeleted when the entity is gone (view nil). The slot's
+// lock is held.
 func (s *crdtStream) sync(view *functionpb.CrdtState) error {
 	if proto.Equal(s.view, view) {
 		return nil
+	}
+	if view == nil {
+		return errDeleted
 	}
 	d, ok := viewDelta(s.view, view)
 	if !ok {
@@ -520,11 +518,7 @@ func (p *Proxy) pushCRDT(store CRDTStore, sl *slot[*crdtStream], st *crdtStream)
 	if err == nil {
 		view, err = crdtView(cur, store.Replica())
 	}
-	switch {
-	case err != nil:
-	case view == nil && st.view != nil:
-		err = errDeleted
-	default:
+	if err == nil {
 		err = st.sync(view)
 	}
 	if err != nil {
@@ -556,11 +550,10 @@ func (p *Proxy) streamCRDT(ctx context.Context, store CRDTStore, m *method, in p
 	if err != nil {
 		return err
 	}
-	payload, err := anypb.New(in)
+	env, err := actionCommand(m, in, meta)
 	if err != nil {
-		return fmt.Errorf("%w: encoding the request: %v", ErrBadRequest, err)
+		return err
 	}
-	env := &functionpb.ActionCommand{ServiceName: string(m.svc.desc.FullName()), Name: string(m.desc.Name()), Payload: payload, Metadata: meta}
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.CommandTimeout)
 	r, sub, err := p.crdtCommand(cctx, store, m, id, env, true)
 	cancel()

@@ -108,7 +108,7 @@ func (h esHandler) Handle(ctx context.Context, c consensus.Command) (consensus.E
 		return consensus.Effect{}, &failureError{code: codes.Unimplemented,
 			desc: fmt.Sprintf("service %q is not an event-sourced service of entity type %q", env.GetServiceName(), c.Entity.Type)}
 	}
-	sl, err := p.es.acquire(env.GetServiceName()+"\x00"+c.Entity.ID, s.passivation)
+	sl, err := p.es.acquire(slotKey(s, c.Entity.ID), s.passivation)
 	if err != nil {
 		return consensus.Effect{}, &failureError{code: codes.Unavailable, desc: err.Error()}
 	}

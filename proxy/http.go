@@ -50,17 +50,18 @@ func (p *Proxy) newHTTPHandler() (http.Handler, error) {
 			// body is taken for what the user meant, JSON.
 			r.Header.Set("Content-Type", "application/json")
 		}
-		if m := p.lookup(r.URL.Path); m != nil && m.desc.IsStreamingClient() {
+		m := p.lookup(r.URL.Path) // nil for REST paths
+		if m != nil && m.desc.IsStreamingClient() {
 			// Vanguard would answer 415 (a Connect unary request) or
 			// fail on its way to connectHandler (a Connect stream).
 			err := fmt.Errorf("%w: %s is client streaming: call it over gRPC", ErrNotSupported, m.fullMethod())
 			writeError(w, httpStatus(err), "unimplemented", err.Error())
 			return
 		}
-		if p.routeSSE(routes, w, r) {
+		if p.routeSSE(routes, m, w, r) {
 			return
 		}
-		p.fallback(r)
+		fallback(m, r)
 		tc.ServeHTTP(w, r)
 	}), nil
 }
@@ -68,9 +69,10 @@ func (p *Proxy) newHTTPHandler() (http.Handler, error) {
 // fallback makes a plain JSON POST to /{package.Service}/{Method} a
 // Connect unary call (vanguard would take it for REST and find no
 // route): it adds the Connect-Protocol-Version header and, when absent,
-// the JSON content type. Requests that name a protocol are left alone.
-func (p *Proxy) fallback(r *http.Request) {
-	if r.Method != http.MethodPost || r.Header.Get("Connect-Protocol-Version") != "" || p.lookup(r.URL.Path) == nil {
+// the JSON content type. Requests that name a protocol are left alone. m
+// is the method r's path names, if any.
+func fallback(m *method, r *http.Request) {
+	if r.Method != http.MethodPost || r.Header.Get("Connect-Protocol-Version") != "" || m == nil {
 		return
 	}
 	ct := r.Header.Get("Content-Type")

@@ -333,11 +333,7 @@ func (p *Proxy) handleGRPC(_ any, ss grpc.ServerStream) error {
 	}
 	if clientStreamedAction(m) {
 		if err := p.streamInAction(ss, m); err != nil {
-			st := toStatus(err)
-			if st.Code() == codes.Internal || st.Code() == codes.Unknown {
-				p.cfg.Logger.Warn("proxy: streamed command failed", "method", full, "err", err)
-			}
-			return st.Err()
+			return p.callStatus("proxy: streamed command failed", full, err).Err()
 		}
 		return nil
 	}
@@ -359,11 +355,7 @@ func (p *Proxy) handleGRPC(_ any, ss grpc.ServerStream) error {
 	if streamed {
 		err := p.stream(ctx, m, in, incomingMetadata(ctx), func(out proto.Message) error { return ss.SendMsg(out) })
 		if err != nil {
-			st := toStatus(err)
-			if st.Code() == codes.Internal || st.Code() == codes.Unknown {
-				p.cfg.Logger.Warn("proxy: streamed command failed", "method", full, "err", err)
-			}
-			return st.Err()
+			return p.callStatus("proxy: streamed command failed", full, err).Err()
 		}
 		return nil
 	}
@@ -374,13 +366,20 @@ func (p *Proxy) handleGRPC(_ any, ss grpc.ServerStream) error {
 	}
 	out, err := p.invoke(ctx, m, in, incomingMetadata(ctx), 0)
 	if err != nil {
-		st := toStatus(err)
-		if st.Code() == codes.Internal || st.Code() == codes.Unknown {
-			p.cfg.Logger.Warn("proxy: command failed", "method", full, "err", err)
-		}
-		return st.Err()
+		return p.callStatus("proxy: command failed", full, err).Err()
 	}
 	return ss.SendMsg(out)
+}
+
+// callStatus is the status a call of method that failed with err ends
+// with; errors that are the proxy's or the function's fault (Internal,
+// Unknown) are logged with msg.
+func (p *Proxy) callStatus(msg, method string, err error) *status.Status {
+	st := toStatus(err)
+	if st.Code() == codes.Internal || st.Code() == codes.Unknown {
+		p.cfg.Logger.Warn(msg, "method", method, "err", err)
+	}
+	return st
 }
 
 // incomingMetadata flattens a gRPC call's metadata for the function.
@@ -414,12 +413,10 @@ func flattenMetadata(md map[string][]string) map[string]string {
 // invoke runs one call of m with its decoded input and returns the
 // output. depth counts forwards and side effects.
 func (p *Proxy) invoke(ctx context.Context, m *method, in proto.Message, meta map[string]string, depth int) (proto.Message, error) {
-	payload, err := anypb.New(in)
+	env, err := actionCommand(m, in, meta)
 	if err != nil {
-		return nil, fmt.Errorf("%w: encoding the request: %v", ErrBadRequest, err)
+		return nil, err
 	}
-	env := &functionpb.ActionCommand{ServiceName: string(m.svc.desc.FullName()), Name: string(m.desc.Name()),
-		Payload: payload, Metadata: meta}
 	var (
 		ca      *functionpb.ClientAction
 		effects []*functionpb.SideEffect
@@ -458,6 +455,16 @@ func (p *Proxy) invoke(ctx context.Context, m *method, in proto.Message, meta ma
 		return nil, err
 	}
 	return p.finish(ctx, m, ca, effects, meta, depth)
+}
+
+// actionCommand is the command to the function that calls m with in.
+func actionCommand(m *method, in proto.Message, meta map[string]string) (*functionpb.ActionCommand, error) {
+	payload, err := anypb.New(in)
+	if err != nil {
+		return nil, fmt.Errorf("%w: encoding the request: %v", ErrBadRequest, err)
+	}
+	return &functionpb.ActionCommand{ServiceName: string(m.svc.desc.FullName()), Name: string(m.desc.Name()),
+		Payload: payload, Metadata: meta}, nil
 }
 
 // finish turns a ClientAction into the method's output, following a
@@ -612,11 +619,10 @@ func (p *Proxy) stream(ctx context.Context, m *method, in proto.Message, meta ma
 // The call has no CommandTimeout (it lasts as long as the method streams);
 // it ends when the caller goes away or the proxy closes.
 func (p *Proxy) streamAction(ctx context.Context, m *method, in proto.Message, meta map[string]string, send func(proto.Message) error) error {
-	payload, err := anypb.New(in)
+	env, err := actionCommand(m, in, meta)
 	if err != nil {
-		return fmt.Errorf("%w: encoding the request: %v", ErrBadRequest, err)
+		return err
 	}
-	env := &functionpb.ActionCommand{ServiceName: string(m.svc.desc.FullName()), Name: string(m.desc.Name()), Payload: payload, Metadata: meta}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(p.ctx, cancel)()
@@ -624,16 +630,21 @@ func (p *Proxy) streamAction(ctx context.Context, m *method, in proto.Message, m
 	if err != nil {
 		return functionCallError(err)
 	}
+	return p.emitResponses(ctx, m, s, nil, meta, send)
+}
+
+// emitResponses emits each ActionResponse the function streams on fs (see
+// emit) until it ends the stream (nil), fails (see streamInError, with
+// the relay of a client-streamed call, else nil) or sending fails.
+func (p *Proxy) emitResponses(ctx context.Context, m *method, fs grpc.ClientStream, relayed <-chan error, meta map[string]string, send func(proto.Message) error) error {
 	for {
-		resp, err := s.Recv()
+		resp := &functionpb.ActionResponse{}
+		err := fs.RecvMsg(resp)
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
-			if p.ctx.Err() != nil {
-				return ErrClosed
-			}
-			return functionCallError(err)
+			return p.streamInError(err, relayed)
 		}
 		ca, effects := actionResult(resp)
 		if err := p.emit(ctx, m, ca, effects, meta, send); err != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -450,7 +451,7 @@ func TestDiscoveryRetriesUntilTheFunctionStarts(t *testing.T) {
 		}
 		done <- err
 	}()
-	time.Sleep(200 * time.Millisecond) // let a few dials fail
+	eventually(t, 10*time.Second, "a dial to the function that is not up fails", func() bool { return lis.refused.Load() > 0 })
 	lis.open.Store(true)
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -604,10 +605,12 @@ func TestErrorTable(t *testing.T) {
 	}
 }
 
-// gatedListener closes every connection it accepts until open is set.
+// gatedListener closes every connection it accepts until open is set,
+// counting them in refused.
 type gatedListener struct {
 	net.Listener
-	open atomic.Bool
+	open    atomic.Bool
+	refused atomic.Int32
 }
 
 func (g *gatedListener) Accept() (net.Conn, error) {
@@ -617,5 +620,45 @@ func (g *gatedListener) Accept() (net.Conn, error) {
 			return c, err
 		}
 		c.Close()
+		g.refused.Add(1)
+	}
+}
+
+// The Connect error names and HTTP statuses of every gRPC code
+// (connectrpc.com/docs/protocol, "Error Codes"); codes out of range are
+// Unknown.
+func TestConnectErrorCodes(t *testing.T) {
+	for c, want := range map[codes.Code]struct {
+		name string
+		http int
+	}{
+		codes.OK:                 {"unknown", 500},
+		codes.Canceled:           {"canceled", 499},
+		codes.Unknown:            {"unknown", 500},
+		codes.InvalidArgument:    {"invalid_argument", 400},
+		codes.DeadlineExceeded:   {"deadline_exceeded", 504},
+		codes.NotFound:           {"not_found", 404},
+		codes.AlreadyExists:      {"already_exists", 409},
+		codes.PermissionDenied:   {"permission_denied", 403},
+		codes.ResourceExhausted:  {"resource_exhausted", 429},
+		codes.FailedPrecondition: {"failed_precondition", 400},
+		codes.Aborted:            {"aborted", 409},
+		codes.OutOfRange:         {"out_of_range", 400},
+		codes.Unimplemented:      {"unimplemented", 501},
+		codes.Internal:           {"internal", 500},
+		codes.Unavailable:        {"unavailable", 503},
+		codes.DataLoss:           {"data_loss", 500},
+		codes.Unauthenticated:    {"unauthenticated", 401},
+		codes.Code(99):           {"unknown", 500},
+	} {
+		w := httptest.NewRecorder()
+		writeConnectError(w, status.New(c, "m"))
+		var body map[string]string
+		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+			t.Fatal(err)
+		}
+		if w.Code != want.http || body["code"] != want.name || body["message"] != "m" {
+			t.Errorf("%v: %d %v, want %d %s", c, w.Code, body, want.http, want.name)
+		}
 	}
 }

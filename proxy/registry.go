@@ -30,6 +30,9 @@ type slot[S stream] struct {
 	timer   *time.Timer
 }
 
+// slotKey is the registry key of entity id of service s.
+func slotKey(s *service, id string) string { return string(s.desc.FullName()) + "\x00" + id }
+
 func newRegistry[S stream]() *registry[S] {
 	r := &registry[S]{}
 	r.mu.slots = map[string]*slot[S]{}

@@ -11,7 +11,6 @@ import (
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/api/annotations"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -123,13 +122,11 @@ func newSSERoute(m *method, b *annotations.HttpRule) (sseRoute, bool) {
 // match binds the path's variables if r is for this route.
 func (rt sseRoute) match(r *http.Request) (map[protoreflect.FieldDescriptor]string, bool) {
 	path := r.URL.EscapedPath()
-	if r.Method != rt.verb || !strings.HasPrefix(path, "/") {
+	// Checked before splitting: every HTTP request tries every route.
+	if r.Method != rt.verb || !strings.HasPrefix(path, "/") || strings.Count(path, "/") != len(rt.segs) {
 		return nil, false
 	}
 	segs := strings.Split(path[1:], "/")
-	if len(segs) != len(rt.segs) {
-		return nil, false
-	}
 	vals := map[protoreflect.FieldDescriptor]string{}
 	for i, seg := range segs {
 		seg, err := url.PathUnescape(seg)
@@ -150,8 +147,9 @@ func (rt sseRoute) match(r *http.Request) (map[protoreflect.FieldDescriptor]stri
 	return vals, true
 }
 
-// routeSSE serves r if it is for a streamed method; false otherwise.
-func (p *Proxy) routeSSE(routes []sseRoute, w http.ResponseWriter, r *http.Request) bool {
+// routeSSE serves r if it is for a streamed method; false otherwise. m is
+// the method r's path names, if any (the POST fallback).
+func (p *Proxy) routeSSE(routes []sseRoute, m *method, w http.ResponseWriter, r *http.Request) bool {
 	for _, rt := range routes {
 		if vals, ok := rt.match(r); ok {
 			p.serveSSE(w, r, rt.m, vals, rt.body, r.Method == http.MethodGet)
@@ -161,7 +159,6 @@ func (p *Proxy) routeSSE(routes []sseRoute, w http.ResponseWriter, r *http.Reque
 	if r.Method != http.MethodPost || r.Header.Get("Connect-Protocol-Version") != "" {
 		return false
 	}
-	m := p.lookup(r.URL.Path)
 	if m == nil || !streamedMethod(m) {
 		return false
 	}
@@ -212,10 +209,7 @@ func (p *Proxy) serveSSE(w http.ResponseWriter, r *http.Request, m *method, vals
 		start()
 		return
 	}
-	st := toStatus(err)
-	if st.Code() == codes.Internal || st.Code() == codes.Unknown {
-		p.cfg.Logger.Warn("proxy: streamed command failed", "method", m.fullMethod(), "err", err)
-	}
+	st := p.callStatus("proxy: streamed command failed", m.fullMethod(), err)
 	code := connect.Code(st.Code()).String()
 	if !started {
 		writeError(w, httpStatusOf(st.Code()), code, st.Message())

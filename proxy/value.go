@@ -32,7 +32,7 @@ func (s *valueStream) close() { s.cancel() }
 func (p *Proxy) runValue(ctx context.Context, host ESHost, m *method, id string, env *functionpb.ActionCommand) (*functionpb.ClientAction, []*functionpb.SideEffect, error) {
 	s := m.svc
 	e := consensus.Entity{Type: s.persistenceID, ID: id}
-	sl, err := p.values.acquire(string(s.desc.FullName())+"\x00"+id, s.passivation)
+	sl, err := p.values.acquire(slotKey(s, id), s.passivation)
 	if err != nil {
 		return nil, nil, err
 	}
