@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/statemesh/statemesh/mesh"
 )
 
 // NodeInfo is how the harness reaches one node.
@@ -88,6 +90,15 @@ func (c ClusterConfig) region(i int) string {
 		return "default"
 	}
 	return c.Regions[i%len(c.Regions)]
+}
+
+// durability is the nodes' durability: sync (ClusterConfig.Sync) or
+// write-behind.
+func durability(sync bool) mesh.Durability {
+	if sync {
+		return mesh.Sync
+	}
+	return mesh.WriteBehind
 }
 
 func nodeName(i int) string { return fmt.Sprintf("n%d", i+1) }

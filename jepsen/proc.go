@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/statemesh/statemesh/internal/freeport"
 	"github.com/statemesh/statemesh/jepsen/netns"
 	"github.com/statemesh/statemesh/protocol/adminpb"
 )
@@ -54,14 +56,15 @@ type procEnv interface {
 }
 
 type procNode struct {
-	i     int
-	info  NodeInfo
-	addrs [7]string
-	log   *os.File
-	node  *exec.Cmd // nil while killed
-	fn    *exec.Cmd
-	done  chan struct{} // closed when node exits
-	args  []string
+	i      int
+	info   NodeInfo
+	addrs  [7]string
+	log    *os.File
+	node   *exec.Cmd // nil while killed
+	fn     *exec.Cmd
+	done   chan struct{} // closed when node exits
+	fnDone chan struct{} // closed when fn exits
+	args   []string
 }
 
 const (
@@ -107,19 +110,15 @@ func startProc(ctx context.Context, backend string, cfg ClusterConfig, env procE
 		if err := pn.fn.Start(); err != nil {
 			return nil, fmt.Errorf("jepsen: start %s's functions: %w", name, err)
 		}
-		go func(cmd *exec.Cmd) { _ = cmd.Wait() }(pn.fn)
-		durability := "write-behind"
-		if cfg.Sync {
-			durability = "sync"
-		}
+		pn.fnDone = waitDone(pn.fn)
 		pn.args = []string{"node", "--name", name, "--region", pn.info.Region, "--preset", "local",
 			"--bind", addrs[aGossip], "--peer", addrs[aPeer], "--admin", addrs[aAdmin], "--metrics", addrs[aMetrics],
 			"--raft", addrs[aRaft], "--http", addrs[aHTTP], "--grpc", "off", "--function", addrs[aFunction],
-			"--data-dir", filepath.Join(cfg.Dir, "data", name), "--durability", durability, "--log-level", "info"}
+			"--data-dir", filepath.Join(cfg.Dir, "data", name), "--durability", durability(cfg.Sync).String(), "--log-level", "info"}
 		if len(seeds) == 0 {
 			pn.args = append(pn.args, "--bootstrap", "true")
 		} else {
-			pn.args = append(pn.args, "--bootstrap", "false", "--join", joinList(seeds))
+			pn.args = append(pn.args, "--bootstrap", "false", "--join", strings.Join(seeds, ","))
 		}
 		// The ports were free when chosen; if another process took one
 		// before the node bound it, start again on new ones.
@@ -147,27 +146,37 @@ func startProc(ctx context.Context, backend string, cfg ClusterConfig, env procE
 	}
 	// A restarted node joins through every other and never bootstraps.
 	for _, pn := range c.nodes {
-		for k := 0; k < len(pn.args); k++ {
-			if pn.args[k] == "--bootstrap" {
-				pn.args = append(pn.args[:k], pn.args[k+2:]...)
-				break
-			}
-		}
-		for k := 0; k < len(pn.args); k++ {
-			if pn.args[k] == "--join" {
-				pn.args = append(pn.args[:k], pn.args[k+2:]...)
-				break
-			}
-		}
-		var others []string
-		for _, s := range seeds {
-			if s != pn.addrs[aGossip] {
-				others = append(others, s)
-			}
-		}
-		pn.args = append(pn.args, "--bootstrap", "false", "--join", joinList(others))
+		pn.args = append(dropFlag(dropFlag(pn.args, "--bootstrap"), "--join"),
+			"--bootstrap", "false", "--join", strings.Join(otherSeeds(seeds, pn.addrs[aGossip]), ","))
 	}
 	return c, nil
+}
+
+// dropFlag removes the first occurrence of flag and its value from args.
+func dropFlag(args []string, flag string) []string {
+	if k := slices.Index(args, flag); k >= 0 && k+1 < len(args) {
+		return slices.Delete(args, k, k+2)
+	}
+	return args
+}
+
+// waitDone reaps a started command; the channel closes when it has
+// exited.
+func waitDone(cmd *exec.Cmd) chan struct{} {
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	return done
+}
+
+// otherSeeds returns seeds without self.
+func otherSeeds(seeds []string, self string) []string {
+	var out []string
+	for _, s := range seeds {
+		if s != self {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // setFlags replaces the values of the given flags in args.
@@ -197,17 +206,6 @@ func logSays(f *os.File, s string) bool {
 	return strings.Contains(string(b), s)
 }
 
-func joinList(s []string) string {
-	out := ""
-	for i, a := range s {
-		if i > 0 {
-			out += ","
-		}
-		out += a
-	}
-	return out
-}
-
 func (c *procCluster) start(ctx context.Context, pn *procNode) error {
 	fmt.Fprintf(pn.log, "==== jepsen: starting %s at %s\n", pn.info.Name, time.Now().UTC().Format(time.RFC3339Nano))
 	cmd := c.env.command(pn.i, c.cfg.Binary, pn.args...)
@@ -215,8 +213,7 @@ func (c *procCluster) start(ctx context.Context, pn *procNode) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("jepsen: start %s: %w", pn.info.Name, err)
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
+	done := waitDone(cmd)
 	c.mu.Lock()
 	pn.node, pn.done = cmd, done
 	c.mu.Unlock()
@@ -376,15 +373,15 @@ func (c *procCluster) Close() error {
 				_ = cmd.Process.Kill()
 			}
 		}
-		if pn.done != nil {
-			select {
-			case <-pn.done:
-			case <-time.After(10 * time.Second):
+		for _, done := range []chan struct{}{pn.done, pn.fnDone} {
+			if done != nil {
+				select {
+				case <-done:
+				case <-time.After(10 * time.Second):
+				}
 			}
 		}
 	}
-	// The functions' processes: give them a moment to be reaped.
-	time.Sleep(50 * time.Millisecond)
 	for _, pn := range c.nodes {
 		errs = append(errs, pn.log.Close())
 	}
@@ -405,7 +402,7 @@ func (localEnv) addrs(int) ([7]string, error) {
 	var a [7]string
 	for k := range a {
 		var err error
-		if a[k], err = freeAddr(); err != nil {
+		if a[k], err = freeport.Addr(); err != nil {
 			return a, err
 		}
 	}

@@ -221,14 +221,9 @@ func StartCluster(ctx context.Context, backend string, cfg ClusterConfig, seed i
 
 func (r *runner) run(ctx context.Context) error {
 	nodes := r.cluster.Nodes()
-	hc := r.cluster.HTTPClient()
 	for i := range r.cfg.Concurrency {
-		nd := nodes[i%len(nodes)]
-		r.workers = append(r.workers, &worker{r: r, process: int(r.nextPID.Add(1) - 1), node: nd.Name,
-			c:   client{http: hc, base: nd.HTTP},
-			rng: rand.New(rand.NewPCG(uint64(r.cfg.Seed), uint64(i)+1))})
+		r.workers = append(r.workers, r.newWorker(nodes[i%len(nodes)], uint64(i)+1))
 	}
-	r.nextPID.Store(int64(r.cfg.Concurrency))
 	wctx, stop := context.WithTimeout(ctx, r.cfg.TimeLimit)
 	defer stop()
 	// The durability workload ends with every node killed while the
@@ -368,6 +363,17 @@ type worker struct {
 	written []string      // durability: register keys written
 }
 
+// newWorker returns a worker bound to node n with a fresh process
+// number; stream picks its random sequence (seeded by the run's seed).
+func (r *runner) newWorker(n NodeInfo, stream uint64) *worker {
+	return &worker{r: r, process: r.newProcess(), node: n.Name,
+		c:   client{http: r.cluster.HTTPClient(), base: n.HTTP},
+		rng: rand.New(rand.NewPCG(uint64(r.cfg.Seed), stream))}
+}
+
+// newProcess returns a process number no worker has used.
+func (r *runner) newProcess() int { return int(r.nextPID.Add(1) - 1) }
+
 // unique returns a value no other worker produces.
 func (w *worker) unique() string {
 	w.seq++
@@ -393,7 +399,7 @@ func (w *worker) run(f string, invoke any, fn func(context.Context) (any, outcom
 		w.r.counts.fail.Add(1)
 	default:
 		w.r.counts.info.Add(1)
-		w.process = int(w.r.nextPID.Add(1) - 1)
+		w.process = w.r.newProcess()
 	}
 	return o.typ
 }
@@ -472,8 +478,7 @@ func (r *runner) finalReads(ctx context.Context, keys []string, read func(contex
 	nodes := r.cluster.Nodes()
 	var wg sync.WaitGroup
 	for i, n := range nodes {
-		w := &worker{r: r, process: int(r.nextPID.Add(1) - 1), node: n.Name,
-			c: client{http: r.cluster.HTTPClient(), base: n.HTTP}, rng: rand.New(rand.NewPCG(uint64(r.cfg.Seed), uint64(1000+i)))}
+		w := r.newWorker(n, uint64(1000+i))
 		wg.Go(func() {
 			for _, k := range keys {
 				for attempt := 0; ctx.Err() == nil; attempt++ {
@@ -572,7 +577,7 @@ func (r *runner) writeFiles(ops []history.Op, results []check.Result, valid chec
 		return f.Close()
 	}
 	res := resultsFile{Test: r.cfg.TestName(), Valid: valid, Backend: r.cfg.Backend, Workload: r.cfg.Workload,
-		Nemeses: r.cfg.Nemeses, Seed: r.cfg.Seed, Durability: map[bool]string{true: "sync", false: "write-behind"}[r.cfg.sync()], Nodes: r.cluster.Nodes(), Command: r.cfg.Command,
+		Nemeses: r.cfg.Nemeses, Seed: r.cfg.Seed, Durability: durability(r.cfg.sync()).String(), Nodes: r.cluster.Nodes(), Command: r.cfg.Command,
 		Start: start.UTC(), DurationSec: dur.Seconds(), Results: results}
 	err := errors.Join(
 		write("results.json", func(w io.Writer) error {

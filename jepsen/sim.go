@@ -40,6 +40,7 @@ type simCluster struct {
 	addrs  *netfault.AddrBook
 	fn     *sdk.Service
 	fnAddr string
+	fnLog  *os.File
 	client *http.Client
 
 	mu    sync.Mutex
@@ -61,10 +62,6 @@ func (chanFactory) Create(c config.NodeHostConfig, h raftio.MessageHandler, ch r
 }
 func (chanFactory) Validate(string) bool { return true }
 
-// freeAddr returns a loopback address whose port is free right now,
-// below the ephemeral range (internal/freeport).
-func freeAddr() (string, error) { return freeport.Addr() }
-
 func startSim(ctx context.Context, cfg ClusterConfig, seed int64) (_ *simCluster, err error) {
 	c := &simCluster{cfg: cfg, faults: netfault.New(seed), addrs: &netfault.AddrBook{},
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
@@ -77,11 +74,10 @@ func startSim(ctx context.Context, cfg ClusterConfig, seed int64) (_ *simCluster
 	if err := os.MkdirAll(logs, 0o755); err != nil {
 		return nil, err
 	}
-	fnLog, err := os.Create(filepath.Join(logs, "functions.log"))
-	if err != nil {
+	if c.fnLog, err = os.Create(filepath.Join(logs, "functions.log")); err != nil {
 		return nil, err
 	}
-	c.fn, c.fnAddr, err = serveExamples(slog.New(slog.NewTextHandler(fnLog, nil)))
+	c.fn, c.fnAddr, err = serveExamples(slog.New(slog.NewTextHandler(c.fnLog, nil)))
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +88,7 @@ func startSim(ctx context.Context, cfg ClusterConfig, seed int64) (_ *simCluster
 		// is never bound, unique in this process. Everything else listens
 		// on a port the kernel picks (no race with other tests for a
 		// "free" port); a restarted node binds the same ones again.
-		raftAddr, err := freeAddr()
+		raftAddr, err := freeport.Addr()
 		if err != nil {
 			return nil, err
 		}
@@ -101,13 +97,9 @@ func startSim(ctx context.Context, cfg ClusterConfig, seed int64) (_ *simCluster
 			return nil, err
 		}
 		log := slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", name)
-		dur := mesh.WriteBehind
-		if cfg.Sync {
-			dur = mesh.Sync
-		}
 		mc := mesh.Config{Name: name, Region: cfg.region(i), GossipAddr: "127.0.0.1:0", PeerAddr: "127.0.0.1:0",
 			DataDir: filepath.Join(cfg.Dir, "data", name), Join: append([]string(nil), seeds...),
-			Preset: mesh.PresetLocal, Durability: dur, Faults: c.faults}
+			Preset: mesh.PresetLocal, Durability: durability(cfg.Sync), Faults: c.faults}
 		c.addrs.Set(raftAddr, name)
 		nc := node.Config{Mesh: mc, AdminAddr: "127.0.0.1:0", Logger: log,
 			Consensus: node.ConsensusConfig{RaftAddr: raftAddr, Bootstrap: i == 0, Tweak: c.tweak(name)},
@@ -122,12 +114,7 @@ func startSim(ctx context.Context, cfg ClusterConfig, seed int64) (_ *simCluster
 	}
 	// Every node that restarts joins through every other.
 	for _, sn := range c.nodes {
-		sn.cfg.Mesh.Join = nil
-		for _, s := range seeds {
-			if s != sn.cfg.Mesh.GossipAddr {
-				sn.cfg.Mesh.Join = append(sn.cfg.Mesh.Join, s)
-			}
-		}
+		sn.cfg.Mesh.Join = otherSeeds(seeds, sn.cfg.Mesh.GossipAddr)
 	}
 	return c, nil
 }
@@ -271,6 +258,9 @@ func (c *simCluster) Close() error {
 	}
 	if c.fn != nil {
 		c.fn.Stop()
+	}
+	if c.fnLog != nil {
+		errs = append(errs, c.fnLog.Close())
 	}
 	c.client.CloseIdleConnections()
 	return errors.Join(errs...)

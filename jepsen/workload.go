@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/statemesh/statemesh/jepsen/check"
@@ -56,7 +57,10 @@ var consistencies = []string{"LOCAL", "MAJORITY", "ALL"}
 
 type counterWorkload struct{ keys int }
 
-func (wl *counterWorkload) key(i int) string { return "jepsen-c" + strconv.Itoa(i) }
+// counterPrefix starts the counter workload's key names.
+const counterPrefix = "jepsen-c"
+
+func (wl *counterWorkload) key(i int) string { return counterPrefix + strconv.Itoa(i) }
 
 func (wl *counterWorkload) allKeys() []string { return keyNames(wl.keys, wl.key) }
 
@@ -88,7 +92,7 @@ func (wl *counterWorkload) step(ctx context.Context, w *worker) {
 	})
 }
 
-// readCounters is a convergence digest: every key's value on one node.
+// digest is a convergence digest: every key's value on one node.
 func (wl *counterWorkload) digest(ctx context.Context, c client) (string, error) {
 	out := ""
 	for _, k := range wl.allKeys() {
@@ -101,14 +105,16 @@ func (wl *counterWorkload) digest(ctx context.Context, c client) (string, error)
 	return out, nil
 }
 
+func (wl *counterWorkload) finalRead(ctx context.Context, w *worker, key string) {
+	w.run("final-read", check.CounterRead{Key: key}, func(ctx context.Context) (any, outcome) {
+		n, o := w.c.counterGet(ctx, key)
+		return check.CounterRead{Key: key, Value: &n}, o
+	})
+}
+
 func (wl *counterWorkload) final(ctx context.Context, r *runner) error {
 	r.converge(ctx, wl.digest)
-	return r.finalReads(ctx, wl.allKeys(), func(ctx context.Context, w *worker, key string) {
-		w.run("final-read", check.CounterRead{Key: key}, func(ctx context.Context) (any, outcome) {
-			n, o := w.c.counterGet(ctx, key)
-			return check.CounterRead{Key: key, Value: &n}, o
-		})
-	})
+	return r.finalReads(ctx, wl.allKeys(), wl.finalRead)
 }
 
 func (wl *counterWorkload) check(r *runner, ops []history.Op) []check.Result {
@@ -190,10 +196,7 @@ func (wl *registerWorkload) step(ctx context.Context, w *worker) {
 	val := strconv.Itoa(w.rng.IntN(5))
 	switch x := w.rng.IntN(10); {
 	case x < 4:
-		w.run("read", check.RegisterOp{Key: key}, func(ctx context.Context) (any, outcome) {
-			rv, o := w.c.registerGet(ctx, key)
-			return check.RegisterOp{Key: key, Value: rv.Value, Version: int64(rv.Version)}, o
-		})
+		registerRead(w, "read", key)
 	case x < 7:
 		v := check.RegisterOp{Key: key, Value: val}
 		w.run("write", v, func(ctx context.Context) (any, outcome) {
@@ -209,6 +212,14 @@ func (wl *registerWorkload) step(ctx context.Context, w *worker) {
 			return v, o
 		})
 	}
+}
+
+// registerRead reads a register as operation f.
+func registerRead(w *worker, f, key string) {
+	w.run(f, check.RegisterOp{Key: key}, func(ctx context.Context) (any, outcome) {
+		rv, o := w.c.registerGet(ctx, key)
+		return check.RegisterOp{Key: key, Value: rv.Value, Version: int64(rv.Version)}, o
+	})
 }
 
 func (wl *registerWorkload) final(context.Context, *runner) error { return nil }
@@ -252,11 +263,8 @@ func (wl *durabilityWorkload) final(ctx context.Context, r *runner) error {
 	for _, w := range r.workers {
 		regKeys = append(regKeys, w.written...)
 	}
-	return r.finalReads(ctx, regKeys, func(ctx context.Context, w *worker, key string) {
-		w.run("final-read-register", check.RegisterOp{Key: key}, func(ctx context.Context) (any, outcome) {
-			rv, o := w.c.registerGet(ctx, key)
-			return check.RegisterOp{Key: key, Value: rv.Value, Version: int64(rv.Version)}, o
-		})
+	return r.finalReads(ctx, regKeys, func(_ context.Context, w *worker, key string) {
+		registerRead(w, "final-read-register", key)
 	})
 }
 
@@ -291,12 +299,7 @@ func (wl *convergenceWorkload) final(ctx context.Context, r *runner) error {
 		b, err := wl.set.digest(ctx, c)
 		return a + b, err
 	})
-	if err := r.finalReads(ctx, wl.counter.allKeys(), func(ctx context.Context, w *worker, key string) {
-		w.run("final-read", check.CounterRead{Key: key}, func(ctx context.Context) (any, outcome) {
-			n, o := w.c.counterGet(ctx, key)
-			return check.CounterRead{Key: key, Value: &n}, o
-		})
-	}); err != nil {
+	if err := r.finalReads(ctx, wl.counter.allKeys(), wl.counter.finalRead); err != nil {
 		return err
 	}
 	return r.finalReads(ctx, wl.set.allKeys(), wl.set.finalRead)
@@ -313,7 +316,7 @@ func (wl *convergenceWorkload) check(r *runner, ops []history.Op) []check.Result
 			cops, sops = append(cops, o), append(sops, o)
 			continue
 		}
-		if len(k.Key) > 8 && k.Key[:8] == "jepsen-c" {
+		if strings.HasPrefix(k.Key, counterPrefix) {
 			cops = append(cops, o)
 		} else {
 			sops = append(sops, o)

@@ -46,11 +46,9 @@ func runJepsen(args []string, stdout, stderr io.Writer) int {
 	cfg := jepsen.Config{Backend: *backend, Workload: *workload, Nodes: *nodes, TimeLimit: *timeLimit,
 		Interval: *interval, Concurrency: *concurrency, Seed: *seed, Store: *store, Binary: bin,
 		Command: "statemesh jepsen " + strings.Join(args, " "), Progress: stdout}
-	if *nemesis != "" {
-		cfg.Nemeses = strings.Split(*nemesis, ",")
-	}
-	if *nemesis == "all" {
-		cfg.Nemeses = nil
+	switch *nemesis {
+	case "":
+	case "all":
 		caps, err := jepsen.BackendCaps(*backend)
 		if err != nil {
 			fmt.Fprintf(stderr, "statemesh jepsen: %v\n", err)
@@ -61,6 +59,8 @@ func runJepsen(args []string, stdout, stderr io.Writer) int {
 				cfg.Nemeses = append(cfg.Nemeses, n)
 			}
 		}
+	default:
+		cfg.Nemeses = strings.Split(*nemesis, ",")
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()

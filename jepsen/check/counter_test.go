@@ -11,12 +11,7 @@ func TestCounter(t *testing.T) {
 	rd := func(k string) CounterRead { return CounterRead{Key: k} }
 	val := func(k string, v int64) CounterRead { return CounterRead{Key: k, Value: i64(v)} }
 	ok, fail, info := history.OK, history.Fail, history.Info
-	tests := []struct {
-		name     string
-		build    func(h *hist)
-		valid    Validity
-		problems []string
-	}{
+	runCases(t, Counter, []checkCase{
 		{"ok adds, final reads agree", func(h *hist) {
 			h.op(0, "add", "n1", ok, add("a", 3), nil)
 			h.op(1, "add", "n2", ok, add("a", -1), nil)
@@ -94,14 +89,7 @@ func TestCounter(t *testing.T) {
 		{"ok read without value is malformed", func(h *hist) {
 			h.op(0, "final-read", "n1", ok, rd("a"), rd("a"))
 		}, Invalid, []string{"has no value"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			h := newHist()
-			tt.build(h)
-			wantResult(t, Counter(h.ops()), tt.valid, tt.problems...)
-		})
-	}
+	})
 }
 
 func TestCounterDetails(t *testing.T) {

@@ -97,10 +97,7 @@ func Durability(ops []history.Op) Result {
 			if err := decodeComplete(p, &r); err != nil {
 				return malformed(name, err)
 			}
-			sr := setRead{node: completeNode(p), op: p.Complete.Index, has: map[string]bool{}}
-			for _, x := range r.Elements {
-				sr.has[x] = true
-			}
+			sr := setRead{node: completeNode(p), op: p.Complete.Index, has: r.has()}
 			setReads[r.Key] = append(setReads[r.Key], sr)
 			d.SetNodes[r.Key] = append(d.SetNodes[r.Key], sr.node)
 		case "final-read-register":

@@ -20,12 +20,7 @@ func TestDurability(t *testing.T) {
 		h.op(0, "final-read-register", "n1", ok, frr("r"), w("r", r1))
 		h.op(1, "final-read-register", "n2", ok, frr("r"), w("r", r2))
 	}
-	tests := []struct {
-		name     string
-		build    func(h *hist)
-		valid    Validity
-		problems []string
-	}{
+	runCases(t, Durability, []checkCase{
 		{"all survive", func(h *hist) {
 			h.op(0, "add", "n1", ok, add("x"), nil)
 			h.op(1, "add", "n2", ok, add("y"), nil)
@@ -75,14 +70,7 @@ func TestDurability(t *testing.T) {
 			h.op(0, "write", "n1", ok, w("r", "a"), nil)
 			h.op(0, "write", "n1", ok, w("r", "b"), nil)
 		}, Invalid, []string{`writes key "r" again`}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			h := newHist()
-			tt.build(h)
-			wantResult(t, Durability(h.ops()), tt.valid, tt.problems...)
-		})
-	}
+	})
 }
 
 func TestDurabilityDetails(t *testing.T) {

@@ -77,6 +77,27 @@ func wantResult(t *testing.T, r Result, valid Validity, problems ...string) {
 	}
 }
 
+// checkCase is one history built by hand and the verdict a checker must
+// reach on it, with substrings its problem lines must hold.
+type checkCase struct {
+	name     string
+	build    func(h *hist)
+	valid    Validity
+	problems []string
+}
+
+// runCases runs checker on each case's history as a subtest.
+func runCases(t *testing.T, checker func([]history.Op) Result, cases []checkCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHist()
+			tc.build(h)
+			wantResult(t, checker(h.ops()), tc.valid, tc.problems...)
+		})
+	}
+}
+
 func decodeDetails[T any](t *testing.T, r Result) T {
 	t.Helper()
 	var v T

@@ -17,12 +17,7 @@ func TestRegister(t *testing.T) {
 	rd := RegisterOp{Key: "r"}
 	got := func(v string) RegisterOp { return RegisterOp{Key: "r", Value: v, Version: 1} }
 	ok, fail, info := history.OK, history.Fail, history.Info
-	tests := []struct {
-		name     string
-		build    func(h *hist)
-		valid    Validity
-		problems []string
-	}{
+	runCases(t, func(ops []history.Op) Result { return Register(ops, 10*time.Second, nil) }, []checkCase{
 		{"sequential", func(h *hist) {
 			h.op(0, "read", "n1", ok, rd, got(""))
 			h.op(0, "write", "n1", ok, w("a"), nil)
@@ -109,14 +104,7 @@ func TestRegister(t *testing.T) {
 			h.op(1, "read", "n2", ok, RegisterOp{Key: "k1"}, RegisterOp{Key: "k1", Value: "a"})
 		}, Valid, nil},
 		{"no ops", func(h *hist) {}, Unknown, []string{"no operations"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			h := newHist()
-			tt.build(h)
-			wantResult(t, Register(h.ops(), 10*time.Second, nil), tt.valid, tt.problems...)
-		})
-	}
+	})
 }
 
 func TestRegisterNamesOnlyBadKeys(t *testing.T) {

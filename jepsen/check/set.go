@@ -112,10 +112,7 @@ func Set(ops []history.Op) Result {
 			if err := decodeComplete(p, &r); err != nil {
 				return malformed(name, err)
 			}
-			sr := setRead{p: p, final: p.Invoke.F == "final-read", has: make(map[string]bool, len(r.Elements))}
-			for _, x := range r.Elements {
-				sr.has[x] = true
-			}
+			sr := setRead{p: p, final: p.Invoke.F == "final-read", has: r.has()}
 			s := get(r.Key)
 			s.reads = append(s.reads, sr)
 			if sr.final {

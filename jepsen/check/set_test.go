@@ -11,12 +11,7 @@ func TestSet(t *testing.T) {
 	rd := SetRead{Key: "s"}
 	els := func(e ...string) SetRead { return SetRead{Key: "s", Elements: append([]string{}, e...)} }
 	ok, fail, info := history.OK, history.Fail, history.Info
-	tests := []struct {
-		name     string
-		build    func(h *hist)
-		valid    Validity
-		problems []string
-	}{
+	runCases(t, Set, []checkCase{
 		{"adds, remove, reads agree", func(h *hist) {
 			h.op(0, "add", "n1", ok, so("x"), nil)
 			h.op(1, "add", "n2", ok, so("y"), nil)
@@ -115,14 +110,7 @@ func TestSet(t *testing.T) {
 			h.op(0, "add", "n1", ok, so("x"), nil)
 			h.op(0, "add", "n1", ok, so("x"), nil)
 		}, Invalid, []string{"a second time"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			h := newHist()
-			tt.build(h)
-			wantResult(t, Set(h.ops()), tt.valid, tt.problems...)
-		})
-	}
+	})
 }
 
 func TestSetDetails(t *testing.T) {

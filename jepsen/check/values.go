@@ -32,6 +32,15 @@ type SetRead struct {
 	Elements []string `json:"elements"`
 }
 
+// has returns the read's elements as a set.
+func (r SetRead) has() map[string]bool {
+	m := make(map[string]bool, len(r.Elements))
+	for _, x := range r.Elements {
+		m[x] = true
+	}
+	return m
+}
+
 // Register workload (f "read", "write", "cas") on the register example.
 // Write: Value. CAS: Expected and Value. Read completion: Value and
 // Version. A cas that completes "fail" certainly did not apply (the
