@@ -101,7 +101,7 @@ func (c *causal) replaceEntry(k string, oldDots []Dot, s store) {
 		// A register's new value usually keeps some of its old dots (a
 		// value written concurrently): those stay in the index as they
 		// are. Only small entries are compared dot by dot.
-		small := s != nil && isSlice(s) && len(oldDots) <= 16
+		small := isSlice(s) && len(oldDots) <= 16
 		for _, d := range oldDots {
 			if !small || !holdsDot(s, d) {
 				delete(c.idx, d)

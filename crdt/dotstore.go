@@ -244,41 +244,9 @@ func joinStores(a store, ca *Context, b store, cb *Context) (store, bool) {
 	}
 	switch as := a.(type) {
 	case dotSet:
-		bs := b.(dotSet)
-		if len(as) == 1 && len(bs) == 1 {
-			if out, changed, ok := joinSingle(a, as[0], ca, b, bs[0], cb); ok {
-				return out, changed
-			}
-		}
-		out, changed := joinSorted(as, ca, bs, cb, func(d Dot) Dot { return d })
-		switch {
-		case !changed:
-			return a, false // joinSorted returned as
-		case len(out) == 0:
-			return nil, true
-		case sameArray(out, bs):
-			return b, true
-		}
-		return out, true
+		return joinSlices(a, as, ca, b, b.(dotSet), cb, func(d Dot) Dot { return d })
 	case dotFun:
-		bf := b.(dotFun)
-		if len(as) == 1 && len(bf) == 1 {
-			// One value each (a register written once since it was last
-			// seen): the common case, decided without a merge.
-			if out, changed, ok := joinSingle(a, as[0].d, ca, b, bf[0].d, cb); ok {
-				return out, changed
-			}
-		}
-		out, changed := joinSorted(as, ca, bf, cb, func(e funEntry) Dot { return e.d })
-		switch {
-		case !changed:
-			return a, false // joinSorted returned as
-		case len(out) == 0:
-			return nil, true
-		case sameArray(out, bf):
-			return b, true
-		}
-		return out, true
+		return joinSlices(a, as, ca, b, b.(dotFun), cb, func(e funEntry) Dot { return e.d })
 	case dotMap:
 		bm := b.(dotMap)
 		changed := false
@@ -305,6 +273,31 @@ func joinStores(a store, ca *Context, b store, cb *Context) (store, bool) {
 		return as, changed
 	}
 	panic("crdt: unknown dot store") // unreachable: stores are built only by this package
+}
+
+// joinSlices is joinStores for a and b both dot sets or both dot funs (as
+// and bs).
+func joinSlices[S interface {
+	~[]E
+	store
+}, E any](a store, as S, ca *Context, b store, bs S, cb *Context, dot func(E) Dot) (store, bool) {
+	if len(as) == 1 && len(bs) == 1 {
+		// One dot each (a register written once since it was last seen):
+		// the common case, decided without a merge.
+		if out, changed, ok := joinSingle(a, dot(as[0]), ca, b, dot(bs[0]), cb); ok {
+			return out, changed
+		}
+	}
+	out, changed := joinSorted(as, ca, bs, cb, dot)
+	switch {
+	case !changed:
+		return a, false // joinSorted returned as
+	case len(out) == 0:
+		return nil, true
+	case sameArray(out, bs):
+		return b, true
+	}
+	return out, true
 }
 
 // joinSingle is joinSorted for a and b of one dot each (da and db). It

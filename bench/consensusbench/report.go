@@ -54,7 +54,7 @@ func Rows(results []Result) []Row {
 			for i, r := range rs {
 				xs[i] = f(r)
 			}
-			return median(xs)
+			return Median(xs)
 		}
 		row.OpsPerSec = pick(func(r Result) float64 { return r.OpsPerSec })
 		row.P50Ms = pick(func(r Result) float64 { return r.P50Ms })
@@ -83,7 +83,8 @@ func systemRank(s string) int {
 	return 2
 }
 
-func median(xs []float64) float64 {
+// Median is the median of xs (0 for none); xs is not modified.
+func Median(xs []float64) float64 {
 	if len(xs) == 0 {
 		return 0
 	}
@@ -235,13 +236,20 @@ type Meta struct {
 
 // NewMeta fills in the machine, the date and the load average.
 func NewMeta(command string, plan Plan) Meta {
-	m := Meta{Command: command, Machine: LocalMachine(), Date: time.Now().UTC().Format("2006-01-02"), Plan: plan}
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		if f := strings.Fields(string(b)); len(f) >= 3 {
-			m.LoadAvg = strings.Join(f[:3], " ")
-		}
+	return Meta{Command: command, Machine: LocalMachine(), Date: time.Now().UTC().Format("2006-01-02"), Plan: plan, LoadAvg: LoadAvg()}
+}
+
+// LoadAvg is /proc/loadavg's first three fields, or "".
+func LoadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
 	}
-	return m
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // WriteTable writes the rows as an aligned text table, then the ratios.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -78,20 +77,7 @@ type Meta struct {
 
 // NewMeta fills in the machine, the date and the load average.
 func NewMeta(command string) Meta {
-	return Meta{Command: command, Machine: consensusbench.LocalMachine(), Date: time.Now().UTC().Format("2006-01-02"), LoadBefore: LoadAvg()}
-}
-
-// LoadAvg is /proc/loadavg's first three fields, or "".
-func LoadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return ""
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return ""
-	}
-	return strings.Join(f[:3], " ")
+	return Meta{Command: command, Machine: consensusbench.LocalMachine(), Date: time.Now().UTC().Format("2006-01-02"), LoadBefore: consensusbench.LoadAvg()}
 }
 
 // WriteTable writes the rows as an aligned text table, then the verdict.

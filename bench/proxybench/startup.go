@@ -90,26 +90,15 @@ func Startup(ctx context.Context, cfg StartupConfig, progress func(string)) (Sta
 		}
 	}
 	s := slices.Sorted(slices.Values(res.Ms))
-	res.MedianMs = medianOf(s)
+	res.MedianMs = consensusbench.Median(s)
 	res.P90Ms = s[min(len(s)-1, max(0, int(math.Ceil(0.9*float64(len(s))))-1))]
 	res.MaxMs, res.MinMs = s[len(s)-1], s[0]
-	res.StopMs = medianOf(slices.Sorted(slices.Values(stops)))
+	res.StopMs = consensusbench.Median(stops)
 	res.Met = res.MaxMs < ms(StartupTarget)
 	return res, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func medianOf(s []float64) float64 {
-	n := len(s)
-	if n == 0 {
-		return 0
-	}
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
 
 // startOnce is one cold start: it returns the time to ready and the time
 // to stop.

@@ -8,12 +8,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"time"
 
+	"github.com/statemesh/statemesh/bench/consensusbench"
 	"github.com/statemesh/statemesh/bench/syncbench"
 	"github.com/statemesh/statemesh/deltas"
 )
@@ -124,20 +124,7 @@ func benchSync(args []string, stdout, stderr io.Writer) int {
 }
 
 // machine describes the machine for the report.
-func machine() string {
-	model := "unknown CPU"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, "model name") {
-				if _, v, ok := strings.Cut(l, ":"); ok {
-					model = strings.TrimSpace(v)
-				}
-				break
-			}
-		}
-	}
-	return fmt.Sprintf("%s, %d cores (GOMAXPROCS %d), %s/%s, %s", model, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
-}
+func machine() string { return consensusbench.LocalMachine().String() }
 
 // progressLines returns a printer of timestamped progress lines
 // ("[  12.3s] msg") on w, counted from start; it prints nothing when quiet.

@@ -177,10 +177,8 @@ func benchConsensus(args []string, stdout, stderr io.Writer) int {
 	}
 	meta.WallS = time.Since(start).Seconds()
 	meta.Notes = append(meta.Notes, cpuNotes(idle, rounds, targets)...)
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		if f := strings.Fields(string(b)); len(f) >= 3 {
-			meta.Notes = append(meta.Notes, "Load average after the run: "+strings.Join(f[:3], " ")+" (the benchmark's own threads included, those waiting in fsync too).")
-		}
+	if l := consensusbench.LoadAvg(); l != "" {
+		meta.Notes = append(meta.Notes, "Load average after the run: "+l+" (the benchmark's own threads included, those waiting in fsync too).")
 	}
 
 	rows := consensusbench.Rows(results)
@@ -353,11 +351,7 @@ func cpuNotes(idle map[string]float64, rounds []roundResult, targets []consensus
 			for i, r := range rs {
 				xs[i] = f(r)
 			}
-			slices.Sort(xs)
-			if n := len(xs); n%2 == 0 {
-				return (xs[n/2-1] + xs[n/2]) / 2
-			}
-			return xs[len(xs)/2]
+			return consensusbench.Median(xs)
 		}
 		parts = append(parts, fmt.Sprintf("%s at %d clients: nodes %.2f cores (%.0f µs per write), clients %.2f, other cluster %.2f",
 			k.system, k.clients, med(func(r roundResult) float64 { return r.NodesCPUCores }), med(func(r roundResult) float64 { return r.NodesCPUPerWriteUs }),

@@ -183,7 +183,7 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 		}
 		results = append(results, rr...)
 	}
-	meta.LoadAfter = proxybench.LoadAvg()
+	meta.LoadAfter = consensusbench.LoadAvg()
 	meta.WallS = time.Since(start).Seconds()
 
 	var rounds []roundCPU
@@ -319,7 +319,7 @@ func benchStartup(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	loadBefore := proxybench.LoadAvg()
+	loadBefore := consensusbench.LoadAvg()
 	fn, fnAddr, err := proxybench.StartFunctions(slog.New(slog.DiscardHandler), false)
 	if err != nil {
 		return fail(err)
@@ -351,7 +351,7 @@ func benchStartup(args []string, stdout, stderr io.Writer) int {
 	if *out != "" {
 		var md bytes.Buffer
 		notes := []string{
-			"Load average before the run: " + loadBefore + "; after: " + proxybench.LoadAvg() + ".",
+			"Load average before the run: " + loadBefore + "; after: " + consensusbench.LoadAvg() + ".",
 			fmt.Sprintf("Wall time %.1f s; node logs kept in %s.", time.Since(start).Seconds(), runDir),
 		}
 		proxybench.RenderStartup(&md, results, strings.TrimSpace(name+" "+strings.Join(args, " ")), notes)
