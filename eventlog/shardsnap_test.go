@@ -8,8 +8,10 @@ import (
 	"hash/crc32"
 	"io"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -596,15 +598,13 @@ func TestRestoreConcurrentReads(t *testing.T) {
 	populate(t, s, "old", 5)
 	done := make(chan struct{})
 	errs := make(chan error, 1)
+	var reads atomic.Int64 // reads completed, so restores interleave with them
 	go func() {
 		defer close(errs)
 		restored := false
-		for reads := 0; ; reads++ {
+		for {
 			select {
 			case <-done:
-				if reads < 10 {
-					errs <- fmt.Errorf("only %d reads", reads)
-				}
 				return
 			default:
 			}
@@ -623,9 +623,20 @@ func TestRestoreConcurrentReads(t *testing.T) {
 				errs <- fmt.Errorf("after the first restore: %+v, applied %d", st, a)
 				return
 			}
+			reads.Add(1)
 		}
 	}()
 	for range 20 {
+		// At least one read between two restores: the reads run
+		// concurrently with restores however the goroutines are scheduled.
+		for before := reads.Load(); reads.Load() == before; {
+			select {
+			case err := <-errs:
+				t.Fatal(err)
+			default:
+				runtime.Gosched()
+			}
+		}
 		if err := s.Restore(bytes.NewReader(stream), nil); err != nil {
 			t.Fatal(err)
 		}

@@ -2,7 +2,8 @@
 // mesh (membership, peer transport, replicated CRDT store), the consensus
 // host (Raft shards for event-sourced and value entities), the admin gRPC
 // service that `statemesh ctl` talks to, and an HTTP endpoint with
-// Prometheus metrics. The function proxy joins it with its issue.
+// Prometheus metrics, and the function proxy (proxy/) in front of the
+// user function when one is configured.
 package node
 
 import (

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -161,7 +160,7 @@ func StartEtcd(ctx context.Context, dir string, basePort int, log io.Writer) (*E
 		return nil, fmt.Errorf("%w: etcd base port %d: need %d ports below 65536", ErrInvalidConfig, basePort, 2*etcdMembers)
 	}
 	for p := basePort; p < basePort+2*etcdMembers; p++ {
-		if !portFree(p) {
+		if !freeport.Free(p) {
 			return nil, fmt.Errorf("%w: 127.0.0.1:%d, one of etcd's ports %d-%d", ErrPortInUse, p, basePort, basePort+2*etcdMembers-1)
 		}
 	}
@@ -493,16 +492,6 @@ func etcdEnv() []string {
 		env = append(env, "ETCD_UNSUPPORTED_ARCH="+runtime.GOARCH)
 	}
 	return env
-}
-
-// portFree reports whether 127.0.0.1:port can be listened on now.
-func portFree(port int) bool {
-	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		return false
-	}
-	l.Close()
-	return true
 }
 
 // FreePorts returns the first of n consecutive ports on 127.0.0.1 that

@@ -44,7 +44,8 @@ func ephemeralLow() int {
 	return n
 }
 
-func free(port int) bool {
+// Free reports whether 127.0.0.1:port can be listened on now.
+func Free(port int) bool {
 	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		return false
@@ -64,7 +65,7 @@ func Block(n int) (int, error) {
 		base := lowest + rand.IntN(hi-lowest-n+1)
 		ok := true
 		for p := base; p < base+n && ok; p++ {
-			ok = free(p)
+			ok = Free(p)
 		}
 		if ok {
 			return base, nil

@@ -29,7 +29,7 @@ func TestBlockIsFreeAndBelowEphemeral(t *testing.T) {
 	}
 }
 
-func TestAddrSkipsTakenPort(t *testing.T) {
+func TestAddrIsFreeAndFreeSeesItTaken(t *testing.T) {
 	a, err := Addr()
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +41,7 @@ func TestAddrSkipsTakenPort(t *testing.T) {
 	defer l.Close()
 	_, port, _ := net.SplitHostPort(a)
 	p, _ := strconv.Atoi(port)
-	if free(p) {
+	if Free(p) {
 		t.Errorf("port %d reported free while bound", p)
 	}
 }
