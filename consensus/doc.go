@@ -67,6 +67,10 @@
 // caller's deadline (Config.OpTimeout if it has none), always with the same
 // request id, so a retry is never applied twice: the state machine keeps
 // the result of every applied request id for Config.DedupWindow entries.
+// Whether an entry's request id counts as applied depends only on the
+// indexes (the recorded one within DedupWindow entries of the entry's),
+// never on whether this replica has deleted the record yet: replicas
+// delete them in batches that follow their own apply batches.
 //
 // Value entities (GetValue, PutValue, DeleteValue) take the same route
 // without a handler: reads are linearizable reads, writes are one entry

@@ -84,8 +84,10 @@ func (m *stateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 				if last > m.dedupWindow {
 					// At most forgetPerUpdate records per transaction, so
 					// forgetting never makes one too large; the rest goes
-					// with the next updates. The count depends only on the
-					// stored data, so every replica forgets the same ones.
+					// with the next updates. Replicas batch entries
+					// differently and so delete different records at
+					// different times; applyEntry judges a found record by
+					// its index (inWindow), so that does not matter.
 					if _, err := tx.ForgetRequestsN(last-m.dedupWindow, forgetPerUpdate); err != nil {
 						return err
 					}
@@ -153,11 +155,11 @@ func (m *stateMachine) applyEntry(tx *eventlog.ShardTxn, e *sm.Entry) (*consensu
 		return invalid("%v", err)
 	}
 	if len(ent.RequestId) > 0 {
-		prior, found, err := tx.Request(ent.RequestId)
+		index, prior, found, err := tx.RequestRecord(ent.RequestId)
 		if err != nil {
 			return nil, nil, err
 		}
-		if found {
+		if found && m.inWindow(index, e.Index) {
 			r, err := decodeResult(prior)
 			if err != nil {
 				return nil, nil, err
@@ -185,6 +187,17 @@ func (m *stateMachine) applyEntry(tx *eventlog.ShardTxn, e *sm.Entry) (*consensu
 		return nil, nil, err
 	}
 	return res, ent.RequestId, nil
+}
+
+// inWindow reports whether a request recorded at index is still within
+// the dedup window at entry index at. Records out of the window are
+// deleted a bounded number per Update, so which ones are still stored
+// depends on how Dragonboat batched the entries on this replica; this
+// check makes the outcome depend on the indexes only. A record at or past
+// at (data kept over a Raft log restarted by ResetApplied) counts as in
+// the window.
+func (m *stateMachine) inWindow(index, at uint64) bool {
+	return index >= at || at-index <= m.dedupWindow
 }
 
 // isInputError reports whether a store error was caused by the entry's

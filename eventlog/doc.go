@@ -15,7 +15,8 @@
 //	'a' applied    (nothing)              -> applied index
 //	'h' head       entity                 -> seq of the entity's last event
 //	'j' journal    entity, seq (u64 BE)   -> event (its bytes, as they are)
-//	'q' req. index index (u64 BE), id     -> nothing
+//	'q' req. index index (u64 BE)         -> the requests one Update recorded
+//	               index (u64 BE), id     -> nothing (legacy: one per request)
 //	'r' requests   request id             -> index, result
 //	's' snapshots  entity                 -> seq, snapshot state
 //	'v' values     entity                 -> version, deleted flag, state
@@ -95,6 +96,19 @@
 // keeps the version, so versions never go back), PutRequest records a
 // request's result for deduplication, indexed by Raft index in 'q' so
 // ForgetRequests is a range scan, and SetApplied sets the applied index.
+//
+// The 'q' index holds one record per Update that recorded requests, keyed
+// by the lowest index among them and listing each one's index and id:
+// one write per transaction rather than one per request. Shards written
+// before (one empty 'q' entry per request, keyed by index and id) are
+// read as they are: ForgetRequests handles both kinds, PutRequest deletes
+// a re-recorded request's legacy entry, and Save and Restore stream both.
+// A node of an earlier version refuses a stream with batch records (its
+// Restore fails with ErrBadStream), so a Raft shard's replicas must run
+// the same version. Which records a bounded ForgetRequestsN deletes now
+// depends on how requests were grouped into transactions, which Raft
+// replicas need not share: a state machine must judge a found record by
+// its index (ShardTxn.RequestRecord), not by its presence.
 //
 // # The applied index
 //

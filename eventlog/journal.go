@@ -105,36 +105,45 @@ type shardState struct {
 		// live data; its 'p' record says how to finish.
 		pending bool
 	}
-	// heads caches committed entity heads when CacheHeads enabled it;
+	// heads caches committed entity heads when CacheHeads enabled it, and
+	// then the committed applied index too (applied, if appliedKnown);
 	// cleared whenever Restore or Drop replaces the shard's data.
 	heads struct {
 		sync.Mutex
-		max int // 0: disabled
-		m   map[string]uint64
+		max          int // 0: disabled
+		m            map[string]uint64
+		applied      uint64
+		appliedKnown bool
 	}
 }
 
-// clearHeads forgets every cached head. The caller holds mu exclusively.
-func (st *shardState) clearHeads() {
+// clearCaches forgets every cached head and the cached applied index. The
+// caller holds mu exclusively.
+func (st *shardState) clearCaches() {
 	st.heads.Lock()
 	defer st.heads.Unlock()
 	if st.heads.m != nil {
 		st.heads.m = map[string]uint64{}
 	}
+	st.heads.appliedKnown = false
 }
 
 // CacheHeads keeps up to max entity heads (last sequence numbers) of the
 // shard in memory, so that an Update appending to an entity need not look
-// its head up in Badger (with thousands of entities, mostly a table seek).
-// Only for a shard with one writer at a time, such as a Raft state
-// machine: the cache is filled by reads and updated after commits, so two
-// concurrent Updates could each read a head the other is changing.
+// its head up in Badger (with thousands of entities, mostly a table seek),
+// and the applied index, so that SetApplied need not read it. Only for a
+// shard with one writer at a time, such as a Raft state machine: the cache
+// is filled by reads and updated after commits, so two concurrent Updates
+// could each read a head (or applied index) the other is changing.
 func (s *Shard) CacheHeads(max int) {
 	s.st.heads.Lock()
 	defer s.st.heads.Unlock()
 	s.st.heads.max = max
 	if max > 0 && s.st.heads.m == nil {
 		s.st.heads.m = map[string]uint64{}
+	}
+	if max <= 0 {
+		s.st.heads.appliedKnown = false
 	}
 }
 
@@ -303,13 +312,16 @@ func (s *Shard) Update(fn func(tx *ShardTxn) error) error {
 	if err := fn(tx); err != nil {
 		return err
 	}
+	if tx.err == nil {
+		_ = tx.flushRequests() // an error poisons tx
+	}
 	if tx.err != nil {
 		return tx.err
 	}
 	if err := txn.Commit(); err != nil {
 		return fmt.Errorf("eventlog: shard %d: commit: %w", s.id, err)
 	}
-	if len(tx.heads) > 0 {
+	if len(tx.heads) > 0 || tx.appliedSet {
 		h := &s.st.heads
 		h.Lock()
 		if h.max > 0 {
@@ -318,6 +330,9 @@ func (s *Shard) Update(fn func(tx *ShardTxn) error) error {
 			}
 			for k, v := range tx.heads {
 				h.m[k] = v
+			}
+			if tx.appliedSet {
+				h.applied, h.appliedKnown = tx.applied, true
 			}
 		}
 		h.Unlock()
@@ -334,6 +349,32 @@ type ShardTxn struct {
 	// heads written by this transaction (entity head key -> seq), for the
 	// shard's head cache once it commits.
 	heads map[string]uint64
+	// applied: the applied index this transaction set, if appliedSet.
+	applied    uint64
+	appliedSet bool
+	// absent: request ids this transaction found unrecorded (and has not
+	// recorded since), so that PutRequest need not look them up again.
+	absent map[string]struct{}
+	// requests recorded by this transaction and not yet listed in a
+	// request batch record (flushRequests).
+	requests []requestRef
+}
+
+// appliedIndex returns the applied index as of this transaction: its own
+// SetApplied, else the shard's cached one (when CacheHeads enabled it),
+// else Badger's.
+func (tx *ShardTxn) appliedIndex() (uint64, error) {
+	if tx.appliedSet {
+		return tx.applied, nil
+	}
+	h := &tx.s.st.heads
+	h.Lock()
+	v, ok := h.applied, h.appliedKnown && h.max > 0
+	h.Unlock()
+	if ok {
+		return v, nil
+	}
+	return getApplied(tx.txn, tx.s.id)
 }
 
 // head returns e's head as this transaction sees it: its own writes, then
@@ -431,14 +472,18 @@ func (tx *ShardTxn) SetApplied(index uint64) error {
 	if err := tx.writable(); err != nil {
 		return err
 	}
-	cur, err := getApplied(tx.txn, tx.s.id)
+	cur, err := tx.appliedIndex()
 	if err != nil {
 		return err
 	}
 	if index < cur {
 		return fmt.Errorf("%w: shard %d: applied index %d after %d", ErrOutOfOrder, tx.s.id, index, cur)
 	}
-	return tx.set(appliedKey(tx.s.id), encodeApplied(index))
+	if err := tx.set(appliedKey(tx.s.id), encodeApplied(index)); err != nil {
+		return err
+	}
+	tx.applied, tx.appliedSet = index, true
+	return nil
 }
 
 // ResetApplied sets the applied index back to 0, keeping the data: for a
@@ -448,7 +493,11 @@ func (tx *ShardTxn) ResetApplied() error {
 	if err := tx.writable(); err != nil {
 		return err
 	}
-	return tx.set(appliedKey(tx.s.id), encodeApplied(0))
+	if err := tx.set(appliedKey(tx.s.id), encodeApplied(0)); err != nil {
+		return err
+	}
+	tx.applied, tx.appliedSet = 0, true
+	return nil
 }
 
 // Head returns the seq of e's last event, 0 if none.
@@ -598,20 +647,38 @@ func (tx *ShardTxn) putValue(e Entity, state []byte, deleted bool) (uint64, erro
 
 // Request is Shard.Request within the transaction.
 func (tx *ShardTxn) Request(id []byte) (result []byte, found bool, err error) {
+	_, result, found, err = tx.RequestRecord(id)
+	return result, found, err
+}
+
+// RequestRecord is Request, also returning the index the result was
+// recorded at.
+func (tx *ShardTxn) RequestRecord(id []byte) (index uint64, result []byte, found bool, err error) {
 	if err := tx.readable(); err != nil {
-		return nil, false, err
+		return 0, nil, false, err
 	}
 	if err := checkRequestID(id); err != nil {
-		return nil, false, err
+		return 0, nil, false, err
 	}
-	_, result, found, err = getRequest(tx.txn, tx.s.id, id)
-	return result, found, err
+	index, result, found, err = getRequest(tx.txn, tx.s.id, id)
+	if err == nil && !found {
+		if tx.absent == nil {
+			tx.absent = map[string]struct{}{}
+		}
+		tx.absent[string(id)] = struct{}{}
+	}
+	return index, result, found, err
 }
 
 // PutRequest records the result of request id, applied at Raft index
 // index, replacing an earlier record of id. ForgetRequests forgets it once
 // index falls out of the dedup window. id is at most MaxRequestIDBytes
 // (it may be empty), result at most DB.MaxStateBytes.
+//
+// The requests a transaction records are listed, for ForgetRequests, in
+// one request batch record keyed by their lowest index, written when
+// Update commits (or ForgetRequests runs): one 'q' write per transaction,
+// not per request.
 func (tx *ShardTxn) PutRequest(id []byte, index uint64, result []byte) error {
 	if err := tx.writable(); err != nil {
 		return err
@@ -622,53 +689,114 @@ func (tx *ShardTxn) PutRequest(id []byte, index uint64, result []byte) error {
 	if limit := tx.s.db.MaxStateBytes(); len(result) > limit {
 		return fmt.Errorf("%w: request result of %d bytes in shard %d (max %d)", ErrTooLarge, len(result), tx.s.id, limit)
 	}
-	old, _, found, err := getRequest(tx.txn, tx.s.id, id)
-	if err != nil {
-		return err
-	}
-	if found && old != index {
-		if err := tx.delete(requestIndexKey(tx.s.id, old, id)); err != nil {
+	if _, absent := tx.absent[string(id)]; !absent {
+		old, _, found, err := getRequest(tx.txn, tx.s.id, id)
+		if err != nil {
 			return err
+		}
+		if found && old != index {
+			// A legacy per-request index entry of the old record, if it
+			// has one (batch records just go stale: ForgetRequests checks
+			// every listed request's index).
+			if err := tx.delete(requestIndexKey(tx.s.id, old, id)); err != nil {
+				return err
+			}
 		}
 	}
 	if err := tx.set(requestKey(tx.s.id, id), encodeRequest(index, result)); err != nil {
 		return err
 	}
-	return tx.set(requestIndexKey(tx.s.id, index, id), nil)
+	delete(tx.absent, string(id))
+	tx.requests = append(tx.requests, requestRef{index: index, id: append([]byte{}, id...)})
+	return nil
+}
+
+// flushRequests lists the requests this transaction recorded since the
+// last flush in a request batch record keyed by their lowest index,
+// merged with a record already under that key.
+func (tx *ShardTxn) flushRequests() error {
+	if len(tx.requests) == 0 {
+		return nil
+	}
+	base := tx.requests[0].index
+	for _, r := range tx.requests[1:] {
+		base = min(base, r.index)
+	}
+	refs := tx.requests
+	tx.requests = nil
+	return tx.putRequestBatch(base, refs)
+}
+
+// putRequestBatch writes refs (every index at least base) as the request
+// batch record keyed by base, after the requests a record already there
+// lists.
+func (tx *ShardTxn) putRequestBatch(base uint64, refs []requestRef) error {
+	key := requestIndexKey(tx.s.id, base, nil)
+	old, found, err := getRecord(tx.txn, key)
+	if err != nil {
+		return err
+	}
+	if found {
+		var prior []requestRef
+		if len(old) == 0 {
+			// A legacy entry of the empty request id at index base.
+			prior = []requestRef{{index: base, id: []byte{}}}
+		} else if prior, err = decodeRequestBatch(key, base, old); err != nil {
+			return err
+		}
+		refs = append(prior, refs...)
+	}
+	return tx.set(key, encodeRequestBatch(base, refs))
 }
 
 // ForgetRequests deletes every request record whose index is below
-// before. It scans the 'q' index from its start, so its cost is the number
-// of records it deletes; each deletion is two entries of the transaction,
-// so call it in every Update (it then deletes about as many records as an
-// earlier batch put) or bound it with ForgetRequestsN.
+// before. It scans the 'q' index from its start, so its cost is about the
+// number of records it deletes (plus the requests listed with them in
+// the same batch records); each deletion is one entry of the transaction
+// (two for a legacy record), so call it in every Update (it then deletes
+// about as many records as an earlier batch put) or bound it with
+// ForgetRequestsN.
 func (tx *ShardTxn) ForgetRequests(before uint64) error {
 	_, err := tx.ForgetRequestsN(before, 0)
 	return err
 }
 
 // ForgetRequestsN is ForgetRequests deleting at most limit records (all
-// if limit <= 0), lowest index first (then by id, so the choice is
-// deterministic). It returns how many it deleted.
+// if limit <= 0), in 'q' order: by the lowest index of the transaction
+// that recorded them, then in the order they were recorded. It returns
+// how many it deleted.
+//
+// Which records a bounded call deletes depends on how the requests were
+// grouped into transactions: a replicated state machine whose replicas
+// may group entries differently must not let a lookup depend on it (the
+// consensus state machine checks every found record's index against its
+// window).
 func (tx *ShardTxn) ForgetRequestsN(before uint64, limit int) (int, error) {
 	if err := tx.writable(); err != nil {
+		return 0, err
+	}
+	if err := tx.flushRequests(); err != nil {
 		return 0, err
 	}
 	// Collect first, then delete: the iterator must be closed before the
 	// writes (which may poison tx), and a forgotten batch is small.
 	type rec struct {
-		index uint64
-		id    []byte
+		key    []byte
+		index  uint64
+		legacy []byte       // the id of a legacy per-request entry
+		refs   []requestRef // the requests of a batch record
 	}
 	var recs []rec
+	candidates := 0 // requests below before in recs
 	err := func() error {
 		o := badger.DefaultIteratorOptions
 		o.PrefetchValues = false
 		o.Prefix = shardPrefix(tableRequestIndex, tx.s.id)
 		it := tx.txn.NewIterator(o)
 		defer it.Close()
-		for it.Rewind(); it.Valid() && (limit <= 0 || len(recs) < limit); it.Next() {
-			key := it.Item().KeyCopy(nil)
+		for it.Rewind(); it.Valid() && (limit <= 0 || candidates < limit); it.Next() {
+			item := it.Item()
+			key := item.KeyCopy(nil)
 			suffix := key[shardPrefixLen:]
 			if err := checkShardKey(tableRequestIndex, suffix); err != nil {
 				return corrupt(key, "request index", "%v", err)
@@ -677,31 +805,102 @@ func (tx *ShardTxn) ForgetRequestsN(before uint64, limit int) (int, error) {
 			if index >= before {
 				break
 			}
-			recs = append(recs, rec{index, suffix[8:]})
+			value, err := item.ValueCopy(nil)
+			if err != nil {
+				return fmt.Errorf("eventlog: read %s: %w", keyName(key), err)
+			}
+			if len(value) == 0 {
+				recs = append(recs, rec{key: key, index: index, legacy: suffix[8:]})
+				candidates++
+				continue
+			}
+			if len(suffix) != 8 {
+				return corrupt(key, "request index", "%d-byte value, want none", len(value))
+			}
+			refs, err := decodeRequestBatch(key, index, value)
+			if err != nil {
+				return err
+			}
+			recs = append(recs, rec{key: key, index: index, refs: refs})
+			for _, r := range refs {
+				if r.index < before {
+					candidates++
+				}
+			}
 		}
 		return nil
 	}()
 	if err != nil {
 		return 0, err
 	}
+	deleted, seen := 0, 0
 	for _, r := range recs {
-		qkey := requestIndexKey(tx.s.id, r.index, r.id)
-		index, _, found, err := getRequest(tx.txn, tx.s.id, r.id)
-		switch {
-		case err != nil:
-			return 0, err
-		case !found || index != r.index:
-			// PutRequest keeps 'q' and 'r' one to one.
-			return 0, corrupt(qkey, "request index", "request record found %v, index %d", found, index)
+		if r.refs == nil {
+			if limit > 0 && seen >= limit {
+				break
+			}
+			seen++
+			index, _, found, err := getRequest(tx.txn, tx.s.id, r.legacy)
+			switch {
+			case err != nil:
+				return 0, err
+			case !found || index != r.index:
+				// PutRequest keeps legacy 'q' entries and 'r' one to one.
+				return 0, corrupt(r.key, "request index", "request record found %v, index %d", found, index)
+			}
+			if err := tx.delete(requestKey(tx.s.id, r.legacy)); err != nil {
+				return 0, err
+			}
+			if err := tx.delete(r.key); err != nil {
+				return 0, err
+			}
+			deleted++
+			continue
 		}
-		if err := tx.delete(requestKey(tx.s.id, r.id)); err != nil {
+		var keep []requestRef
+		for _, ref := range r.refs {
+			if ref.index >= before || (limit > 0 && seen >= limit) {
+				keep = append(keep, ref)
+				continue
+			}
+			seen++
+			index, _, found, err := getRequest(tx.txn, tx.s.id, ref.id)
+			if err != nil {
+				return 0, err
+			}
+			if !found || index != ref.index {
+				continue // recorded again since, or forgotten through another record
+			}
+			if err := tx.delete(requestKey(tx.s.id, ref.id)); err != nil {
+				return 0, err
+			}
+			deleted++
+		}
+		if len(keep) == len(r.refs) {
+			continue
+		}
+		if err := tx.delete(r.key); err != nil {
 			return 0, err
 		}
-		if err := tx.delete(qkey); err != nil {
+		if len(keep) == 0 {
+			continue
+		}
+		base := keep[0].index
+		for _, ref := range keep[1:] {
+			base = min(base, ref.index)
+		}
+		if base < before {
+			// Stopped by the limit: the record stays where it is, with
+			// what is left of it.
+			base = r.index
+		}
+		// A base at or above before is past every collected record, so
+		// the record merged with there (if any) is not one of recs.
+		if err := tx.putRequestBatch(base, keep); err != nil {
 			return 0, err
 		}
 	}
-	return len(recs), nil
+	return deleted, nil
 }
 
 func checkRequestID(id []byte) error {

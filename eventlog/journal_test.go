@@ -737,6 +737,8 @@ func TestCorruptRecords(t *testing.T) {
 			func(s *Shard) error { return s.Update(func(tx *ShardTxn) error { return tx.ForgetRequests(5) }) }, `q/7/1/"gone"`, decodable},
 		{"request index with a value", requestIndexKey(7, 1, []byte("x")), []byte("v"),
 			func(s *Shard) error { return s.Update(func(tx *ShardTxn) error { return tx.ForgetRequests(5) }) }, `q/7/1/"x"`, undecodable},
+		{"request batch", requestIndexKey(7, 1, nil), []byte{recordVersion, 0, 9, 'x'},
+			func(s *Shard) error { return s.Update(func(tx *ShardTxn) error { return tx.ForgetRequests(5) }) }, `q/7/1/""`, undecodable},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			db := mustOpen(t, memOptions())
@@ -835,4 +837,140 @@ func TestHeadCache(t *testing.T) {
 	if err != nil || st.Seq != 4 || len(st.Events) != 4 {
 		t.Fatalf("load: %+v %v", st, err)
 	}
+}
+
+// TestRequestBatchRecords checks that a transaction's requests share one
+// 'q' record, listed in the order they were recorded, and that a
+// transaction that records none writes none.
+func TestRequestBatchRecords(t *testing.T) {
+	db := mustOpen(t, memOptions())
+	s := db.Shard(4)
+	update(t, s, func(tx *ShardTxn) error {
+		for i := uint64(20); i < 25; i++ {
+			if err := tx.PutRequest([]byte(fmt.Sprint("id-", i)), i, []byte("res")); err != nil {
+				return err
+			}
+		}
+		return tx.SetApplied(24)
+	})
+	update(t, s, func(tx *ShardTxn) error { return tx.SetApplied(25) })
+	var q []string
+	for k, v := range shardKeys(t, db, 4) {
+		if k[0] == tableRequestIndex {
+			q = append(q, k)
+			refs, err := decodeRequestBatch([]byte(k), 20, []byte(v))
+			if err != nil || len(refs) != 5 || refs[0].index != 20 || string(refs[4].id) != "id-24" || refs[4].index != 24 {
+				t.Errorf("batch record = %+v, %v", refs, err)
+			}
+		}
+	}
+	if len(q) != 1 || q[0] != string(requestIndexKey(4, 20, nil)) {
+		t.Fatalf("'q' keys %q, want one at index 20", q)
+	}
+	update(t, s, func(tx *ShardTxn) error { return tx.ForgetRequests(23) })
+	for i := uint64(20); i < 25; i++ {
+		if _, found, err := s.Request([]byte(fmt.Sprint("id-", i))); err != nil || found != (i >= 23) {
+			t.Errorf("Request(id-%d) found %v, %v", i, found, err)
+		}
+	}
+	// What is left of the record moved to its lowest index.
+	kv := shardKeys(t, db, 4)
+	if _, ok := kv[string(requestIndexKey(4, 23, nil))]; !ok {
+		t.Errorf("no batch record at index 23 after forgetting up to it")
+	}
+	update(t, s, func(tx *ShardTxn) error { return tx.ForgetRequests(100) })
+	for k := range shardKeys(t, db, 4) {
+		if k[0] == tableRequestIndex || k[0] == tableRequest {
+			t.Errorf("key %s left after forgetting everything", keyName([]byte(k)))
+		}
+	}
+}
+
+// TestLegacyRequestIndex checks that shards written before request batch
+// records (one empty 'q' entry per request, keyed by index and id) are
+// still read, re-recorded and forgotten correctly, and that their
+// records stream through Save and Restore.
+func TestLegacyRequestIndex(t *testing.T) {
+	db := mustOpen(t, memOptions())
+	s := db.Shard(2)
+	legacy := func(id string, index uint64) {
+		t.Helper()
+		if err := db.putRaw(requestKey(2, []byte(id)), encodeRequest(index, []byte("old-"+id))); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.putRaw(requestIndexKey(2, index, []byte(id)), []byte{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	legacy("a", 1)
+	legacy("b", 2)
+	legacy("", 5) // the empty id: its legacy key is a batch record's key
+	legacy("c", 8)
+	update(t, s, func(tx *ShardTxn) error {
+		if r, found, err := tx.Request([]byte("a")); !found || err != nil || string(r) != "old-a" {
+			return fmt.Errorf("Request(a) = %q, %v, %v", r, found, err)
+		}
+		// Re-recorded at a later index: its legacy entry goes.
+		if err := tx.PutRequest([]byte("b"), 5, []byte("new-b")); err != nil {
+			return err
+		}
+		return tx.PutRequest([]byte("d"), 6, []byte("new-d"))
+	})
+	kv := shardKeys(t, db, 2)
+	if _, ok := kv[string(requestIndexKey(2, 2, []byte("b")))]; ok {
+		t.Error("b's legacy index entry survived its re-recording")
+	}
+	refs, err := decodeRequestBatch(requestIndexKey(2, 5, nil), 5, []byte(kv[string(requestIndexKey(2, 5, nil))]))
+	if err != nil || len(refs) != 3 || len(refs[0].id) != 0 || string(refs[1].id) != "b" || string(refs[2].id) != "d" || refs[2].index != 6 {
+		t.Errorf("merged batch record = %+v, %v", refs, err)
+	}
+	// The stream of a shard holding both kinds restores.
+	var buf bytes.Buffer
+	if err := s.Save(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	other := mustOpen(t, memOptions()).Shard(2)
+	if err := other.Restore(&buf, nil); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	for _, sh := range []*Shard{s, other} {
+		update(t, sh, func(tx *ShardTxn) error { return tx.ForgetRequests(6) })
+		for id, want := range map[string]bool{"a": false, "b": false, "": false, "d": true, "c": true} {
+			if _, found, err := sh.Request([]byte(id)); err != nil || found != want {
+				t.Errorf("Request(%q) after ForgetRequests(6) found %v, %v; want %v", id, found, err, want)
+			}
+		}
+		update(t, sh, func(tx *ShardTxn) error { return tx.ForgetRequests(9) })
+		for k := range shardKeys(t, sh.db, 2) {
+			if k[0] == tableRequestIndex || k[0] == tableRequest {
+				t.Errorf("key %s left after forgetting everything", keyName([]byte(k)))
+			}
+		}
+	}
+}
+
+// TestAppliedCache checks SetApplied's order check with the applied index
+// cached (CacheHeads), across Restore.
+func TestAppliedCache(t *testing.T) {
+	db := mustOpen(t, memOptions())
+	s := db.Shard(3)
+	s.CacheHeads(16)
+	update(t, s, func(tx *ShardTxn) error { return tx.SetApplied(2) })
+	var saved bytes.Buffer
+	if err := s.Save(&saved, nil); err != nil {
+		t.Fatal(err)
+	}
+	update(t, s, func(tx *ShardTxn) error { return tx.SetApplied(9) })
+	if err := s.Update(func(tx *ShardTxn) error { return tx.SetApplied(8) }); !errors.Is(err, ErrOutOfOrder) {
+		t.Errorf("SetApplied(8) after 9 = %v, want ErrOutOfOrder", err)
+	}
+	if err := s.Restore(&saved, nil); err != nil {
+		t.Fatal(err)
+	}
+	update(t, s, func(tx *ShardTxn) error { return tx.SetApplied(3) }) // 2 restored, not 9 cached
+	if a, err := s.Applied(); a != 3 || err != nil {
+		t.Errorf("Applied = %d, %v", a, err)
+	}
+	update(t, s, func(tx *ShardTxn) error { return tx.ResetApplied() })
+	update(t, s, func(tx *ShardTxn) error { return tx.SetApplied(1) })
 }

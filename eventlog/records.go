@@ -3,6 +3,7 @@ package eventlog
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -62,8 +63,10 @@ func requestKey(shard uint64, id []byte) []byte {
 	return append(shardPrefix(tableRequest, shard), id...)
 }
 
-// requestIndexKey is the 'q' entry of a request: ordered by index, so
-// ForgetRequests is a range scan.
+// requestIndexKey is a 'q' key: ordered by index, so ForgetRequests is a
+// range scan. With an id it is a legacy per-request entry (empty value);
+// with a nil id, the key of a request batch record (see
+// encodeRequestBatch).
 func requestIndexKey(shard uint64, index uint64, id []byte) []byte {
 	return append(binary.BigEndian.AppendUint64(shardPrefix(tableRequestIndex, shard), index), id...)
 }
@@ -169,7 +172,9 @@ func keyName(key []byte) string {
 //	'v' value     version, flags (bit 0: deleted), version u64 (> 0), state (empty if deleted)
 //	'r' request   version, index u64, result
 //	'a' applied   version, index u64
-//	'q'           empty (the key is the record)
+//	'q' legacy    empty (the key, index and id, is the record)
+//	'q' batch     version, then per request: uvarint(index - key's index),
+//	              uvarint(len(id)), id (the key is the index alone)
 //	'j' event     the event's bytes, as they are
 //	'p' pending   version, op
 const (
@@ -282,6 +287,57 @@ func decodeValue(key, b []byte) (Value, error) {
 	return v, nil
 }
 
+// requestRef is one request of a request batch record: its id and the
+// index it was recorded at.
+type requestRef struct {
+	index uint64
+	id    []byte
+}
+
+// encodeRequestBatch encodes the requests of a batch record keyed by base
+// (every ref's index is at least base).
+func encodeRequestBatch(base uint64, refs []requestRef) []byte {
+	n := 1
+	for _, r := range refs {
+		n += 2*binary.MaxVarintLen64 + len(r.id)
+	}
+	b := append(make([]byte, 0, n), recordVersion)
+	for _, r := range refs {
+		b = binary.AppendUvarint(b, r.index-base)
+		b = binary.AppendUvarint(b, uint64(len(r.id)))
+		b = append(b, r.id...)
+	}
+	return b
+}
+
+// decodeRequestBatch decodes a request batch record keyed by base; the ids
+// are slices of b.
+func decodeRequestBatch(key []byte, base uint64, b []byte) ([]requestRef, error) {
+	const what = "request batch"
+	switch {
+	case len(b) < 2:
+		return nil, corrupt(key, what, "%d-byte record", len(b))
+	case b[0] != recordVersion:
+		return nil, corrupt(key, what, "unsupported version %d", b[0])
+	}
+	var refs []requestRef
+	for rest := b[1:]; len(rest) > 0; {
+		delta, n := binary.Uvarint(rest)
+		if n <= 0 || delta > math.MaxUint64-base {
+			return nil, corrupt(key, what, "request %d: malformed index", len(refs))
+		}
+		rest = rest[n:]
+		size, n := binary.Uvarint(rest)
+		if n <= 0 || size > MaxRequestIDBytes || uint64(len(rest)-n) < size {
+			return nil, corrupt(key, what, "request %d: malformed id", len(refs))
+		}
+		rest = rest[n:]
+		refs = append(refs, requestRef{index: base + delta, id: rest[:size:size]})
+		rest = rest[size:]
+	}
+	return refs, nil
+}
+
 // Pending shard operations (table 'p'; see shardsnap.go).
 const (
 	opRestore        byte = 1 // the staged copy is complete: replace the live data with it
@@ -323,8 +379,12 @@ func checkShardRecord(shard uint64, table byte, suffix, value []byte) error {
 	case tableRequest:
 		_, _, err = decodeRequest(key, value)
 	case tableRequestIndex:
-		if len(value) != 0 {
+		switch {
+		case len(value) == 0: // a legacy per-request entry
+		case len(suffix) != 8:
 			err = corrupt(key, "request index", "%d-byte value, want none", len(value))
+		default:
+			_, err = decodeRequestBatch(key, binary.BigEndian.Uint64(suffix), value)
 		}
 	case tableJournal:
 		if len(value) > MaxEventBytes {

@@ -424,7 +424,7 @@ func (s *Shard) Restore(r io.Reader, stop <-chan struct{}) error {
 	}
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
-	s.st.clearHeads()
+	s.st.clearCaches()
 	s.st.mu.pending = true
 	if err := db.setPending(s.id, opRestore); err != nil {
 		return err
@@ -459,7 +459,7 @@ func (s *Shard) stage(r io.Reader, stop <-chan struct{}) error {
 func (s *Shard) resolvePending() error {
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
-	s.st.clearHeads()
+	s.st.clearCaches()
 	if !s.st.mu.pending {
 		return nil
 	}
@@ -491,7 +491,7 @@ func (s *Shard) Drop() error {
 	defer s.st.maint.Unlock()
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
-	s.st.clearHeads()
+	s.st.clearCaches()
 	// A drop supersedes whatever a failed Restore or Drop left.
 	s.st.mu.pending = true
 	if err := db.setPending(s.id, opDrop); err != nil {
