@@ -28,16 +28,21 @@ type causal struct {
 	// (replaceEntry, Clear). Never modified once built, so clones share
 	// it.
 	order []string
+	// pruned marks the replicas pruned from a top-level value (see
+	// Prune); nil for views and when there are none.
+	pruned markers
 }
 
 func newCausal(indexed bool) causal {
 	return causal{ctx: NewContext(), indexed: indexed}
 }
 
-func (c *causal) isBottom() bool { return (c.s == nil || c.s.empty()) && c.ctx.IsEmpty() }
+func (c *causal) isBottom() bool {
+	return (c.s == nil || c.s.empty()) && c.ctx.IsEmpty() && len(c.pruned) == 0
+}
 
 func (c *causal) clone() causal {
-	out := causal{ctx: c.ctx.Clone(), indexed: c.indexed, order: c.order}
+	out := causal{ctx: c.ctx.Clone(), indexed: c.indexed, order: c.order, pruned: c.pruned.clone()}
 	if c.s != nil {
 		out.s = c.s.clone()
 	}
@@ -51,7 +56,7 @@ func (c *causal) equal(o *causal) bool {
 	if c.s != nil && !c.s.empty() && !c.s.equal(o.s) {
 		return false
 	}
-	return c.ctx.Equal(o.ctx)
+	return c.ctx.Equal(o.ctx) && maps.Equal(c.pruned, o.pruned)
 }
 
 // index returns the dot index, building it if c keeps one; nil otherwise.
@@ -135,6 +140,13 @@ func (c *causal) appendIndexedDots(buf []Dot, s store) []Dot {
 // joinCausal joins o into c in place and reports whether c inflated.
 func (c *causal) joinCausal(o *causal) bool {
 	changed := false
+	if len(c.pruned)+len(o.pruned) > 0 {
+		// Both sides lose what they hold of a replica either has pruned.
+		if _, changed = c.pruned.union(o.pruned); changed {
+			c.dropMarked(c.pruned)
+		}
+		o = o.withoutMarked(c.pruned)
+	}
 	if _, ok := c.s.(dotMap); ok || (c.s == nil && isMap(o.s)) {
 		// replaceEntry drops c.s when the map empties and entries() makes a
 		// new one, so the map is looked up afresh for every key.
@@ -177,7 +189,8 @@ func (c *causal) joinCausal(o *causal) bool {
 		}
 	} else {
 		ns, ch := joinStores(c.s, c.ctx, o.s, o.ctx)
-		c.s, changed = ns, ch
+		c.s = ns
+		changed = changed || ch
 	}
 	if c.ctx.Union(o.ctx) {
 		changed = true
@@ -259,8 +272,10 @@ func holdsAny(s store, ctx *Context) bool {
 // that c's context has not seen, and the context dots of o that are either
 // new to c or remove a dot c still holds.
 func (c *causal) extractCausal(o *causal, indexed bool) causal {
+	newMarks := c.pruned.newer(o.pruned)
+	o = o.withoutMarked(c.pruned) // o holds nothing of what it marked itself
 	fresh := o.ctx.Minus(c.ctx)
-	out := causal{ctx: fresh}
+	out := causal{ctx: fresh, pruned: newMarks}
 	if o.s != nil && !fresh.IsEmpty() { // o's dots are in o.ctx: none is fresh if fresh is empty
 		out.s = o.s.filter(fresh.Contains)
 	}

@@ -8,7 +8,8 @@ import (
 
 // GCounter is a grow-only counter: one monotonic entry per replica.
 type GCounter struct {
-	m map[ReplicaID]uint64
+	m      map[ReplicaID]uint64
+	pruned markers // see Prune; nil inside a PNCounter, which keeps its own
 }
 
 // NewGCounter returns a zero counter.
@@ -20,6 +21,9 @@ func (c *GCounter) Type() Type { return TypeGCounter }
 // nothing, if r's entry would overflow.
 func (c *GCounter) Increment(r ReplicaID, n uint64) (*GCounter, error) {
 	d := NewGCounter()
+	if c.pruned.has(r) {
+		return nil, fmt.Errorf("%w: replica %s was pruned from this counter", ErrInvalidArg, r)
+	}
 	if n == 0 {
 		return d, nil
 	}
@@ -49,22 +53,37 @@ func (c *GCounter) Entries() map[ReplicaID]uint64 { return maps.Clone(c.m) }
 
 func (c *GCounter) Clone() Value { return c.clone() }
 
-func (c *GCounter) clone() *GCounter { return &GCounter{m: maps.Clone(c.m)} }
+func (c *GCounter) clone() *GCounter { return &GCounter{m: maps.Clone(c.m), pruned: c.pruned.clone()} }
 
 func (c *GCounter) Equal(o Value) bool {
 	oc, ok := o.(*GCounter)
-	return ok && maps.Equal(c.m, oc.m)
+	return ok && maps.Equal(c.m, oc.m) && maps.Equal(c.pruned, oc.pruned)
 }
 
-func (c *GCounter) IsBottom() bool { return len(c.m) == 0 }
+func (c *GCounter) IsBottom() bool { return len(c.m) == 0 && len(c.pruned) == 0 }
 func (c *GCounter) Size() int      { return len(c.m) }
 
-func (c *GCounter) join(o Value) bool { return c.joinCounter(o.(*GCounter)) }
+func (c *GCounter) join(o Value) bool {
+	oc := o.(*GCounter)
+	_, grew := c.pruned.union(oc.pruned)
+	if grew {
+		c.drop(c.pruned)
+	}
+	return c.joinEntries(oc, c.pruned) || grew
+}
 
-func (c *GCounter) joinCounter(o *GCounter) bool {
+// drop deletes the entries of replicas marked in m.
+func (c *GCounter) drop(m markers) {
+	for r := range m {
+		delete(c.m, r)
+	}
+}
+
+// joinEntries joins o's entries, but those of replicas in skip, into c.
+func (c *GCounter) joinEntries(o *GCounter, skip markers) bool {
 	grew := false
 	for r, v := range o.m {
-		if v > c.m[r] {
+		if v > c.m[r] && !skip.has(r) {
 			c.m[r] = v
 			grew = true
 		}
@@ -72,12 +91,19 @@ func (c *GCounter) joinCounter(o *GCounter) bool {
 	return grew
 }
 
-func (c *GCounter) extract(o Value) Value { return c.extractCounter(o.(*GCounter)) }
+func (c *GCounter) extract(o Value) Value {
+	oc := o.(*GCounter)
+	d := c.extractEntries(oc, c.pruned)
+	d.pruned = c.pruned.newer(oc.pruned)
+	return d
+}
 
-func (c *GCounter) extractCounter(o *GCounter) *GCounter {
+// extractEntries returns o's entries, but those of replicas in skip, that
+// are above c's.
+func (c *GCounter) extractEntries(o *GCounter, skip markers) *GCounter {
 	d := NewGCounter()
 	for r, v := range o.m {
-		if v > c.m[r] {
+		if v > c.m[r] && !skip.has(r) {
 			d.m[r] = v
 		}
 	}
@@ -86,7 +112,8 @@ func (c *GCounter) extractCounter(o *GCounter) *GCounter {
 
 // PNCounter is a counter that can go up and down: two GCounters.
 type PNCounter struct {
-	p, n *GCounter
+	p, n   *GCounter
+	pruned markers // see Prune
 }
 
 // NewPNCounter returns a zero counter.
@@ -98,6 +125,9 @@ func (c *PNCounter) Type() Type { return TypePNCounter }
 // the delta state.
 func (c *PNCounter) Increment(r ReplicaID, delta int64) (*PNCounter, error) {
 	d := NewPNCounter()
+	if c.pruned.has(r) {
+		return nil, fmt.Errorf("%w: replica %s was pruned from this counter", ErrInvalidArg, r)
+	}
 	var err error
 	switch {
 	case delta > 0:
@@ -114,24 +144,35 @@ func (c *PNCounter) Increment(r ReplicaID, delta int64) (*PNCounter, error) {
 // Value returns increments minus decrements (modulo 2^64, as int64).
 func (c *PNCounter) Value() int64 { return int64(c.p.Value() - c.n.Value()) }
 
-func (c *PNCounter) Clone() Value { return &PNCounter{p: c.p.clone(), n: c.n.clone()} }
+func (c *PNCounter) Clone() Value {
+	return &PNCounter{p: c.p.clone(), n: c.n.clone(), pruned: c.pruned.clone()}
+}
 
 func (c *PNCounter) Equal(o Value) bool {
 	oc, ok := o.(*PNCounter)
-	return ok && c.p.Equal(oc.p) && c.n.Equal(oc.n)
+	return ok && c.p.Equal(oc.p) && c.n.Equal(oc.n) && maps.Equal(c.pruned, oc.pruned)
 }
 
-func (c *PNCounter) IsBottom() bool { return c.p.IsBottom() && c.n.IsBottom() }
+func (c *PNCounter) IsBottom() bool { return c.p.IsBottom() && c.n.IsBottom() && len(c.pruned) == 0 }
 func (c *PNCounter) Size() int      { return c.p.Size() + c.n.Size() }
 
 func (c *PNCounter) join(o Value) bool {
 	oc := o.(*PNCounter)
-	a := c.p.joinCounter(oc.p)
-	b := c.n.joinCounter(oc.n)
-	return a || b
+	_, grew := c.pruned.union(oc.pruned)
+	if grew {
+		c.p.drop(c.pruned)
+		c.n.drop(c.pruned)
+	}
+	a := c.p.joinEntries(oc.p, c.pruned)
+	b := c.n.joinEntries(oc.n, c.pruned)
+	return a || b || grew
 }
 
 func (c *PNCounter) extract(o Value) Value {
 	oc := o.(*PNCounter)
-	return &PNCounter{p: c.p.extractCounter(oc.p), n: c.n.extractCounter(oc.n)}
+	return &PNCounter{
+		p:      c.p.extractEntries(oc.p, c.pruned),
+		n:      c.n.extractEntries(oc.n, c.pruned),
+		pruned: c.pruned.newer(oc.pruned),
+	}
 }

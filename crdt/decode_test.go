@@ -241,6 +241,10 @@ func fuzzSeeds(t tb) [][]byte {
 		for _, s := range states {
 			out = append(out, Encode(s))
 		}
+		// a pruned state, and the delta of its pruning
+		if d, err := Prune(states[0], ids[1], ids[0], 7); err == nil {
+			out = append(out, Encode(states[0]), Encode(d))
+		}
 	}
 	for _, c := range decodeCases() {
 		if c.raw != nil {

@@ -57,6 +57,18 @@ func AppendEncode(b []byte, v Value) []byte { return appendEncode(b, v, false) }
 func appendEncode(b []byte, v Value, sizeOnly bool) []byte {
 	e := &encoder{idx: map[ReplicaID]uint32{}, sizeOnly: sizeOnly}
 	b = v.encode(e, b)
+	if p, ok := v.(prunable); ok && len(*p.marks()) > 0 {
+		m := *p.marks()
+		rs := m.sorted()
+		idx := make([]uint64, len(rs))
+		for i, r := range rs {
+			idx[i] = e.rep(r)
+		}
+		b = e.message(b, 12, func(b []byte) []byte {
+			b = packed(b, 1, len(rs), func(i int) uint64 { return idx[i] })
+			return packed(b, 2, len(rs), func(i int) uint64 { return uint64(m[rs[i]]) })
+		})
+	}
 	for _, r := range e.order {
 		b = e.message(b, 1, func(b []byte) []byte {
 			b = appendString(b, 1, r.Node)
@@ -468,6 +480,57 @@ func (d *decoder) state(st *crdtpb.State) (Value, error) {
 		seen[id] = struct{}{}
 		d.reps = append(d.reps, id)
 	}
+	v, err := d.value(st)
+	if err != nil || st.GetPruned() == nil {
+		return v, err
+	}
+	m, err := d.markers(st.GetPruned())
+	if err != nil || len(m) == 0 {
+		return v, err
+	}
+	p, ok := v.(prunable)
+	if !ok {
+		return nil, errf("a %s carries pruning markers", v.Type())
+	}
+	for _, r := range m.sorted() {
+		if p.holds(r) {
+			return nil, errf("%s holds contributions of replica %s, which it marks pruned", v.Type(), r)
+		}
+	}
+	p.setMarks(m)
+	return v, nil
+}
+
+// markers decodes pruning markers: distinct replicas, ascending.
+func (d *decoder) markers(pm *crdtpb.Pruned) (markers, error) {
+	rs, ats := pm.GetReplica(), pm.GetAt()
+	if len(rs) != len(ats) {
+		return nil, errf("pruning markers have %d replicas and %d times", len(rs), len(ats))
+	}
+	if err := d.spend(len(rs)); err != nil {
+		return nil, err
+	}
+	m := markers{}
+	var prev ReplicaID
+	for i, ri := range rs {
+		r, err := d.rep(ri)
+		if err != nil {
+			return nil, err
+		}
+		if i > 0 && prev.Compare(r) >= 0 {
+			return nil, errf("pruning markers not in ascending replica order at %s", r)
+		}
+		prev = r
+		m[r] = ats[i]
+	}
+	if len(m) == 0 {
+		return nil, nil
+	}
+	return m, nil
+}
+
+// value decodes st's value (its replica table already read).
+func (d *decoder) value(st *crdtpb.State) (Value, error) {
 	switch x := st.Value.(type) {
 	case *crdtpb.State_Gcounter:
 		return d.gcounter(x.Gcounter)

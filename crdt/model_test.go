@@ -971,6 +971,16 @@ func ctxString(c *Context) string {
 // and counters and ballots are in the form Decode accepts.
 func checkInvariants(t tb, v Value) {
 	t.Helper()
+	if p, ok := v.(prunable); ok {
+		for r := range *p.marks() {
+			if p.holds(r) {
+				t.Fatalf("%s holds contributions of %v, which it marks pruned", v.Type(), r)
+			}
+		}
+	}
+	if x, ok := v.(*PNCounter); ok && (x.p.pruned != nil || x.n.pruned != nil) {
+		t.Fatalf("a PNCounter's halves carry markers of their own")
+	}
 	switch x := v.(type) {
 	case *GCounter:
 		checkCounter(t, x)
@@ -1117,7 +1127,13 @@ func irreducibles(v Value) []Value {
 		for r, n := range x.m {
 			out = append(out, &GCounter{m: map[ReplicaID]uint64{r: n}})
 		}
+		for r, at := range x.pruned {
+			out = append(out, &GCounter{m: map[ReplicaID]uint64{}, pruned: markers{r: at}})
+		}
 	case *PNCounter:
+		for r, at := range x.pruned {
+			out = append(out, &PNCounter{p: NewGCounter(), n: NewGCounter(), pruned: markers{r: at}})
+		}
 		for r, n := range x.p.m {
 			out = append(out, &PNCounter{p: &GCounter{m: map[ReplicaID]uint64{r: n}}, n: NewGCounter()})
 		}
@@ -1136,8 +1152,14 @@ func irreducibles(v Value) []Value {
 		for r, b := range x.m {
 			out = append(out, &Vote{m: map[ReplicaID]ballot{r: b}})
 		}
+		for r, at := range x.pruned {
+			out = append(out, &Vote{m: map[ReplicaID]ballot{}, pruned: markers{r: at}})
+		}
 	case *ORSet, *MVRegister, *EWFlag, *ORMap:
 		c := causalOf(v)
+		for r, at := range c.pruned {
+			out = append(out, wrapCausal(v.Type(), causal{ctx: NewContext(), pruned: markers{r: at}}))
+		}
 		c.ctx.ForEach(func(d Dot) bool {
 			one := causal{ctx: contextOf([]Dot{d})}
 			if c.s != nil {

@@ -88,6 +88,9 @@ func (m *ORMap) Update(r ReplicaID, key []byte, t Type, fn func(v Value) (Value,
 	if !Nestable(t) {
 		return nil, fmt.Errorf("%w: %s cannot be an ORMap value", ErrInvalidArg, t)
 	}
+	if m.c.pruned.has(r) {
+		return nil, fmt.Errorf("%w: replica %s was pruned from this map", ErrInvalidArg, r)
+	}
 	m.c.index()
 	k := entryKey(t, key)
 	var cur store

@@ -17,8 +17,13 @@ func NewORSet() *ORSet { return &ORSet{c: newCausal(true)} }
 
 func (s *ORSet) Type() Type { return TypeORSet }
 
-// Add inserts e on behalf of r and returns the delta.
+// Add inserts e on behalf of r and returns the delta. A replica pruned
+// from the set (see Prune) can no longer write: its add is a no-op, as
+// every replica that has seen the pruning would drop it.
 func (s *ORSet) Add(r ReplicaID, e []byte) *ORSet {
+	if s.c.pruned.has(r) {
+		return NewORSet()
+	}
 	s.c.index()
 	k := string(e)
 	var old store
@@ -97,8 +102,12 @@ func NewMVRegister() *MVRegister { return &MVRegister{c: newCausal(false)} }
 
 func (m *MVRegister) Type() Type { return TypeMVRegister }
 
-// Assign writes v on behalf of r and returns the delta.
+// Assign writes v on behalf of r and returns the delta (a no-op for a
+// replica pruned from the register, as for ORSet.Add).
 func (m *MVRegister) Assign(r ReplicaID, v []byte) *MVRegister {
+	if m.c.pruned.has(r) {
+		return NewMVRegister()
+	}
 	old := dotsOf(m.c.s)
 	d := m.c.ctx.next(r)
 	m.c.ctx.Add(d)
@@ -144,8 +153,12 @@ func NewEWFlag() *EWFlag { return &EWFlag{c: newCausal(false)} }
 
 func (f *EWFlag) Type() Type { return TypeEWFlag }
 
-// Enable sets the flag on behalf of r and returns the delta.
+// Enable sets the flag on behalf of r and returns the delta (a no-op for
+// a replica pruned from the flag, as for ORSet.Add).
 func (f *EWFlag) Enable(r ReplicaID) *EWFlag {
+	if f.c.pruned.has(r) {
+		return NewEWFlag()
+	}
 	old := dotsOf(f.c.s)
 	d := f.c.ctx.next(r)
 	f.c.ctx.Add(d)

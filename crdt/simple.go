@@ -240,7 +240,8 @@ func (b ballot) compare(o ballot) int {
 // when its node is gone for good), after which that replica's vote neither
 // counts nor can be cast again.
 type Vote struct {
-	m map[ReplicaID]ballot
+	m      map[ReplicaID]ballot
+	pruned markers // see Prune
 }
 
 // NewVote returns a vote with no voters.
@@ -251,7 +252,7 @@ func (v *Vote) Type() Type { return TypeVote }
 // Set casts r's vote and returns the delta. It fails for a removed replica.
 func (v *Vote) Set(r ReplicaID, vote bool) (*Vote, error) {
 	b := v.m[r]
-	if b.removed {
+	if b.removed || v.pruned.has(r) {
 		return nil, fmt.Errorf("%w: replica %s was removed from the vote", ErrInvalidArg, r)
 	}
 	b.version++
@@ -263,7 +264,7 @@ func (v *Vote) Set(r ReplicaID, vote bool) (*Vote, error) {
 // Remove takes r out of the electorate and returns the delta.
 func (v *Vote) Remove(r ReplicaID) *Vote {
 	b := v.m[r]
-	if b.removed {
+	if b.removed || v.pruned.has(r) {
 		return NewVote()
 	}
 	b.removed = true
@@ -299,19 +300,26 @@ func (v *Vote) VoteOf(r ReplicaID) (vote, ok bool) {
 	return b.vote, ok && !b.removed
 }
 
-func (v *Vote) Clone() Value { return &Vote{m: maps.Clone(v.m)} }
+func (v *Vote) Clone() Value { return &Vote{m: maps.Clone(v.m), pruned: v.pruned.clone()} }
 
 func (v *Vote) Equal(o Value) bool {
 	ov, ok := o.(*Vote)
-	return ok && maps.Equal(v.m, ov.m)
+	return ok && maps.Equal(v.m, ov.m) && maps.Equal(v.pruned, ov.pruned)
 }
 
-func (v *Vote) IsBottom() bool { return len(v.m) == 0 }
+func (v *Vote) IsBottom() bool { return len(v.m) == 0 && len(v.pruned) == 0 }
 func (v *Vote) Size() int      { return len(v.m) }
 
 func (v *Vote) join(o Value) bool {
-	grew := false
-	for r, b := range o.(*Vote).m {
+	ov := o.(*Vote)
+	_, grew := v.pruned.union(ov.pruned)
+	if grew {
+		maps.DeleteFunc(v.m, func(r ReplicaID, _ ballot) bool { return v.pruned.has(r) })
+	}
+	for r, b := range ov.m {
+		if v.pruned.has(r) {
+			continue
+		}
 		if cur, ok := v.m[r]; !ok || b.compare(cur) > 0 {
 			v.m[r] = b
 			grew = true
@@ -321,8 +329,13 @@ func (v *Vote) join(o Value) bool {
 }
 
 func (v *Vote) extract(o Value) Value {
+	ov := o.(*Vote)
 	d := NewVote()
-	for r, b := range o.(*Vote).m {
+	d.pruned = v.pruned.newer(ov.pruned)
+	for r, b := range ov.m {
+		if v.pruned.has(r) {
+			continue
+		}
 		if cur, ok := v.m[r]; !ok || b.compare(cur) > 0 {
 			d.m[r] = b
 		}

@@ -172,7 +172,12 @@ type State struct {
 	//	*State_Ewflag
 	//	*State_Ormap
 	//	*State_Vote
-	Value         isState_Value `protobuf_oneof:"value"`
+	Value isState_Value `protobuf_oneof:"value"`
+	// Replicas whose contributions this value has folded into another
+	// replica (pruned, after they were removed from the mesh for good).
+	// Only counters, causal types and votes carry them; the value holds no
+	// contribution of a pruned replica.
+	Pruned        *Pruned `protobuf:"bytes,12,opt,name=pruned,proto3" json:"pruned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -311,6 +316,13 @@ func (x *State) GetVote() *Vote {
 	return nil
 }
 
+func (x *State) GetPruned() *Pruned {
+	if x != nil {
+		return x.Pruned
+	}
+	return nil
+}
+
 type isState_Value interface {
 	isState_Value()
 }
@@ -375,6 +387,61 @@ func (*State_Ormap) isState_Value() {}
 
 func (*State_Vote) isState_Value() {}
 
+// Pruned lists pruned replicas as parallel arrays: replica[i] (an index
+// into State.replicas, ascending by replica id) was pruned at at[i] (Unix
+// nanoseconds on the pruning node's clock, kept to expire the marker).
+type Pruned struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Replica       []uint32               `protobuf:"varint,1,rep,packed,name=replica,proto3" json:"replica,omitempty"`
+	At            []int64                `protobuf:"varint,2,rep,packed,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pruned) Reset() {
+	*x = Pruned{}
+	mi := &file_crdt_v1_crdt_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pruned) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pruned) ProtoMessage() {}
+
+func (x *Pruned) ProtoReflect() protoreflect.Message {
+	mi := &file_crdt_v1_crdt_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pruned.ProtoReflect.Descriptor instead.
+func (*Pruned) Descriptor() ([]byte, []int) {
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Pruned) GetReplica() []uint32 {
+	if x != nil {
+		return x.Replica
+	}
+	return nil
+}
+
+func (x *Pruned) GetAt() []int64 {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
 // GCounter entries as parallel arrays: replica[i] has counted count[i].
 type GCounter struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -386,7 +453,7 @@ type GCounter struct {
 
 func (x *GCounter) Reset() {
 	*x = GCounter{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[2]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +465,7 @@ func (x *GCounter) String() string {
 func (*GCounter) ProtoMessage() {}
 
 func (x *GCounter) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[2]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +478,7 @@ func (x *GCounter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCounter.ProtoReflect.Descriptor instead.
 func (*GCounter) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{2}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GCounter) GetReplica() []uint32 {
@@ -438,7 +505,7 @@ type PNCounter struct {
 
 func (x *PNCounter) Reset() {
 	*x = PNCounter{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[3]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +517,7 @@ func (x *PNCounter) String() string {
 func (*PNCounter) ProtoMessage() {}
 
 func (x *PNCounter) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[3]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +530,7 @@ func (x *PNCounter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PNCounter.ProtoReflect.Descriptor instead.
 func (*PNCounter) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{3}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PNCounter) GetP() *GCounter {
@@ -490,7 +557,7 @@ type GSet struct {
 
 func (x *GSet) Reset() {
 	*x = GSet{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[4]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +569,7 @@ func (x *GSet) String() string {
 func (*GSet) ProtoMessage() {}
 
 func (x *GSet) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[4]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +582,7 @@ func (x *GSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GSet.ProtoReflect.Descriptor instead.
 func (*GSet) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{4}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GSet) GetElements() [][]byte {
@@ -538,7 +605,7 @@ type Context struct {
 
 func (x *Context) Reset() {
 	*x = Context{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[5]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +617,7 @@ func (x *Context) String() string {
 func (*Context) ProtoMessage() {}
 
 func (x *Context) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[5]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +630,7 @@ func (x *Context) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Context.ProtoReflect.Descriptor instead.
 func (*Context) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{5}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Context) GetReplicas() []*ReplicaRuns {
@@ -583,7 +650,7 @@ type ReplicaRuns struct {
 
 func (x *ReplicaRuns) Reset() {
 	*x = ReplicaRuns{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[6]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -595,7 +662,7 @@ func (x *ReplicaRuns) String() string {
 func (*ReplicaRuns) ProtoMessage() {}
 
 func (x *ReplicaRuns) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[6]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -608,7 +675,7 @@ func (x *ReplicaRuns) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRuns.ProtoReflect.Descriptor instead.
 func (*ReplicaRuns) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{6}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReplicaRuns) GetReplica() uint32 {
@@ -636,7 +703,7 @@ type Dots struct {
 
 func (x *Dots) Reset() {
 	*x = Dots{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[7]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +715,7 @@ func (x *Dots) String() string {
 func (*Dots) ProtoMessage() {}
 
 func (x *Dots) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[7]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +728,7 @@ func (x *Dots) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dots.ProtoReflect.Descriptor instead.
 func (*Dots) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{7}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Dots) GetReplica() []uint32 {
@@ -689,7 +756,7 @@ type ORSet struct {
 
 func (x *ORSet) Reset() {
 	*x = ORSet{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[8]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +768,7 @@ func (x *ORSet) String() string {
 func (*ORSet) ProtoMessage() {}
 
 func (x *ORSet) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[8]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +781,7 @@ func (x *ORSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORSet.ProtoReflect.Descriptor instead.
 func (*ORSet) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{8}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ORSet) GetContext() *Context {
@@ -741,7 +808,7 @@ type ORSetEntry struct {
 
 func (x *ORSetEntry) Reset() {
 	*x = ORSetEntry{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[9]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +820,7 @@ func (x *ORSetEntry) String() string {
 func (*ORSetEntry) ProtoMessage() {}
 
 func (x *ORSetEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[9]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +833,7 @@ func (x *ORSetEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORSetEntry.ProtoReflect.Descriptor instead.
 func (*ORSetEntry) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{9}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ORSetEntry) GetElement() []byte {
@@ -794,7 +861,7 @@ type MVEntry struct {
 
 func (x *MVEntry) Reset() {
 	*x = MVEntry{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[10]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +873,7 @@ func (x *MVEntry) String() string {
 func (*MVEntry) ProtoMessage() {}
 
 func (x *MVEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[10]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +886,7 @@ func (x *MVEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MVEntry.ProtoReflect.Descriptor instead.
 func (*MVEntry) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{10}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MVEntry) GetReplica() uint32 {
@@ -854,7 +921,7 @@ type MVRegister struct {
 
 func (x *MVRegister) Reset() {
 	*x = MVRegister{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[11]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +933,7 @@ func (x *MVRegister) String() string {
 func (*MVRegister) ProtoMessage() {}
 
 func (x *MVRegister) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[11]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +946,7 @@ func (x *MVRegister) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MVRegister.ProtoReflect.Descriptor instead.
 func (*MVRegister) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{11}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MVRegister) GetContext() *Context {
@@ -907,7 +974,7 @@ type Timestamp struct {
 
 func (x *Timestamp) Reset() {
 	*x = Timestamp{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[12]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +986,7 @@ func (x *Timestamp) String() string {
 func (*Timestamp) ProtoMessage() {}
 
 func (x *Timestamp) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[12]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +999,7 @@ func (x *Timestamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timestamp.ProtoReflect.Descriptor instead.
 func (*Timestamp) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{12}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Timestamp) GetWallNanos() int64 {
@@ -961,7 +1028,7 @@ type LWWRegister struct {
 
 func (x *LWWRegister) Reset() {
 	*x = LWWRegister{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[13]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1040,7 @@ func (x *LWWRegister) String() string {
 func (*LWWRegister) ProtoMessage() {}
 
 func (x *LWWRegister) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[13]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1053,7 @@ func (x *LWWRegister) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LWWRegister.ProtoReflect.Descriptor instead.
 func (*LWWRegister) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{13}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LWWRegister) GetTimestamp() *Timestamp {
@@ -1019,7 +1086,7 @@ type Flag struct {
 
 func (x *Flag) Reset() {
 	*x = Flag{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[14]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1098,7 @@ func (x *Flag) String() string {
 func (*Flag) ProtoMessage() {}
 
 func (x *Flag) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[14]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1111,7 @@ func (x *Flag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Flag.ProtoReflect.Descriptor instead.
 func (*Flag) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{14}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Flag) GetEnabled() bool {
@@ -1065,7 +1132,7 @@ type EWFlag struct {
 
 func (x *EWFlag) Reset() {
 	*x = EWFlag{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[15]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1144,7 @@ func (x *EWFlag) String() string {
 func (*EWFlag) ProtoMessage() {}
 
 func (x *EWFlag) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[15]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1157,7 @@ func (x *EWFlag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EWFlag.ProtoReflect.Descriptor instead.
 func (*EWFlag) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{15}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *EWFlag) GetContext() *Context {
@@ -1120,7 +1187,7 @@ type ORMap struct {
 
 func (x *ORMap) Reset() {
 	*x = ORMap{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[16]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1199,7 @@ func (x *ORMap) String() string {
 func (*ORMap) ProtoMessage() {}
 
 func (x *ORMap) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[16]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1212,7 @@ func (x *ORMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORMap.ProtoReflect.Descriptor instead.
 func (*ORMap) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{16}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ORMap) GetContext() *Context {
@@ -1179,7 +1246,7 @@ type ORMapEntry struct {
 
 func (x *ORMapEntry) Reset() {
 	*x = ORMapEntry{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[17]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1258,7 @@ func (x *ORMapEntry) String() string {
 func (*ORMapEntry) ProtoMessage() {}
 
 func (x *ORMapEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[17]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1271,7 @@ func (x *ORMapEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORMapEntry.ProtoReflect.Descriptor instead.
 func (*ORMapEntry) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{17}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ORMapEntry) GetKey() []byte {
@@ -1301,7 +1368,7 @@ type MVStore struct {
 
 func (x *MVStore) Reset() {
 	*x = MVStore{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[18]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1313,7 +1380,7 @@ func (x *MVStore) String() string {
 func (*MVStore) ProtoMessage() {}
 
 func (x *MVStore) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[18]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1326,7 +1393,7 @@ func (x *MVStore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MVStore.ProtoReflect.Descriptor instead.
 func (*MVStore) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{18}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MVStore) GetEntries() []*MVEntry {
@@ -1345,7 +1412,7 @@ type ORSetStore struct {
 
 func (x *ORSetStore) Reset() {
 	*x = ORSetStore{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[19]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1424,7 @@ func (x *ORSetStore) String() string {
 func (*ORSetStore) ProtoMessage() {}
 
 func (x *ORSetStore) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[19]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1437,7 @@ func (x *ORSetStore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORSetStore.ProtoReflect.Descriptor instead.
 func (*ORSetStore) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{19}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ORSetStore) GetEntries() []*ORSetEntry {
@@ -1389,7 +1456,7 @@ type ORMapStore struct {
 
 func (x *ORMapStore) Reset() {
 	*x = ORMapStore{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[20]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1468,7 @@ func (x *ORMapStore) String() string {
 func (*ORMapStore) ProtoMessage() {}
 
 func (x *ORMapStore) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[20]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1481,7 @@ func (x *ORMapStore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORMapStore.ProtoReflect.Descriptor instead.
 func (*ORMapStore) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{20}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ORMapStore) GetEntries() []*ORMapEntry {
@@ -1435,7 +1502,7 @@ type Vote struct {
 
 func (x *Vote) Reset() {
 	*x = Vote{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[21]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1514,7 @@ func (x *Vote) String() string {
 func (*Vote) ProtoMessage() {}
 
 func (x *Vote) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[21]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1527,7 @@ func (x *Vote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vote.ProtoReflect.Descriptor instead.
 func (*Vote) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{21}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Vote) GetBallots() []*Ballot {
@@ -1482,7 +1549,7 @@ type Ballot struct {
 
 func (x *Ballot) Reset() {
 	*x = Ballot{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[22]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1561,7 @@ func (x *Ballot) String() string {
 func (*Ballot) ProtoMessage() {}
 
 func (x *Ballot) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[22]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1574,7 @@ func (x *Ballot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ballot.ProtoReflect.Descriptor instead.
 func (*Ballot) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{22}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Ballot) GetReplica() uint32 {
@@ -1545,7 +1612,7 @@ const file_crdt_v1_crdt_proto_rawDesc = "" +
 	"\x12crdt/v1/crdt.proto\x12\x11statemesh.crdt.v1\"?\n" +
 	"\aReplica\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12 \n" +
-	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\"\xec\x04\n" +
+	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\"\x9f\x05\n" +
 	"\x05State\x126\n" +
 	"\breplicas\x18\x01 \x03(\v2\x1a.statemesh.crdt.v1.ReplicaR\breplicas\x129\n" +
 	"\bgcounter\x18\x02 \x01(\v2\x1b.statemesh.crdt.v1.GCounterH\x00R\bgcounter\x12<\n" +
@@ -1560,8 +1627,12 @@ const file_crdt_v1_crdt_proto_rawDesc = "" +
 	"\x06ewflag\x18\t \x01(\v2\x19.statemesh.crdt.v1.EWFlagH\x00R\x06ewflag\x120\n" +
 	"\x05ormap\x18\n" +
 	" \x01(\v2\x18.statemesh.crdt.v1.ORMapH\x00R\x05ormap\x12-\n" +
-	"\x04vote\x18\v \x01(\v2\x17.statemesh.crdt.v1.VoteH\x00R\x04voteB\a\n" +
-	"\x05value\":\n" +
+	"\x04vote\x18\v \x01(\v2\x17.statemesh.crdt.v1.VoteH\x00R\x04vote\x121\n" +
+	"\x06pruned\x18\f \x01(\v2\x19.statemesh.crdt.v1.PrunedR\x06prunedB\a\n" +
+	"\x05value\"2\n" +
+	"\x06Pruned\x12\x18\n" +
+	"\areplica\x18\x01 \x03(\rR\areplica\x12\x0e\n" +
+	"\x02at\x18\x02 \x03(\x03R\x02at\":\n" +
 	"\bGCounter\x12\x18\n" +
 	"\areplica\x18\x01 \x03(\rR\areplica\x12\x14\n" +
 	"\x05count\x18\x02 \x03(\x04R\x05count\"a\n" +
@@ -1664,72 +1735,74 @@ func file_crdt_v1_crdt_proto_rawDescGZIP() []byte {
 }
 
 var file_crdt_v1_crdt_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_crdt_v1_crdt_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_crdt_v1_crdt_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_crdt_v1_crdt_proto_goTypes = []any{
 	(Type)(0),           // 0: statemesh.crdt.v1.Type
 	(*Replica)(nil),     // 1: statemesh.crdt.v1.Replica
 	(*State)(nil),       // 2: statemesh.crdt.v1.State
-	(*GCounter)(nil),    // 3: statemesh.crdt.v1.GCounter
-	(*PNCounter)(nil),   // 4: statemesh.crdt.v1.PNCounter
-	(*GSet)(nil),        // 5: statemesh.crdt.v1.GSet
-	(*Context)(nil),     // 6: statemesh.crdt.v1.Context
-	(*ReplicaRuns)(nil), // 7: statemesh.crdt.v1.ReplicaRuns
-	(*Dots)(nil),        // 8: statemesh.crdt.v1.Dots
-	(*ORSet)(nil),       // 9: statemesh.crdt.v1.ORSet
-	(*ORSetEntry)(nil),  // 10: statemesh.crdt.v1.ORSetEntry
-	(*MVEntry)(nil),     // 11: statemesh.crdt.v1.MVEntry
-	(*MVRegister)(nil),  // 12: statemesh.crdt.v1.MVRegister
-	(*Timestamp)(nil),   // 13: statemesh.crdt.v1.Timestamp
-	(*LWWRegister)(nil), // 14: statemesh.crdt.v1.LWWRegister
-	(*Flag)(nil),        // 15: statemesh.crdt.v1.Flag
-	(*EWFlag)(nil),      // 16: statemesh.crdt.v1.EWFlag
-	(*ORMap)(nil),       // 17: statemesh.crdt.v1.ORMap
-	(*ORMapEntry)(nil),  // 18: statemesh.crdt.v1.ORMapEntry
-	(*MVStore)(nil),     // 19: statemesh.crdt.v1.MVStore
-	(*ORSetStore)(nil),  // 20: statemesh.crdt.v1.ORSetStore
-	(*ORMapStore)(nil),  // 21: statemesh.crdt.v1.ORMapStore
-	(*Vote)(nil),        // 22: statemesh.crdt.v1.Vote
-	(*Ballot)(nil),      // 23: statemesh.crdt.v1.Ballot
+	(*Pruned)(nil),      // 3: statemesh.crdt.v1.Pruned
+	(*GCounter)(nil),    // 4: statemesh.crdt.v1.GCounter
+	(*PNCounter)(nil),   // 5: statemesh.crdt.v1.PNCounter
+	(*GSet)(nil),        // 6: statemesh.crdt.v1.GSet
+	(*Context)(nil),     // 7: statemesh.crdt.v1.Context
+	(*ReplicaRuns)(nil), // 8: statemesh.crdt.v1.ReplicaRuns
+	(*Dots)(nil),        // 9: statemesh.crdt.v1.Dots
+	(*ORSet)(nil),       // 10: statemesh.crdt.v1.ORSet
+	(*ORSetEntry)(nil),  // 11: statemesh.crdt.v1.ORSetEntry
+	(*MVEntry)(nil),     // 12: statemesh.crdt.v1.MVEntry
+	(*MVRegister)(nil),  // 13: statemesh.crdt.v1.MVRegister
+	(*Timestamp)(nil),   // 14: statemesh.crdt.v1.Timestamp
+	(*LWWRegister)(nil), // 15: statemesh.crdt.v1.LWWRegister
+	(*Flag)(nil),        // 16: statemesh.crdt.v1.Flag
+	(*EWFlag)(nil),      // 17: statemesh.crdt.v1.EWFlag
+	(*ORMap)(nil),       // 18: statemesh.crdt.v1.ORMap
+	(*ORMapEntry)(nil),  // 19: statemesh.crdt.v1.ORMapEntry
+	(*MVStore)(nil),     // 20: statemesh.crdt.v1.MVStore
+	(*ORSetStore)(nil),  // 21: statemesh.crdt.v1.ORSetStore
+	(*ORMapStore)(nil),  // 22: statemesh.crdt.v1.ORMapStore
+	(*Vote)(nil),        // 23: statemesh.crdt.v1.Vote
+	(*Ballot)(nil),      // 24: statemesh.crdt.v1.Ballot
 }
 var file_crdt_v1_crdt_proto_depIdxs = []int32{
 	1,  // 0: statemesh.crdt.v1.State.replicas:type_name -> statemesh.crdt.v1.Replica
-	3,  // 1: statemesh.crdt.v1.State.gcounter:type_name -> statemesh.crdt.v1.GCounter
-	4,  // 2: statemesh.crdt.v1.State.pncounter:type_name -> statemesh.crdt.v1.PNCounter
-	5,  // 3: statemesh.crdt.v1.State.gset:type_name -> statemesh.crdt.v1.GSet
-	9,  // 4: statemesh.crdt.v1.State.orset:type_name -> statemesh.crdt.v1.ORSet
-	14, // 5: statemesh.crdt.v1.State.lwwregister:type_name -> statemesh.crdt.v1.LWWRegister
-	12, // 6: statemesh.crdt.v1.State.mvregister:type_name -> statemesh.crdt.v1.MVRegister
-	15, // 7: statemesh.crdt.v1.State.flag:type_name -> statemesh.crdt.v1.Flag
-	16, // 8: statemesh.crdt.v1.State.ewflag:type_name -> statemesh.crdt.v1.EWFlag
-	17, // 9: statemesh.crdt.v1.State.ormap:type_name -> statemesh.crdt.v1.ORMap
-	22, // 10: statemesh.crdt.v1.State.vote:type_name -> statemesh.crdt.v1.Vote
-	3,  // 11: statemesh.crdt.v1.PNCounter.p:type_name -> statemesh.crdt.v1.GCounter
-	3,  // 12: statemesh.crdt.v1.PNCounter.n:type_name -> statemesh.crdt.v1.GCounter
-	7,  // 13: statemesh.crdt.v1.Context.replicas:type_name -> statemesh.crdt.v1.ReplicaRuns
-	6,  // 14: statemesh.crdt.v1.ORSet.context:type_name -> statemesh.crdt.v1.Context
-	10, // 15: statemesh.crdt.v1.ORSet.entries:type_name -> statemesh.crdt.v1.ORSetEntry
-	8,  // 16: statemesh.crdt.v1.ORSetEntry.dots:type_name -> statemesh.crdt.v1.Dots
-	6,  // 17: statemesh.crdt.v1.MVRegister.context:type_name -> statemesh.crdt.v1.Context
-	11, // 18: statemesh.crdt.v1.MVRegister.entries:type_name -> statemesh.crdt.v1.MVEntry
-	13, // 19: statemesh.crdt.v1.LWWRegister.timestamp:type_name -> statemesh.crdt.v1.Timestamp
-	6,  // 20: statemesh.crdt.v1.EWFlag.context:type_name -> statemesh.crdt.v1.Context
-	8,  // 21: statemesh.crdt.v1.EWFlag.dots:type_name -> statemesh.crdt.v1.Dots
-	6,  // 22: statemesh.crdt.v1.ORMap.context:type_name -> statemesh.crdt.v1.Context
-	18, // 23: statemesh.crdt.v1.ORMap.entries:type_name -> statemesh.crdt.v1.ORMapEntry
-	0,  // 24: statemesh.crdt.v1.ORMapEntry.type:type_name -> statemesh.crdt.v1.Type
-	8,  // 25: statemesh.crdt.v1.ORMapEntry.ewflag:type_name -> statemesh.crdt.v1.Dots
-	19, // 26: statemesh.crdt.v1.ORMapEntry.mvregister:type_name -> statemesh.crdt.v1.MVStore
-	20, // 27: statemesh.crdt.v1.ORMapEntry.orset:type_name -> statemesh.crdt.v1.ORSetStore
-	21, // 28: statemesh.crdt.v1.ORMapEntry.ormap:type_name -> statemesh.crdt.v1.ORMapStore
-	11, // 29: statemesh.crdt.v1.MVStore.entries:type_name -> statemesh.crdt.v1.MVEntry
-	10, // 30: statemesh.crdt.v1.ORSetStore.entries:type_name -> statemesh.crdt.v1.ORSetEntry
-	18, // 31: statemesh.crdt.v1.ORMapStore.entries:type_name -> statemesh.crdt.v1.ORMapEntry
-	23, // 32: statemesh.crdt.v1.Vote.ballots:type_name -> statemesh.crdt.v1.Ballot
-	33, // [33:33] is the sub-list for method output_type
-	33, // [33:33] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	4,  // 1: statemesh.crdt.v1.State.gcounter:type_name -> statemesh.crdt.v1.GCounter
+	5,  // 2: statemesh.crdt.v1.State.pncounter:type_name -> statemesh.crdt.v1.PNCounter
+	6,  // 3: statemesh.crdt.v1.State.gset:type_name -> statemesh.crdt.v1.GSet
+	10, // 4: statemesh.crdt.v1.State.orset:type_name -> statemesh.crdt.v1.ORSet
+	15, // 5: statemesh.crdt.v1.State.lwwregister:type_name -> statemesh.crdt.v1.LWWRegister
+	13, // 6: statemesh.crdt.v1.State.mvregister:type_name -> statemesh.crdt.v1.MVRegister
+	16, // 7: statemesh.crdt.v1.State.flag:type_name -> statemesh.crdt.v1.Flag
+	17, // 8: statemesh.crdt.v1.State.ewflag:type_name -> statemesh.crdt.v1.EWFlag
+	18, // 9: statemesh.crdt.v1.State.ormap:type_name -> statemesh.crdt.v1.ORMap
+	23, // 10: statemesh.crdt.v1.State.vote:type_name -> statemesh.crdt.v1.Vote
+	3,  // 11: statemesh.crdt.v1.State.pruned:type_name -> statemesh.crdt.v1.Pruned
+	4,  // 12: statemesh.crdt.v1.PNCounter.p:type_name -> statemesh.crdt.v1.GCounter
+	4,  // 13: statemesh.crdt.v1.PNCounter.n:type_name -> statemesh.crdt.v1.GCounter
+	8,  // 14: statemesh.crdt.v1.Context.replicas:type_name -> statemesh.crdt.v1.ReplicaRuns
+	7,  // 15: statemesh.crdt.v1.ORSet.context:type_name -> statemesh.crdt.v1.Context
+	11, // 16: statemesh.crdt.v1.ORSet.entries:type_name -> statemesh.crdt.v1.ORSetEntry
+	9,  // 17: statemesh.crdt.v1.ORSetEntry.dots:type_name -> statemesh.crdt.v1.Dots
+	7,  // 18: statemesh.crdt.v1.MVRegister.context:type_name -> statemesh.crdt.v1.Context
+	12, // 19: statemesh.crdt.v1.MVRegister.entries:type_name -> statemesh.crdt.v1.MVEntry
+	14, // 20: statemesh.crdt.v1.LWWRegister.timestamp:type_name -> statemesh.crdt.v1.Timestamp
+	7,  // 21: statemesh.crdt.v1.EWFlag.context:type_name -> statemesh.crdt.v1.Context
+	9,  // 22: statemesh.crdt.v1.EWFlag.dots:type_name -> statemesh.crdt.v1.Dots
+	7,  // 23: statemesh.crdt.v1.ORMap.context:type_name -> statemesh.crdt.v1.Context
+	19, // 24: statemesh.crdt.v1.ORMap.entries:type_name -> statemesh.crdt.v1.ORMapEntry
+	0,  // 25: statemesh.crdt.v1.ORMapEntry.type:type_name -> statemesh.crdt.v1.Type
+	9,  // 26: statemesh.crdt.v1.ORMapEntry.ewflag:type_name -> statemesh.crdt.v1.Dots
+	20, // 27: statemesh.crdt.v1.ORMapEntry.mvregister:type_name -> statemesh.crdt.v1.MVStore
+	21, // 28: statemesh.crdt.v1.ORMapEntry.orset:type_name -> statemesh.crdt.v1.ORSetStore
+	22, // 29: statemesh.crdt.v1.ORMapEntry.ormap:type_name -> statemesh.crdt.v1.ORMapStore
+	12, // 30: statemesh.crdt.v1.MVStore.entries:type_name -> statemesh.crdt.v1.MVEntry
+	11, // 31: statemesh.crdt.v1.ORSetStore.entries:type_name -> statemesh.crdt.v1.ORSetEntry
+	19, // 32: statemesh.crdt.v1.ORMapStore.entries:type_name -> statemesh.crdt.v1.ORMapEntry
+	24, // 33: statemesh.crdt.v1.Vote.ballots:type_name -> statemesh.crdt.v1.Ballot
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_crdt_v1_crdt_proto_init() }
@@ -1749,7 +1822,7 @@ func file_crdt_v1_crdt_proto_init() {
 		(*State_Ormap)(nil),
 		(*State_Vote)(nil),
 	}
-	file_crdt_v1_crdt_proto_msgTypes[17].OneofWrappers = []any{
+	file_crdt_v1_crdt_proto_msgTypes[18].OneofWrappers = []any{
 		(*ORMapEntry_Ewflag)(nil),
 		(*ORMapEntry_Mvregister)(nil),
 		(*ORMapEntry_Orset)(nil),
@@ -1761,7 +1834,7 @@ func file_crdt_v1_crdt_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_crdt_v1_crdt_proto_rawDesc), len(file_crdt_v1_crdt_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

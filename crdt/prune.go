@@ -1,0 +1,386 @@
+package crdt
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+)
+
+// Pruning (the term of Akka Distributed Data) folds the contributions of a
+// replica that is gone for good into another replica, so that state stops
+// carrying an entry, a dot or a ballot for every replica that ever wrote,
+// while the value users read stays the same:
+//
+//   - GCounter, PNCounter: the removed replica's entries are added to the
+//     owner's entries.
+//   - ORSet, MVRegister, EWFlag, ORMap: every live dot of the removed
+//     replica is replaced by a fresh dot of the owner (the same element,
+//     value or flag, re-added), and the removed replica leaves the causal
+//     context. A remove made concurrently by a replica that had not seen
+//     the pruning loses against the re-add, as against any concurrent add.
+//   - Vote: the removed replica's ballot is dropped: it leaves the
+//     electorate, as Vote.Remove does.
+//   - GSet, Flag and LWWRegister hold no per-replica state that grows
+//     (an LWWRegister names one replica to break ties), and have nothing
+//     to prune.
+//
+// A pruned value keeps a marker per pruned replica. Joins union the
+// markers and drop whatever contributions of a marked replica either side
+// still carries, so a replica that has not yet seen the pruning, or a
+// stale copy, cannot bring those contributions back (they are counted in
+// the owner's now). The join stays a join: dropping a marked replica's
+// contributions commutes with the causal and counter joins.
+//
+// Pruning is correct only under two conditions that this package cannot
+// check and its caller (the mesh) must ensure: exactly one replica, the
+// owner, prunes a given removed replica, and at that moment the owner's
+// state holds every contribution of the removed replica that exists
+// anywhere. Markers are dropped with ExpireMarkers once no state older
+// than the pruning can still arrive; a copy older than that would bring
+// the contributions back.
+
+// markers maps each pruned replica to when it was pruned (Unix nanoseconds
+// on the pruning node's clock). nil when there are none.
+type markers map[ReplicaID]int64
+
+func (m markers) has(r ReplicaID) bool { _, ok := m[r]; return ok }
+
+func (m markers) clone() markers {
+	if len(m) == 0 {
+		return nil
+	}
+	return maps.Clone(m)
+}
+
+// union adds o's markers to *m (for a replica in both, the later time
+// wins). It returns the replicas it newly marks and whether *m changed.
+func (m *markers) union(o markers) (added []ReplicaID, changed bool) {
+	for r, at := range o {
+		cur, ok := (*m)[r]
+		if ok && cur >= at {
+			continue
+		}
+		if *m == nil {
+			*m = markers{}
+		}
+		(*m)[r] = at
+		changed = true
+		if !ok {
+			added = append(added, r)
+		}
+	}
+	return added, changed
+}
+
+// newer returns o's markers that m lacks or holds with an earlier time.
+func (m markers) newer(o markers) markers {
+	var out markers
+	for r, at := range o {
+		if cur, ok := m[r]; !ok || cur < at {
+			if out == nil {
+				out = markers{}
+			}
+			out[r] = at
+		}
+	}
+	return out
+}
+
+// sorted returns the marked replicas in order.
+func (m markers) sorted() []ReplicaID { return slices.SortedFunc(maps.Keys(m), ReplicaID.Compare) }
+
+// prunable is implemented by the types that hold per-replica state.
+type prunable interface {
+	Value
+	// prune folds removed into into (both valid, distinct, removed not
+	// yet marked) and returns the delta.
+	prune(removed, into ReplicaID, at int64) (Value, error)
+	// holds reports whether the value holds a contribution of r.
+	holds(r ReplicaID) bool
+	// marks returns the value's markers, for reading and expiring.
+	marks() *markers
+	// setMarks installs decoded markers (the value is fresh from the
+	// decoder and holds no contribution of a marked replica).
+	setMarks(m markers)
+}
+
+// Prune folds the contributions of replica removed to v into replica into,
+// marks removed as pruned, and returns the delta (which carries the marker
+// and what into gained). into must be the replica calling: Prune mints dots
+// of into for causal types. v's value (Value, Elements, Values, Enabled)
+// is unchanged, except that a Vote loses removed's ballot.
+//
+// Pruning a replica v has already pruned, or a type with nothing to prune,
+// returns a bottom delta. On error v is unchanged.
+func Prune(v Value, removed, into ReplicaID, at int64) (Value, error) {
+	if err := ValidateReplica(removed); err != nil {
+		return nil, err
+	}
+	if err := ValidateReplica(into); err != nil {
+		return nil, err
+	}
+	if removed == into {
+		return nil, fmt.Errorf("%w: cannot prune replica %s into itself", ErrInvalidArg, removed)
+	}
+	p, ok := v.(prunable)
+	if !ok || p.marks().has(removed) {
+		return New(v.Type())
+	}
+	if p.marks().has(into) {
+		return nil, fmt.Errorf("%w: cannot prune into replica %s, which was pruned", ErrInvalidArg, into)
+	}
+	return p.prune(removed, into, at)
+}
+
+// Holds reports whether v holds a contribution of replica r: a counter
+// entry, a dot (live or in the causal context) or a ballot. Values of
+// types with nothing to prune hold none.
+func Holds(v Value, r ReplicaID) bool {
+	p, ok := v.(prunable)
+	return ok && p.holds(r)
+}
+
+// Pruned returns the replicas v carries pruning markers for, with the time
+// each was pruned (nil if none).
+func Pruned(v Value) map[ReplicaID]int64 {
+	if p, ok := v.(prunable); ok {
+		return p.marks().clone()
+	}
+	return nil
+}
+
+// ExpireMarkers drops v's markers of replicas pruned before the given
+// time and reports whether it dropped any. This is not a lattice
+// operation: after it, a state that still holds contributions of such a
+// replica would bring them back, so the caller expires markers only when
+// no such state can arrive any more.
+func ExpireMarkers(v Value, before int64) bool {
+	p, ok := v.(prunable)
+	if !ok {
+		return false
+	}
+	m := p.marks()
+	n := len(*m)
+	maps.DeleteFunc(*m, func(_ ReplicaID, at int64) bool { return at < before })
+	if len(*m) == 0 {
+		*m = nil
+	}
+	return len(*m) != n
+}
+
+// A GCounter folds removed's entry into into's.
+func (c *GCounter) prune(removed, into ReplicaID, at int64) (Value, error) {
+	d := NewGCounter()
+	if err := c.fold(d, removed, into); err != nil {
+		return nil, err
+	}
+	c.pruned.union(markers{removed: at})
+	d.pruned = markers{removed: at}
+	return d, nil
+}
+
+// fold moves removed's entry into into's, recording into's new entry in
+// d. It fails, changing nothing, if into's entry would overflow.
+func (c *GCounter) fold(d *GCounter, removed, into ReplicaID) error {
+	n, ok := c.m[removed]
+	if !ok {
+		return nil
+	}
+	if c.m[into] > ^uint64(0)-n {
+		return fmt.Errorf("%w: counter entry of %s overflows when pruning %s", ErrInvalidArg, into, removed)
+	}
+	delete(c.m, removed)
+	if n > 0 {
+		c.m[into] += n
+		d.m[into] = c.m[into]
+	}
+	return nil
+}
+
+func (c *GCounter) holds(r ReplicaID) bool { _, ok := c.m[r]; return ok }
+func (c *GCounter) marks() *markers        { return &c.pruned }
+func (c *GCounter) setMarks(m markers)     { c.pruned = m }
+
+// A PNCounter folds both halves.
+func (c *PNCounter) prune(removed, into ReplicaID, at int64) (Value, error) {
+	np, nn := c.p.m[removed], c.n.m[removed]
+	if c.p.m[into] > ^uint64(0)-np || c.n.m[into] > ^uint64(0)-nn {
+		return nil, fmt.Errorf("%w: counter entry of %s overflows when pruning %s", ErrInvalidArg, into, removed)
+	}
+	d := NewPNCounter()
+	_ = c.p.fold(d.p, removed, into) // cannot fail: checked above
+	_ = c.n.fold(d.n, removed, into)
+	c.pruned.union(markers{removed: at})
+	d.pruned = markers{removed: at}
+	return d, nil
+}
+
+func (c *PNCounter) holds(r ReplicaID) bool { return c.p.holds(r) || c.n.holds(r) }
+func (c *PNCounter) marks() *markers        { return &c.pruned }
+func (c *PNCounter) setMarks(m markers)     { c.pruned = m }
+
+// A Vote drops removed's ballot.
+func (v *Vote) prune(removed, _ ReplicaID, at int64) (Value, error) {
+	delete(v.m, removed)
+	v.pruned.union(markers{removed: at})
+	return &Vote{m: map[ReplicaID]ballot{}, pruned: markers{removed: at}}, nil
+}
+
+func (v *Vote) holds(r ReplicaID) bool { _, ok := v.m[r]; return ok }
+func (v *Vote) marks() *markers        { return &v.pruned }
+func (v *Vote) setMarks(m markers)     { v.pruned = m }
+
+func (s *ORSet) prune(removed, into ReplicaID, at int64) (Value, error) {
+	return &ORSet{c: s.c.prune(removed, into, at)}, nil
+}
+func (s *ORSet) holds(r ReplicaID) bool { return s.c.ctx.m[r] != nil }
+func (s *ORSet) marks() *markers        { return &s.c.pruned }
+func (s *ORSet) setMarks(m markers)     { s.c.pruned = m }
+
+func (m *MVRegister) prune(removed, into ReplicaID, at int64) (Value, error) {
+	return &MVRegister{c: m.c.prune(removed, into, at)}, nil
+}
+func (m *MVRegister) holds(r ReplicaID) bool { return m.c.ctx.m[r] != nil }
+func (m *MVRegister) marks() *markers        { return &m.c.pruned }
+func (m *MVRegister) setMarks(ms markers)    { m.c.pruned = ms }
+
+func (f *EWFlag) prune(removed, into ReplicaID, at int64) (Value, error) {
+	return &EWFlag{c: f.c.prune(removed, into, at)}, nil
+}
+func (f *EWFlag) holds(r ReplicaID) bool { return f.c.ctx.m[r] != nil }
+func (f *EWFlag) marks() *markers        { return &f.c.pruned }
+func (f *EWFlag) setMarks(m markers)     { f.c.pruned = m }
+
+func (m *ORMap) prune(removed, into ReplicaID, at int64) (Value, error) {
+	return &ORMap{c: m.c.prune(removed, into, at)}, nil
+}
+func (m *ORMap) holds(r ReplicaID) bool { return m.c.ctx.m[r] != nil }
+func (m *ORMap) marks() *markers        { return &m.c.pruned }
+func (m *ORMap) setMarks(ms markers)    { m.c.pruned = ms }
+
+// prune replaces every live dot of removed by a fresh dot of into, drops
+// removed from the context, marks it and returns the delta: the fresh dots
+// with what they hold, their context, and the marker. (Every dot a store
+// holds is in the context, so a replica absent from the context holds no
+// live dot either.)
+func (c *causal) prune(removed, into ReplicaID, at int64) causal {
+	var fresh []Dot
+	next := func() Dot {
+		d := c.ctx.next(into)
+		c.ctx.Add(d)
+		fresh = append(fresh, d)
+		return d
+	}
+	out, added := retag(c.s, removed, next)
+	if added != nil {
+		c.s = out
+		c.idx, c.order = nil, nil // rebuilt when next needed
+	}
+	delete(c.ctx.m, removed)
+	c.pruned.union(markers{removed: at})
+	return causal{s: added, ctx: contextOf(fresh), pruned: markers{removed: at}, indexed: c.indexed}
+}
+
+// retag returns s with every dot of r replaced by a dot from next, and the
+// store of the replacements alone (nil, and s itself, when s holds no dot
+// of r). Stores are not modified: dot sets and funs are immutable, and
+// maps are copied where they change. Map keys are visited in order, so
+// the dots minted do not depend on map iteration.
+func retag(s store, r ReplicaID, next func() Dot) (out, added store) {
+	switch x := s.(type) {
+	case nil:
+		return nil, nil
+	case dotSet:
+		if !slices.ContainsFunc(x, func(d Dot) bool { return d.Replica == r }) {
+			return s, nil
+		}
+		var keep, fresh dotSet
+		for _, d := range x {
+			if d.Replica == r {
+				fresh = append(fresh, next())
+			} else {
+				keep = append(keep, d)
+			}
+		}
+		all := append(keep, fresh...)
+		slices.SortFunc(all, Dot.Compare)
+		return all, fresh
+	case dotFun:
+		if !slices.ContainsFunc(x, func(e funEntry) bool { return e.d.Replica == r }) {
+			return s, nil
+		}
+		var keep, fresh dotFun
+		for _, e := range x {
+			if e.d.Replica == r {
+				fresh = append(fresh, funEntry{next(), e.v})
+			} else {
+				keep = append(keep, e)
+			}
+		}
+		all := append(keep, fresh...)
+		slices.SortFunc(all, func(a, b funEntry) int { return a.d.Compare(b.d) })
+		return all, fresh
+	case dotMap:
+		var outM, addM dotMap
+		for _, k := range slices.Sorted(maps.Keys(x)) {
+			o, a := retag(x[k], r, next)
+			if a == nil {
+				continue
+			}
+			if outM == nil {
+				outM, addM = maps.Clone(x), dotMap{}
+			}
+			outM[k], addM[k] = o, a
+		}
+		if addM == nil {
+			return s, nil
+		}
+		return outM, addM
+	}
+	panic("crdt: unknown dot store") // unreachable: stores are built only by this package
+}
+
+// dropMarked removes the contributions of replicas marked in m from c (in
+// place): their dots from the store and their runs from the context.
+func (c *causal) dropMarked(m markers) {
+	if !c.ctx.holdsAny(m) {
+		return
+	}
+	if c.s != nil {
+		c.s = c.s.filter(func(d Dot) bool { return !m.has(d.Replica) })
+		c.idx, c.order = nil, nil
+	}
+	for r := range m {
+		delete(c.ctx.m, r)
+	}
+}
+
+// withoutMarked returns o, or a copy of it without the contributions of
+// replicas marked in m if it holds any.
+func (o *causal) withoutMarked(m markers) *causal {
+	if len(m) == 0 || !o.ctx.holdsAny(m) {
+		return o
+	}
+	cp := o.clone()
+	cp.pruned = o.pruned.clone()
+	cp.dropMarked(m)
+	return &cp
+}
+
+// holdsAny reports whether c has a dot of a replica marked in m.
+func (c *Context) holdsAny(m markers) bool {
+	if len(m) < len(c.m) {
+		for r := range m {
+			if c.m[r] != nil {
+				return true
+			}
+		}
+		return false
+	}
+	for r := range c.m {
+		if m.has(r) {
+			return true
+		}
+	}
+	return false
+}
