@@ -15,6 +15,11 @@
 // Causal types (ORSet, MVRegister, EWFlag, ORMap) are dot stores paired
 // with a causal context, so removals need no per-element tombstones.
 //
+// Prune folds the contributions of a replica that is gone for good into
+// another replica, so that state stops growing with every replica that
+// ever wrote (see prune.go for what it means per type and for the
+// conditions its caller must ensure).
+//
 // Values are not safe for concurrent use.
 package crdt
 

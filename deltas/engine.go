@@ -275,6 +275,19 @@ func (e *Engine) Get(key string) crdt.Value {
 	return nil
 }
 
+// Select returns, in order, the keys whose state satisfies keep. keep
+// reads the engine's own state: it must not modify or keep it.
+func (e *Engine) Select(keep func(key string, v crdt.Value) bool) []string {
+	var out []string
+	for k, v := range e.state {
+		if keep(k, v) {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Keys returns the keys in order (deleted keys excluded).
 func (e *Engine) Keys() []string { return slices.Sorted(maps.Keys(e.state)) }
 

@@ -322,6 +322,15 @@ func TestPeerRefusesBadInput(t *testing.T) {
 			_, err := pc.Read(ctx, &peerpb.ReadRequest{From: "eve", Key: []byte("/x")})
 			return err
 		}},
+		{"holding/bad-replica", "holding-replica", codes.InvalidArgument, func(ctx context.Context) error {
+			_, err := pc.Holding(ctx, &peerpb.HoldingRequest{From: "eve", Node: "", Incarnation: 1})
+			return err
+		}},
+		{"holding/long-after-key", "holding-key", codes.InvalidArgument, func(ctx context.Context) error {
+			_, err := pc.Holding(ctx, &peerpb.HoldingRequest{From: "eve", Node: "x", Incarnation: 1,
+				After: make([]byte, MaxServiceBytes+MaxIDBytes+2)})
+			return err
+		}},
 		// A single frame over the gRPC message limit (Limits.MaxBytes +
 		// 64 KiB) never reaches the handler: gRPC refuses it.
 		{"sync/oversized-frame", "", codes.ResourceExhausted, func(ctx context.Context) error {
@@ -433,6 +442,9 @@ func TestPeerRefusesNonMembers(t *testing.T) {
 	}
 	if _, err := pc.Read(ctx, &peerpb.ReadRequest{From: "stranger", Key: []byte("s/w")}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("Read from a non-member: %v, want FailedPrecondition", err)
+	}
+	if _, err := pc.Holding(ctx, &peerpb.HoldingRequest{From: "stranger", Node: "x", Incarnation: 1}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("Holding from a non-member: %v, want FailedPrecondition", err)
 	}
 	checkUntouched(t, n, before, vals)
 	checkServes(t, n, pc)

@@ -150,6 +150,10 @@ type Config struct {
 	// the mesh for good, as by Node.RemoveNode (0: never; members are then
 	// removed only by hand, statemesh ctl remove-node). Default 0.
 	RemoveDeadAfter time.Duration
+	// PruneInterval is how often the node looks for removed replicas it
+	// should prune (see SetPruneClaimer; without a claimer it prunes
+	// nothing). Default 10 s.
+	PruneInterval time.Duration
 
 	// MaxLag is backpressure: while the furthest-behind live neighbour
 	// has more than MaxLag deltas of this node unacknowledged, local
@@ -206,6 +210,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PeerAddr == "" {
 		c.PeerAddr = "127.0.0.1:0"
+	}
+	if c.PruneInterval <= 0 {
+		c.PruneInterval = 10 * time.Second
 	}
 	if c.TickInterval <= 0 {
 		c.TickInterval = map[Preset]time.Duration{PresetLAN: 200 * time.Millisecond, PresetWAN: time.Second, PresetLocal: 100 * time.Millisecond}[c.Preset]

@@ -72,7 +72,10 @@
 // Config.RemoveDeadAfter) removes a member's replica for good through a
 // GSet under the reserved SystemService, which spreads like user data:
 // it then counts for no consistency level and is no peer. Its
-// contributions to CRDT state are not folded out (pruning) yet.
+// contributions to CRDT state are then pruned: one node, decided through
+// a PruneClaimer (the node wires consensus), pulls what every member holds
+// of the replica and folds it into its own (see prune.go for the protocol
+// and its conditions; crdt.Prune for what it means per type).
 //
 // # Faults
 //

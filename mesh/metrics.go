@@ -13,6 +13,8 @@ type metrics struct {
 	dropped        *prometheus.CounterVec // reason
 	refused        *prometheus.CounterVec // reason
 	transfers      prometheus.Counter
+	pruned         prometheus.Counter
+	pruneFailures  prometheus.Counter
 	bufferEntries  prometheus.Gauge
 	keys           prometheus.Gauge
 	pendingPersist prometheus.Gauge
@@ -40,6 +42,10 @@ func newMetrics(r prometheus.Registerer) *metrics {
 			Help: "Incoming messages or calls refused as malformed, oversized or conflicting."}, []string{"reason"}),
 		transfers: prometheus.NewCounter(prometheus.CounterOpts{Name: "statemesh_mesh_full_state_transfers_total",
 			Help: "Digest-driven full-state transfers this node started."}),
+		pruned: prometheus.NewCounter(prometheus.CounterOpts{Name: "statemesh_mesh_pruned_replicas_total",
+			Help: "Removed replicas this node pruned as their owner."}),
+		pruneFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "statemesh_mesh_prune_failures_total",
+			Help: "Pruning passes that failed (a member unreachable, a write failed); the next pass retries."}),
 		bufferEntries: prometheus.NewGauge(prometheus.GaugeOpts{Name: "statemesh_mesh_delta_buffer_entries",
 			Help: "Deltas buffered for peers that have not acknowledged them."}),
 		keys: prometheus.NewGauge(prometheus.GaugeOpts{Name: "statemesh_mesh_keys",
@@ -54,7 +60,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 			Help: "Deltas the furthest-behind live neighbour has not acknowledged."}),
 	}
 	for _, c := range []prometheus.Collector{m.members, m.msgsSent, m.bytesSent, m.msgsReceived, m.bytesReceived,
-		m.dropped, m.refused, m.transfers, m.bufferEntries, m.keys, m.pendingPersist, m.writes, m.lagSeq, m.parked} {
+		m.dropped, m.refused, m.transfers, m.pruned, m.pruneFailures, m.bufferEntries, m.keys, m.pendingPersist, m.writes, m.lagSeq, m.parked} {
 		f(c)
 	}
 	return m

@@ -70,11 +70,14 @@ type Node struct {
 	stopc chan struct{} // closed to stop the loop
 	loopDone,
 	persistDone,
-	reconnectDone chan struct{}
+	reconnectDone,
+	pruneDone chan struct{}
 	flushNow chan struct{} // size 1: the persister should write now
 	dur      durable
 	closeMu  sync.Mutex
 	closed   bool
+	claimMu  sync.Mutex
+	claimer  PruneClaimer // see SetPruneClaimer
 
 	// Owned by the loop goroutine.
 	eng        *deltas.Engine
@@ -124,7 +127,7 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name),
 		ops: make(chan *op), recv: make(chan inbound, 64), stopc: make(chan struct{}),
-		loopDone: make(chan struct{}), persistDone: make(chan struct{}), reconnectDone: make(chan struct{}), flushNow: make(chan struct{}, 1),
+		loopDone: make(chan struct{}), persistDone: make(chan struct{}), reconnectDone: make(chan struct{}), pruneDone: make(chan struct{}), flushNow: make(chan struct{}, 1),
 		members: map[string]*Member{}, neighbours: map[string]bool{}, peers: map[string]bool{},
 		deadSince: map[string]time.Time{}, removed: map[crdt.ReplicaID]bool{},
 		watchers: map[string][]*watcher{}, dirty: map[string]struct{}{}, batch: 1}
@@ -177,6 +180,7 @@ func Start(cfg Config) (*Node, error) {
 	go n.loop()
 	go n.persister()
 	go n.reconnector()
+	go n.pruner()
 	if err := n.mb.join(cfg.Join, cfg.JoinTimeout); err != nil {
 		return nil, err
 	}
@@ -331,6 +335,7 @@ func (n *Node) stopLoops() {
 		<-n.loopDone
 		<-n.persistDone
 		<-n.reconnectDone
+		<-n.pruneDone
 	}
 }
 

@@ -58,8 +58,9 @@ func parseReplicaElement(b []byte) (crdt.ReplicaID, bool) {
 // mesh for good: every node stops counting it for MAJORITY and ALL and
 // stops syncing with it. A node that comes back under that name must have
 // lost its data (a new incarnation). A live member is refused unless
-// force is set. (Folding its contributions out of CRDT state, so that
-// state stops carrying its entries, is not done yet.)
+// force is set. Its contributions to CRDT state are then pruned (see
+// prune.go); a live member removed by force loses whatever it writes
+// after the pruning.
 func (n *Node) RemoveNode(ctx context.Context, name string, force bool) error {
 	var rerr error
 	_, err := n.do(ctx, func() {

@@ -162,6 +162,32 @@ func (s *peerServer) Read(ctx context.Context, req *peerpb.ReadRequest) (*peerpb
 	return &peerpb.ReadResponse{Found: enc != nil, State: enc, Deleted: deleted}, nil
 }
 
+func (s *peerServer) Holding(ctx context.Context, req *peerpb.HoldingRequest) (*peerpb.HoldingResponse, error) {
+	n := s.n
+	if err := s.checkMember(ctx, req.From); err != nil {
+		return nil, err
+	}
+	r := crdt.ReplicaID{Node: req.Node, Incarnation: req.Incarnation}
+	if err := crdt.ValidateReplica(r); err != nil {
+		return nil, s.refuse("holding-replica", req.From, err)
+	}
+	if len(req.After) > MaxServiceBytes+1+MaxIDBytes {
+		return nil, s.refuse("holding-key", req.From, fmt.Errorf("%w: after-key of %d bytes", ErrInvalidKey, len(req.After)))
+	}
+	var (
+		keys []string
+		more bool
+	)
+	if _, err := n.do(ctx, func() { keys, more = n.holdingKeys(r, string(req.After)) }); err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	resp := &peerpb.HoldingResponse{More: more}
+	for _, k := range keys {
+		resp.Keys = append(resp.Keys, []byte(k))
+	}
+	return resp, nil
+}
+
 // checkMember refuses callers that are not members of the mesh (or were
 // removed from it): the node keeps per-peer state and metrics only for
 // members. A node that has just joined may not be known yet; it retries.

@@ -246,6 +246,17 @@ func (t *transport) read(ctx context.Context, m Member, req *peerpb.ReadRequest)
 	return pc.client.Read(ctx, req)
 }
 
+func (t *transport) holding(ctx context.Context, m Member, req *peerpb.HoldingRequest) (*peerpb.HoldingResponse, error) {
+	if err := t.faultCall(ctx, m.Name); err != nil {
+		return nil, err
+	}
+	pc, err := t.conn(m.Name, m.PeerAddr)
+	if err != nil {
+		return nil, err
+	}
+	return pc.client.Holding(ctx, req)
+}
+
 // sleepCtx sleeps for d unless ctx ends first; it reports whether it slept.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	tm := time.NewTimer(d)

@@ -208,6 +208,7 @@ func Start(cfg Config) (*Node, error) {
 		}
 		n.Consensus = h
 		srv.Bind(h)
+		m.SetPruneClaimer(pruneClaimer{h})
 	} else if err := n.discover(cfg); err != nil {
 		return nil, err
 	}

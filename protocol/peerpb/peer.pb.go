@@ -443,6 +443,130 @@ func (x *ReadResponse) GetDeleted() bool {
 	return false
 }
 
+type HoldingRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	From  string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	// The removed replica.
+	Node        string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Incarnation uint64 `protobuf:"varint,3,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// Keys after this one (empty: from the first).
+	After         []byte `protobuf:"bytes,4,opt,name=after,proto3" json:"after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldingRequest) Reset() {
+	*x = HoldingRequest{}
+	mi := &file_peer_v1_peer_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldingRequest) ProtoMessage() {}
+
+func (x *HoldingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_v1_peer_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldingRequest.ProtoReflect.Descriptor instead.
+func (*HoldingRequest) Descriptor() ([]byte, []int) {
+	return file_peer_v1_peer_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *HoldingRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *HoldingRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *HoldingRequest) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+func (x *HoldingRequest) GetAfter() []byte {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+type HoldingResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 1024 keys, ascending.
+	Keys [][]byte `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// More keys follow the last one.
+	More          bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldingResponse) Reset() {
+	*x = HoldingResponse{}
+	mi := &file_peer_v1_peer_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldingResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldingResponse) ProtoMessage() {}
+
+func (x *HoldingResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_v1_peer_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldingResponse.ProtoReflect.Descriptor instead.
+func (*HoldingResponse) Descriptor() ([]byte, []int) {
+	return file_peer_v1_peer_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *HoldingResponse) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *HoldingResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
 // NodeMeta is what a node tells the mesh about itself in memberlist's node
 // metadata (at most 512 bytes encoded).
 type NodeMeta struct {
@@ -468,7 +592,7 @@ type NodeMeta struct {
 
 func (x *NodeMeta) Reset() {
 	*x = NodeMeta{}
-	mi := &file_peer_v1_peer_proto_msgTypes[7]
+	mi := &file_peer_v1_peer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +604,7 @@ func (x *NodeMeta) String() string {
 func (*NodeMeta) ProtoMessage() {}
 
 func (x *NodeMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_v1_peer_proto_msgTypes[7]
+	mi := &file_peer_v1_peer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +617,7 @@ func (x *NodeMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeMeta.ProtoReflect.Descriptor instead.
 func (*NodeMeta) Descriptor() ([]byte, []int) {
-	return file_peer_v1_peer_proto_rawDescGZIP(), []int{7}
+	return file_peer_v1_peer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *NodeMeta) GetProtocolVersion() uint32 {
@@ -579,7 +703,15 @@ const file_peer_v1_peer_proto_rawDesc = "" +
 	"\fReadResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\fR\x05state\x12\x18\n" +
-	"\adeleted\x18\x03 \x01(\bR\adeleted\"\xff\x01\n" +
+	"\adeleted\x18\x03 \x01(\bR\adeleted\"p\n" +
+	"\x0eHoldingRequest\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12 \n" +
+	"\vincarnation\x18\x03 \x01(\x04R\vincarnation\x12\x14\n" +
+	"\x05after\x18\x04 \x01(\fR\x05after\"9\n" +
+	"\x0fHoldingResponse\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\fR\x04keys\x12\x12\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\"\xff\x01\n" +
 	"\bNodeMeta\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x16\n" +
@@ -588,11 +720,12 @@ const file_peer_v1_peer_proto_rawDesc = "" +
 	"\tpeer_addr\x18\x05 \x01(\tR\bpeerAddr\x12\x1b\n" +
 	"\traft_addr\x18\x06 \x01(\tR\braftAddr\x12\x18\n" +
 	"\aleaving\x18\a \x01(\bR\aleaving\x12&\n" +
-	"\x0fraft_replica_id\x18\b \x01(\x04R\rraftReplicaId2\xdf\x01\n" +
+	"\x0fraft_replica_id\x18\b \x01(\x04R\rraftReplicaId2\xb1\x02\n" +
 	"\x04Peer\x12B\n" +
 	"\x04Sync\x12\x1c.statemesh.peer.v1.SyncFrame\x1a\x1a.statemesh.peer.v1.SyncEnd(\x01\x12J\n" +
 	"\x05Write\x12\x1f.statemesh.peer.v1.WriteRequest\x1a .statemesh.peer.v1.WriteResponse\x12G\n" +
-	"\x04Read\x12\x1e.statemesh.peer.v1.ReadRequest\x1a\x1f.statemesh.peer.v1.ReadResponseB0Z.github.com/statemesh/statemesh/protocol/peerpbb\x06proto3"
+	"\x04Read\x12\x1e.statemesh.peer.v1.ReadRequest\x1a\x1f.statemesh.peer.v1.ReadResponse\x12P\n" +
+	"\aHolding\x12!.statemesh.peer.v1.HoldingRequest\x1a\".statemesh.peer.v1.HoldingResponseB0Z.github.com/statemesh/statemesh/protocol/peerpbb\x06proto3"
 
 var (
 	file_peer_v1_peer_proto_rawDescOnce sync.Once
@@ -606,27 +739,31 @@ func file_peer_v1_peer_proto_rawDescGZIP() []byte {
 	return file_peer_v1_peer_proto_rawDescData
 }
 
-var file_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_peer_v1_peer_proto_goTypes = []any{
-	(*Hello)(nil),         // 0: statemesh.peer.v1.Hello
-	(*SyncFrame)(nil),     // 1: statemesh.peer.v1.SyncFrame
-	(*SyncEnd)(nil),       // 2: statemesh.peer.v1.SyncEnd
-	(*WriteRequest)(nil),  // 3: statemesh.peer.v1.WriteRequest
-	(*WriteResponse)(nil), // 4: statemesh.peer.v1.WriteResponse
-	(*ReadRequest)(nil),   // 5: statemesh.peer.v1.ReadRequest
-	(*ReadResponse)(nil),  // 6: statemesh.peer.v1.ReadResponse
-	(*NodeMeta)(nil),      // 7: statemesh.peer.v1.NodeMeta
+	(*Hello)(nil),           // 0: statemesh.peer.v1.Hello
+	(*SyncFrame)(nil),       // 1: statemesh.peer.v1.SyncFrame
+	(*SyncEnd)(nil),         // 2: statemesh.peer.v1.SyncEnd
+	(*WriteRequest)(nil),    // 3: statemesh.peer.v1.WriteRequest
+	(*WriteResponse)(nil),   // 4: statemesh.peer.v1.WriteResponse
+	(*ReadRequest)(nil),     // 5: statemesh.peer.v1.ReadRequest
+	(*ReadResponse)(nil),    // 6: statemesh.peer.v1.ReadResponse
+	(*HoldingRequest)(nil),  // 7: statemesh.peer.v1.HoldingRequest
+	(*HoldingResponse)(nil), // 8: statemesh.peer.v1.HoldingResponse
+	(*NodeMeta)(nil),        // 9: statemesh.peer.v1.NodeMeta
 }
 var file_peer_v1_peer_proto_depIdxs = []int32{
 	0, // 0: statemesh.peer.v1.SyncFrame.hello:type_name -> statemesh.peer.v1.Hello
 	1, // 1: statemesh.peer.v1.Peer.Sync:input_type -> statemesh.peer.v1.SyncFrame
 	3, // 2: statemesh.peer.v1.Peer.Write:input_type -> statemesh.peer.v1.WriteRequest
 	5, // 3: statemesh.peer.v1.Peer.Read:input_type -> statemesh.peer.v1.ReadRequest
-	2, // 4: statemesh.peer.v1.Peer.Sync:output_type -> statemesh.peer.v1.SyncEnd
-	4, // 5: statemesh.peer.v1.Peer.Write:output_type -> statemesh.peer.v1.WriteResponse
-	6, // 6: statemesh.peer.v1.Peer.Read:output_type -> statemesh.peer.v1.ReadResponse
-	4, // [4:7] is the sub-list for method output_type
-	1, // [1:4] is the sub-list for method input_type
+	7, // 4: statemesh.peer.v1.Peer.Holding:input_type -> statemesh.peer.v1.HoldingRequest
+	2, // 5: statemesh.peer.v1.Peer.Sync:output_type -> statemesh.peer.v1.SyncEnd
+	4, // 6: statemesh.peer.v1.Peer.Write:output_type -> statemesh.peer.v1.WriteResponse
+	6, // 7: statemesh.peer.v1.Peer.Read:output_type -> statemesh.peer.v1.ReadResponse
+	8, // 8: statemesh.peer.v1.Peer.Holding:output_type -> statemesh.peer.v1.HoldingResponse
+	5, // [5:9] is the sub-list for method output_type
+	1, // [1:5] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
 	1, // [1:1] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name
@@ -648,7 +785,7 @@ func file_peer_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_peer_v1_peer_proto_rawDesc), len(file_peer_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

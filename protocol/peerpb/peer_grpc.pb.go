@@ -26,9 +26,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Peer_Sync_FullMethodName  = "/statemesh.peer.v1.Peer/Sync"
-	Peer_Write_FullMethodName = "/statemesh.peer.v1.Peer/Write"
-	Peer_Read_FullMethodName  = "/statemesh.peer.v1.Peer/Read"
+	Peer_Sync_FullMethodName    = "/statemesh.peer.v1.Peer/Sync"
+	Peer_Write_FullMethodName   = "/statemesh.peer.v1.Peer/Write"
+	Peer_Read_FullMethodName    = "/statemesh.peer.v1.Peer/Read"
+	Peer_Holding_FullMethodName = "/statemesh.peer.v1.Peer/Holding"
 )
 
 // PeerClient is the client API for Peer service.
@@ -50,6 +51,11 @@ type PeerClient interface {
 	Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// Read returns the callee's state of a key, for MAJORITY and ALL reads.
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error)
+	// Holding lists the callee's keys whose state holds contributions of a
+	// replica removed from the mesh, or a pruning marker for it, in key
+	// order, a page at a time. The node that prunes that replica reads them
+	// all first, so that it folds every contribution there is.
+	Holding(ctx context.Context, in *HoldingRequest, opts ...grpc.CallOption) (*HoldingResponse, error)
 }
 
 type peerClient struct {
@@ -93,6 +99,16 @@ func (c *peerClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *peerClient) Holding(ctx context.Context, in *HoldingRequest, opts ...grpc.CallOption) (*HoldingResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HoldingResponse)
+	err := c.cc.Invoke(ctx, Peer_Holding_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -112,6 +128,11 @@ type PeerServer interface {
 	Write(context.Context, *WriteRequest) (*WriteResponse, error)
 	// Read returns the callee's state of a key, for MAJORITY and ALL reads.
 	Read(context.Context, *ReadRequest) (*ReadResponse, error)
+	// Holding lists the callee's keys whose state holds contributions of a
+	// replica removed from the mesh, or a pruning marker for it, in key
+	// order, a page at a time. The node that prunes that replica reads them
+	// all first, so that it folds every contribution there is.
+	Holding(context.Context, *HoldingRequest) (*HoldingResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -130,6 +151,9 @@ func (UnimplementedPeerServer) Write(context.Context, *WriteRequest) (*WriteResp
 }
 func (UnimplementedPeerServer) Read(context.Context, *ReadRequest) (*ReadResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Read not implemented")
+}
+func (UnimplementedPeerServer) Holding(context.Context, *HoldingRequest) (*HoldingResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Holding not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -195,6 +219,24 @@ func _Peer_Read_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_Holding_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HoldingRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Holding(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Holding_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Holding(ctx, req.(*HoldingRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -209,6 +251,10 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Read",
 			Handler:    _Peer_Read_Handler,
+		},
+		{
+			MethodName: "Holding",
+			Handler:    _Peer_Holding_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
