@@ -313,7 +313,9 @@ func (s *Shard) Update(fn func(tx *ShardTxn) error) error {
 		return err
 	}
 	if tx.err == nil {
-		_ = tx.flushRequests() // an error poisons tx
+		if err := tx.flushRequests(); err != nil {
+			return err
+		}
 	}
 	if tx.err != nil {
 		return tx.err

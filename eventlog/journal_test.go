@@ -974,3 +974,22 @@ func TestAppliedCache(t *testing.T) {
 	update(t, s, func(tx *ShardTxn) error { return tx.ResetApplied() })
 	update(t, s, func(tx *ShardTxn) error { return tx.SetApplied(1) })
 }
+
+// TestRequestBatchMergeFailure: when the batch record a transaction's
+// requests must be merged into does not decode, Update fails naming it and
+// commits nothing (a request without its index entry would never be
+// forgotten).
+func TestRequestBatchMergeFailure(t *testing.T) {
+	db := mustOpen(t, memOptions())
+	s := db.Shard(2)
+	if err := db.putRaw(requestIndexKey(2, 5, nil), []byte{recordVersion, 0, 9}); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Update(func(tx *ShardTxn) error { return tx.PutRequest([]byte("x"), 5, nil) })
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), `q/2/5/""`) {
+		t.Fatalf("Update = %v, want ErrCorrupt naming the batch record", err)
+	}
+	if _, found, err := s.Request([]byte("x")); found || err != nil {
+		t.Errorf("Request(x) after a failed Update: found %v, %v", found, err)
+	}
+}
