@@ -99,6 +99,11 @@ type prunable interface {
 	holds(r ReplicaID) bool
 	// marks returns the value's markers, for reading and expiring.
 	marks() *markers
+	// holdsAny is holds for a set of replicas (for large sets: it walks
+	// the value's replicas instead).
+	holdsAny(rs map[ReplicaID]bool) bool
+	// forget drops the contributions of the replicas marked in m.
+	forget(m markers)
 	// setMarks installs decoded markers (the value is fresh from the
 	// decoder and holds no contribution of a marked replica).
 	setMarks(m markers)
@@ -168,6 +173,51 @@ func ExpireMarkers(v Value, before int64) bool {
 	return len(*m) != n
 }
 
+// Forget drops v's contributions of the replicas in rs, and its markers
+// for them, and reports whether v changed. It is not a lattice operation:
+// the mesh forgets a pruned replica only once no member holds anything of
+// it but markers, and from then on applies Forget to every value it
+// receives, so that the markers themselves need not live forever.
+func Forget(v Value, rs map[ReplicaID]bool) bool {
+	p, ok := v.(prunable)
+	if !ok || !Mentions(v, rs) {
+		return false
+	}
+	m := make(markers, len(rs))
+	for r := range rs {
+		m[r] = 0
+	}
+	p.forget(m)
+	maps.DeleteFunc(*p.marks(), func(r ReplicaID, _ int64) bool { return rs[r] })
+	if len(*p.marks()) == 0 {
+		*p.marks() = nil
+	}
+	return true
+}
+
+// Mentions reports whether v holds a contribution of, or a marker for, a
+// replica in rs.
+func Mentions(v Value, rs map[ReplicaID]bool) bool {
+	p, ok := v.(prunable)
+	if !ok || len(rs) == 0 {
+		return false
+	}
+	for r := range *p.marks() {
+		if rs[r] {
+			return true
+		}
+	}
+	if len(rs) > 8 {
+		return p.holdsAny(rs)
+	}
+	for r := range rs {
+		if p.holds(r) {
+			return true
+		}
+	}
+	return false
+}
+
 // A GCounter folds removed's entry into into's.
 func (c *GCounter) prune(removed, into ReplicaID, at int64) (Value, error) {
 	d := NewGCounter()
@@ -198,8 +248,17 @@ func (c *GCounter) fold(d *GCounter, removed, into ReplicaID) error {
 }
 
 func (c *GCounter) holds(r ReplicaID) bool { _, ok := c.m[r]; return ok }
-func (c *GCounter) marks() *markers        { return &c.pruned }
-func (c *GCounter) setMarks(m markers)     { c.pruned = m }
+func (c *GCounter) holdsAny(rs map[ReplicaID]bool) bool {
+	for r := range c.m {
+		if rs[r] {
+			return true
+		}
+	}
+	return false
+}
+func (c *GCounter) forget(m markers)   { c.drop(m) }
+func (c *GCounter) marks() *markers    { return &c.pruned }
+func (c *GCounter) setMarks(m markers) { c.pruned = m }
 
 // A PNCounter folds both halves.
 func (c *PNCounter) prune(removed, into ReplicaID, at int64) (Value, error) {
@@ -216,8 +275,12 @@ func (c *PNCounter) prune(removed, into ReplicaID, at int64) (Value, error) {
 }
 
 func (c *PNCounter) holds(r ReplicaID) bool { return c.p.holds(r) || c.n.holds(r) }
-func (c *PNCounter) marks() *markers        { return &c.pruned }
-func (c *PNCounter) setMarks(m markers)     { c.pruned = m }
+func (c *PNCounter) holdsAny(rs map[ReplicaID]bool) bool {
+	return c.p.holdsAny(rs) || c.n.holdsAny(rs)
+}
+func (c *PNCounter) forget(m markers)   { c.p.drop(m); c.n.drop(m) }
+func (c *PNCounter) marks() *markers    { return &c.pruned }
+func (c *PNCounter) setMarks(m markers) { c.pruned = m }
 
 // A Vote drops removed's ballot.
 func (v *Vote) prune(removed, _ ReplicaID, at int64) (Value, error) {
@@ -227,36 +290,55 @@ func (v *Vote) prune(removed, _ ReplicaID, at int64) (Value, error) {
 }
 
 func (v *Vote) holds(r ReplicaID) bool { _, ok := v.m[r]; return ok }
-func (v *Vote) marks() *markers        { return &v.pruned }
-func (v *Vote) setMarks(m markers)     { v.pruned = m }
+func (v *Vote) holdsAny(rs map[ReplicaID]bool) bool {
+	for r := range v.m {
+		if rs[r] {
+			return true
+		}
+	}
+	return false
+}
+func (v *Vote) forget(m markers) {
+	maps.DeleteFunc(v.m, func(r ReplicaID, _ ballot) bool { return m.has(r) })
+}
+func (v *Vote) marks() *markers    { return &v.pruned }
+func (v *Vote) setMarks(m markers) { v.pruned = m }
 
 func (s *ORSet) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &ORSet{c: s.c.prune(removed, into, at)}, nil
 }
-func (s *ORSet) holds(r ReplicaID) bool { return s.c.ctx.m[r] != nil }
-func (s *ORSet) marks() *markers        { return &s.c.pruned }
-func (s *ORSet) setMarks(m markers)     { s.c.pruned = m }
+func (s *ORSet) holds(r ReplicaID) bool              { return s.c.ctx.m[r] != nil }
+func (s *ORSet) holdsAny(rs map[ReplicaID]bool) bool { return s.c.ctx.holdsAnyOf(rs) }
+func (s *ORSet) forget(m markers)                    { s.c.dropMarked(m) }
+func (s *ORSet) marks() *markers                     { return &s.c.pruned }
+func (s *ORSet) setMarks(m markers)                  { s.c.pruned = m }
 
 func (m *MVRegister) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &MVRegister{c: m.c.prune(removed, into, at)}, nil
 }
-func (m *MVRegister) holds(r ReplicaID) bool { return m.c.ctx.m[r] != nil }
-func (m *MVRegister) marks() *markers        { return &m.c.pruned }
-func (m *MVRegister) setMarks(ms markers)    { m.c.pruned = ms }
+func (m *MVRegister) holds(r ReplicaID) bool              { return m.c.ctx.m[r] != nil }
+func (m *MVRegister) holdsAny(rs map[ReplicaID]bool) bool { return m.c.ctx.holdsAnyOf(rs) }
+func (m *MVRegister) forget(ms markers)                   { m.c.dropMarked(ms) }
+func (m *MVRegister) marks() *markers                     { return &m.c.pruned }
+func (m *MVRegister) setMarks(ms markers)                 { m.c.pruned = ms }
 
 func (f *EWFlag) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &EWFlag{c: f.c.prune(removed, into, at)}, nil
 }
-func (f *EWFlag) holds(r ReplicaID) bool { return f.c.ctx.m[r] != nil }
-func (f *EWFlag) marks() *markers        { return &f.c.pruned }
-func (f *EWFlag) setMarks(m markers)     { f.c.pruned = m }
+func (f *EWFlag) holds(r ReplicaID) bool              { return f.c.ctx.m[r] != nil }
+func (f *EWFlag) holdsAny(rs map[ReplicaID]bool) bool { return f.c.ctx.holdsAnyOf(rs) }
+func (f *EWFlag) forget(m markers)                    { f.c.dropMarked(m) }
+func (f *EWFlag) marks() *markers                     { return &f.c.pruned }
+func (f *EWFlag) setMarks(m markers)                  { f.c.pruned = m }
 
 func (m *ORMap) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &ORMap{c: m.c.prune(removed, into, at)}, nil
 }
-func (m *ORMap) holds(r ReplicaID) bool { return m.c.ctx.m[r] != nil }
-func (m *ORMap) marks() *markers        { return &m.c.pruned }
-func (m *ORMap) setMarks(ms markers)    { m.c.pruned = ms }
+func (m *ORMap) holds(r ReplicaID) bool              { return m.c.ctx.m[r] != nil }
+func (m *ORMap) holdsAny(rs map[ReplicaID]bool) bool { return m.c.ctx.holdsAnyOf(rs) }
+func (m *ORMap) forget(ms markers)                   { m.c.dropMarked(ms) }
+func (m *ORMap) marks() *markers                     { return &m.c.pruned }
+func (m *ORMap) setMarks(ms markers)                 { m.c.pruned = ms }
 
 // prune replaces every live dot of removed by a fresh dot of into, drops
 // removed from the context, marks it and returns the delta: the fresh dots
@@ -365,6 +447,16 @@ func (o *causal) withoutMarked(m markers) *causal {
 	cp.pruned = o.pruned.clone()
 	cp.dropMarked(m)
 	return &cp
+}
+
+// holdsAnyOf reports whether c has a dot of a replica in rs.
+func (c *Context) holdsAnyOf(rs map[ReplicaID]bool) bool {
+	for r := range c.m {
+		if rs[r] {
+			return true
+		}
+	}
+	return false
 }
 
 // holdsAny reports whether c has a dot of a replica marked in m.

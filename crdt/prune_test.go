@@ -117,6 +117,27 @@ func runPruneHistory(t *rapid.T, sp *spec) {
 		a, b, c := pick(s, "a", mixed), pick(s, "b", mixed), pick(s, "c", mixed)
 		checkLaws(t, sp, a, b, c)
 	}
+	// Once every replica holds the pruned state, the marker can go: the
+	// value stays, and stale values forget what they hold of the replica.
+	gone := map[ReplicaID]bool{removed: true}
+	if !Mentions(x, gone) || !Forget(x, gone) || Mentions(x, gone) || Pruned(x) != nil {
+		t.Fatalf("Forget left %v mentioned in the pruned state", removed)
+	}
+	checkInvariants(t, x)
+	if got, want := observe(x), observe(before); got != want {
+		t.Fatalf("forgetting changed the value from %s to %s", want, got)
+	}
+	for _, p := range stale {
+		y := p.v.Clone()
+		Forget(y, gone)
+		checkInvariants(t, y)
+		if Mentions(y, gone) {
+			t.Fatalf("a forgotten replica is still mentioned")
+		}
+		if mustJoin(t, x.Clone(), y) {
+			t.Fatalf("a stale value, forgotten, inflated the forgotten pruned state")
+		}
+	}
 }
 
 func TestPruneCounter(t *testing.T) {

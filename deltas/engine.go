@@ -177,6 +177,9 @@ type entry struct {
 type Engine struct {
 	cfg   Config
 	state map[string]crdt.Value
+	// forgotten: replicas whose contributions and markers are dropped
+	// from everything (Forget).
+	forgotten map[crdt.ReplicaID]bool
 	// tomb holds the deleted keys. A deletion is a key-level top element:
 	// it absorbs every state of the key (as Akka Distributed Data's
 	// DeletedData). Tombstones are kept for good.
@@ -227,8 +230,30 @@ func (e *Engine) ID() PeerID { return e.cfg.ID }
 // digest-driven full-state transfer.
 func (e *Engine) Restore(key string, v crdt.Value) {
 	delete(e.tomb, key)
-	e.state[key] = v.Clone()
+	v = v.Clone()
+	crdt.Forget(v, e.forgotten)
+	e.state[key] = v
 	e.restored(key)
+}
+
+// Forget makes the engine drop every contribution of, and pruning marker
+// for, the replicas in rs: from its state now (the keys it changes are
+// persisted, not sent: every replica forgets on its own) and from every
+// value it receives or restores from then on. The set only grows. The
+// mesh calls it for a pruned replica once no member holds anything of it
+// but markers (see crdt.Forget).
+func (e *Engine) Forget(rs []crdt.ReplicaID) {
+	for _, r := range rs {
+		if e.forgotten == nil {
+			e.forgotten = map[crdt.ReplicaID]bool{}
+		}
+		e.forgotten[r] = true
+	}
+	for k, v := range e.state {
+		if crdt.Forget(v, e.forgotten) {
+			e.changed(k)
+		}
+	}
 }
 
 // RestoreDeleted installs a persisted deletion of key, as Restore does
@@ -408,6 +433,11 @@ func (e *Engine) receiveKS(p PeerID, ks KeyState, immutable bool) bool {
 		return true
 	}
 	d := ks.State
+	if crdt.Mentions(d, e.forgotten) {
+		d = d.Clone()
+		crdt.Forget(d, e.forgotten)
+		immutable = true // a copy of our own
+	}
 	x, ok := e.state[key]
 	if !ok {
 		x, _ = crdt.New(d.Type()) // d.Type() is valid: it was decoded or built by crdt

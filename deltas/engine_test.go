@@ -1531,3 +1531,37 @@ func TestRetransmitBackoff(t *testing.T) {
 		t.Fatalf("deltas sent at ticks %v, want %v", sentAt, want)
 	}
 }
+
+// TestForgetDropsAReplicaForGood: Forget strips a pruned replica from the
+// state (persisted, not sent) and from everything received or restored
+// later.
+func TestForgetDropsAReplicaForGood(t *testing.T) {
+	e := newEngine(t, "a", 1, deltas.ModeDeltaBPRR)
+	gone := crdt.ReplicaID{Node: "gone", Incarnation: 1}
+	me := crdt.ReplicaID{Node: "a", Incarnation: 1}
+	stale := crdt.NewGCounter()
+	_, _ = stale.Increment(gone, 5)
+	_, _ = stale.Increment(me, 2)
+	if _, err := e.Merge("k", stale); err != nil {
+		t.Fatal(err)
+	}
+	e.Ready()
+	buffered := e.Buffered()
+	e.Forget([]crdt.ReplicaID{gone})
+	if v := e.Get("k").(*crdt.GCounter); v.Value() != 2 || crdt.Holds(v, gone) {
+		t.Fatalf("after Forget: value %d, holds gone %v", v.Value(), crdt.Holds(v, gone))
+	}
+	if rd := e.Ready(); len(rd.Persist) != 1 || rd.Persist[0].Key != "k" {
+		t.Fatalf("Forget persisted %v, want k", rd.Persist)
+	}
+	if e.Buffered() != buffered {
+		t.Fatalf("Forget buffered deltas for the peers")
+	}
+	if grew, err := e.Merge("k", stale); err != nil || grew || crdt.Holds(e.Get("k"), gone) {
+		t.Fatalf("merging a stale state after Forget: grew=%v err=%v", grew, err)
+	}
+	e.Restore("k2", stale)
+	if crdt.Holds(e.Get("k2"), gone) {
+		t.Fatalf("a restored state keeps a forgotten replica")
+	}
+}

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -34,8 +35,15 @@ import (
 // node that receives a pruned state or delta drops what it still holds of
 // the replica, so nothing more is needed on the other nodes.
 //
-// Markers are not expired yet (crdt.ExpireMarkers): a pruned replica still
-// costs each value that held it one marker.
+// Then the markers go too, so that a pruned replica costs each value
+// nothing at all: every node that holds nothing of a pruned replica but
+// markers records so in the clean set (a system GSet of (replica, node)).
+// Once every member has, each node forgets the replica (deltas.Engine.
+// Forget): it drops the markers from its state, locally, and from then on
+// drops the replica's contributions and markers from every value it
+// receives or loads, so a stale copy (a restored backup, a late message)
+// cannot bring them back either. What a node keeps for good is one entry
+// per pruned replica in the pruned and clean sets, not one per value.
 
 // PruneClaimer decides which node prunes a removed replica: the first
 // claim wins and every later claim returns the winner's name.
@@ -58,11 +66,38 @@ func (n *Node) pruneClaimer() PruneClaimer {
 }
 
 // prunedKey holds the replicas whose contributions their owner has
-// pruned, as a GSet of "name#incarnation".
+// pruned, as a GSet of "name#incarnation"; cleanKey the (replica, node)
+// pairs of nodes that hold nothing of a pruned replica but markers, as a
+// GSet of cleanElement.
 var (
 	prunedKey       = Key{Service: SystemService, ID: "pruned-replicas"}
 	prunedEngineKey = prunedKey.engineKey()
+	cleanKey        = Key{Service: SystemService, ID: "pruned-clean"}
+	cleanEngineKey  = cleanKey.engineKey()
 )
+
+// cleanElement is the replica's element, length-prefixed, then the node.
+func cleanElement(r crdt.ReplicaID, node string) []byte {
+	re := replicaElement(r)
+	return append(binary.AppendUvarint(nil, uint64(len(re))), append(re, node...)...)
+}
+
+func parseCleanElement(b []byte) (crdt.ReplicaID, string, bool) {
+	n, w := binary.Uvarint(b)
+	if w <= 0 || n > uint64(len(b)-w) {
+		return crdt.ReplicaID{}, "", false
+	}
+	r, ok := parseReplicaElement(b[w : w+int(n)])
+	return r, string(b[w+int(n):]), ok
+}
+
+// gsetElements returns the elements of the GSet at key (none if absent).
+func (n *Node) gsetElements(key string) [][]byte {
+	if s, ok := n.eng.Get(key).(*crdt.GSet); ok {
+		return s.Elements()
+	}
+	return nil
+}
 
 // maxHoldingKeys bounds one Holding answer.
 const maxHoldingKeys = 1024
@@ -85,10 +120,6 @@ func (n *Node) pruner() {
 // prunePass prunes the removed replicas this node owns and has not pruned
 // yet. It stops at the first failure; the next pass tries again.
 func (n *Node) prunePass() {
-	c := n.pruneClaimer()
-	if c == nil {
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*n.cfg.PruneInterval)
 	defer cancel()
 	go func() {
@@ -105,13 +136,12 @@ func (n *Node) prunePass() {
 	)
 	if _, err := n.do(ctx, func() {
 		done := map[crdt.ReplicaID]bool{}
-		if s, ok := n.eng.Get(prunedEngineKey).(*crdt.GSet); ok {
-			for _, e := range s.Elements() {
-				if r, ok := parseReplicaElement(e); ok {
-					done[r] = true
-				}
+		for _, e := range n.gsetElements(prunedEngineKey) {
+			if r, ok := parseReplicaElement(e); ok {
+				done[r] = true
 			}
 		}
+		n.confirmAndForget(done)
 		for r := range n.removed {
 			if !done[r] && r != n.replica {
 				todo = append(todo, r)
@@ -124,6 +154,10 @@ func (n *Node) prunePass() {
 			}
 		}
 	}); err != nil || len(todo) == 0 {
+		return
+	}
+	c := n.pruneClaimer()
+	if c == nil {
 		return
 	}
 	if down != "" {
@@ -279,4 +313,55 @@ func (n *Node) holdingKeys(r crdt.ReplicaID, after string) ([]string, bool) {
 		return keys[:maxHoldingKeys], true
 	}
 	return keys, false
+}
+
+// confirmAndForget records this node in the clean set for every pruned
+// replica it holds nothing of but markers, and forgets the pruned
+// replicas every member (this node included) has recorded. Runs on the
+// loop.
+func (n *Node) confirmAndForget(pruned map[crdt.ReplicaID]bool) {
+	if len(pruned) == 0 {
+		return
+	}
+	clean := map[crdt.ReplicaID]map[string]bool{}
+	for _, e := range n.gsetElements(cleanEngineKey) {
+		if r, node, ok := parseCleanElement(e); ok {
+			if clean[r] == nil {
+				clean[r] = map[string]bool{}
+			}
+			clean[r][node] = true
+		}
+	}
+	var forget []crdt.ReplicaID
+	for r := range pruned {
+		if n.forgotten[r] {
+			continue
+		}
+		if !clean[r][n.cfg.Name] {
+			holds := n.eng.Select(func(_ string, v crdt.Value) bool { return crdt.Holds(v, r) })
+			if len(holds) > 0 {
+				continue // the pruned values have not all arrived yet
+			}
+			if _, err := n.eng.Update(cleanEngineKey, crdt.TypeGSet, func(v crdt.Value) (crdt.Value, error) {
+				return v.(*crdt.GSet).Add(cleanElement(r, n.cfg.Name)), nil
+			}); err != nil {
+				n.log.Error("could not record a pruned replica as clean", "replica", r.String(), "err", err)
+			}
+			continue // forgotten in a later pass, once the others agree
+		}
+		all := true
+		for name := range n.members {
+			all = all && clean[r][name]
+		}
+		if all {
+			forget = append(forget, r)
+		}
+	}
+	if len(forget) > 0 {
+		n.eng.Forget(forget)
+		for _, r := range forget {
+			n.forgotten[r] = true
+			n.log.Info("forgot a pruned replica: its markers are gone", "replica", r.String())
+		}
+	}
 }
