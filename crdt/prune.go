@@ -35,9 +35,9 @@ import (
 // check and its caller (the mesh) must ensure: exactly one replica, the
 // owner, prunes a given removed replica, and at that moment the owner's
 // state holds every contribution of the removed replica that exists
-// anywhere. Markers are dropped with ExpireMarkers once no state older
-// than the pruning can still arrive; a copy older than that would bring
-// the contributions back.
+// anywhere. Markers go with Forget, once no replica holds anything of the
+// pruned replica but markers; from then on the caller forgets the
+// replica in every value it receives.
 
 // markers maps each pruned replica to when it was pruned (Unix nanoseconds
 // on the pruning node's clock). nil when there are none.
@@ -152,25 +152,6 @@ func Pruned(v Value) map[ReplicaID]int64 {
 		return p.marks().clone()
 	}
 	return nil
-}
-
-// ExpireMarkers drops v's markers of replicas pruned before the given
-// time and reports whether it dropped any. This is not a lattice
-// operation: after it, a state that still holds contributions of such a
-// replica would bring them back, so the caller expires markers only when
-// no such state can arrive any more.
-func ExpireMarkers(v Value, before int64) bool {
-	p, ok := v.(prunable)
-	if !ok {
-		return false
-	}
-	m := p.marks()
-	n := len(*m)
-	maps.DeleteFunc(*m, func(_ ReplicaID, at int64) bool { return at < before })
-	if len(*m) == 0 {
-		*m = nil
-	}
-	return len(*m) != n
 }
 
 // Forget drops v's contributions of the replicas in rs, and its markers

@@ -252,27 +252,6 @@ func TestPruneNothingToFold(t *testing.T) {
 	}
 }
 
-func TestExpireMarkers(t *testing.T) {
-	m := NewORMap()
-	if _, err := m.Update(rb, []byte("k"), TypeMVRegister, func(v Value) (Value, error) {
-		return v.(*MVRegister).Assign(rb, []byte("v")), nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	_, _ = Prune(m, rb, ra, 100)
-	_, _ = Prune(m, rc, ra, 200)
-	if ExpireMarkers(m, 100) || len(Pruned(m)) != 2 {
-		t.Fatalf("expired a marker set at the cut-off")
-	}
-	if !ExpireMarkers(m, 150) || len(Pruned(m)) != 1 || Pruned(m)[rc] != 200 {
-		t.Fatalf("markers after expiring before 150: %v", Pruned(m))
-	}
-	got := m.Get([]byte("k"), TypeMVRegister).(*MVRegister).Values()
-	if len(got) != 1 || string(got[0]) != "v" {
-		t.Fatalf("value after pruning and expiry: %q", got)
-	}
-}
-
 // TestDecodePrunedRefused: markers are validated like the rest.
 func TestDecodePrunedRefused(t *testing.T) {
 	reps := []*crdtpb.Replica{{Node: "a", Incarnation: 1}, {Node: "b", Incarnation: 1}}

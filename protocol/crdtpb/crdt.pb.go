@@ -389,7 +389,7 @@ func (*State_Vote) isState_Value() {}
 
 // Pruned lists pruned replicas as parallel arrays: replica[i] (an index
 // into State.replicas, ascending by replica id) was pruned at at[i] (Unix
-// nanoseconds on the pruning node's clock, kept to expire the marker).
+// nanoseconds on the pruning node's clock; for operators).
 type Pruned struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Replica       []uint32               `protobuf:"varint,1,rep,packed,name=replica,proto3" json:"replica,omitempty"`
