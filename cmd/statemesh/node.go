@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/node"
@@ -43,6 +44,7 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
 	tlsCA := fs.String("tls-ca", "", "PEM CA bundle: peers must present a certificate it signed")
 	removeDead := fs.Duration("remove-dead-after", 0, "remove members dead for longer than this for good (0: only by hand, statemesh ctl remove-node)")
+	pruneEvery := fs.Duration("prune-interval", 10*time.Second, "how often to look for removed members' data to prune (fold into a live node's) and pruned ones to forget")
 	raft := fs.String("raft", "", "Raft transport address for event-sourced and value entities (default: bind port + 4; \"off\" to disable)")
 	shards := fs.Int("shards", 0, "number of Raft shards; the same on every node, fixed for the cluster's life (default 8)")
 	bootstrap := fs.String("bootstrap", "auto", "create the Raft shards on this node: auto (when --join is empty), true or false")
@@ -62,7 +64,8 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 		return fail("--log-level: %v", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	cfg := mesh.Config{Name: *name, Region: *region, Zone: *zone, GossipAddr: *bind, DataDir: *dataDir, RemoveDeadAfter: *removeDead}
+	cfg := mesh.Config{Name: *name, Region: *region, Zone: *zone, GossipAddr: *bind, DataDir: *dataDir, RemoveDeadAfter: *removeDead,
+		PruneInterval: *pruneEvery}
 	var err error
 	if cfg.PeerAddr, err = addrOrOffset(*peer, *bind, 1); err != nil {
 		return fail("--peer: %v", err)

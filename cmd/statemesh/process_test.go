@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -283,4 +284,79 @@ func missingElements(p *proc, k *adminpb.Key, want []string) ([]string, error) {
 		}
 	}
 	return missing, nil
+}
+
+// TestRemovedNodeIsPrunedAcrossProcesses runs three node processes as
+// deployed (consensus on): the third counts and adds a set element, dies
+// by SIGKILL and is removed; one of the others claims the pruning through
+// Raft and folds the third's data into its own, and in the end neither
+// survivor holds anything of the removed replica, markers included, while
+// the values read as before.
+func TestRemovedNodeIsPrunedAcrossProcesses(t *testing.T) {
+	procs := startProcs(t, "q", 3, "--prune-interval", "300ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	counter := &adminpb.Key{Service: "test.Counter", Id: "c"}
+	set := &adminpb.Key{Service: "test.Set", Id: "s"}
+	for i, p := range procs {
+		for _, u := range []*adminpb.UpdateRequest{
+			{Key: counter, Type: "gcounter", Op: "increment", Arg: fmt.Sprint(i + 1), Consistency: "ALL"},
+			{Key: set, Type: "orset", Op: "add", Arg: p.name, Consistency: "ALL"},
+		} {
+			if _, err := p.client.Update(ctx, u); err != nil {
+				t.Fatalf("%s: %v", p.name, err)
+			}
+		}
+	}
+	ms, err := procs[0].client.Members(ctx, &adminpb.MembersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gone crdt.ReplicaID
+	for _, m := range ms.Members {
+		if m.Name == "q3" {
+			gone = crdt.ReplicaID{Node: m.Name, Incarnation: m.Incarnation}
+		}
+	}
+	procs[2].kill9()
+	for {
+		_, err := procs[0].client.RemoveNode(ctx, &adminpb.RemoveNodeRequest{Name: "q3"})
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("remove-node: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // until q1 sees q3 dead
+	}
+	read := func(p *proc, k *adminpb.Key) (crdt.Value, error) {
+		r, err := p.client.Get(ctx, &adminpb.GetRequest{Key: k})
+		if err != nil {
+			return nil, err
+		}
+		return crdt.Decode(r.State, crdt.DefaultLimits)
+	}
+	for _, p := range procs[:2] {
+		for {
+			c, err1 := read(p, counter)
+			s, err2 := read(p, set)
+			if err := errors.Join(err1, err2); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.(*crdt.GCounter).Value(); got != 6 {
+				t.Fatalf("%s: counter %d, want 6", p.name, got)
+			}
+			if got := s.(*crdt.ORSet).Len(); got != 3 {
+				t.Fatalf("%s: %d set elements, want 3", p.name, got)
+			}
+			rs := map[crdt.ReplicaID]bool{gone: true}
+			if !crdt.Mentions(c, rs) && !crdt.Mentions(s, rs) {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%s still holds something of %s", p.name, gone)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }
