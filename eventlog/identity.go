@@ -27,6 +27,10 @@ type Identity struct {
 	// last state flush was followed by MarkClean). In what Boot returns,
 	// whether the previous run stopped cleanly (false for a new directory).
 	Clean bool
+	// Previous, in what Boot returns only (it is not stored): the
+	// incarnation that a new one replaced after an unclean stop (0 for a
+	// new directory or a clean stop). No replica will write as it again.
+	Previous uint64
 }
 
 // Identity record encoding: one version byte, then protobuf wire fields.
@@ -194,6 +198,7 @@ func (db *DB) Boot(node string) (id Identity, fresh bool, err error) {
 			prevClean = old.Clean
 		}
 		if !prevClean {
+			id.Previous = id.Incarnation
 			if id.Incarnation, err = newIncarnation(old.Incarnation); err != nil {
 				return err
 			}

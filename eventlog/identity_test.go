@@ -30,7 +30,7 @@ func TestBootSequence(t *testing.T) {
 	// A new directory: a fresh incarnation, first boot.
 	db := mustOpen(t, o)
 	id1, fresh := boot(t, db, "n1")
-	if !fresh || id1.Node != "n1" || id1.Incarnation == 0 || id1.Boots != 1 || id1.Clean {
+	if !fresh || id1.Node != "n1" || id1.Incarnation == 0 || id1.Boots != 1 || id1.Clean || id1.Previous != 0 {
 		t.Fatalf("first Boot = %+v, fresh %v", id1, fresh)
 	}
 	if err := db.MarkClean(); err != nil {
@@ -49,7 +49,8 @@ func TestBootSequence(t *testing.T) {
 	// After an unclean stop: a new incarnation, Boots 3.
 	db = mustOpen(t, o)
 	id3, fresh := boot(t, db, "n1")
-	if !fresh || id3.Incarnation == 0 || id3.Incarnation == id1.Incarnation || id3.Boots != 3 || id3.Clean {
+	if !fresh || id3.Incarnation == 0 || id3.Incarnation == id1.Incarnation || id3.Boots != 3 || id3.Clean ||
+		id3.Previous != id1.Incarnation {
 		t.Fatalf("Boot after a crash = %+v, fresh %v (previous incarnation %d)", id3, fresh, id1.Incarnation)
 	}
 

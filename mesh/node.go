@@ -241,6 +241,15 @@ func (n *Node) openStore() error {
 	if v := n.eng.Get(removedEngineKey); v != nil {
 		n.applyRemoved(v)
 	}
+	if id.Previous != 0 {
+		// The incarnation this one replaced never writes again: it is
+		// removed for good like a removed node, so that its entries and
+		// dots get pruned instead of piling up with every crash.
+		n.log.Info("removing this node's previous incarnation for good", "incarnation", id.Previous)
+		if err := n.markRemoved(crdt.ReplicaID{Node: n.cfg.Name, Incarnation: id.Previous}); err != nil {
+			return err
+		}
+	}
 	n.met.keys.Set(float64(n.eng.Len()))
 	return nil
 }

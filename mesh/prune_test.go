@@ -237,3 +237,53 @@ func TestPrunePullsWhatOnlyAnotherNodeHolds(t *testing.T) {
 	})
 	waitElements([]string{"early", "late"}, "n1", "n2")
 }
+
+// TestUncleanRestartPrunesTheOldIncarnation: a node that crashes comes
+// back as a new incarnation and removes its old one for good, which then
+// gets pruned like a removed node, so state does not grow with every
+// crash.
+func TestUncleanRestartPrunesTheOldIncarnation(t *testing.T) {
+	claims := &memClaimer{owners: map[crdt.ReplicaID]string{}}
+	c := newCluster(t, 3, func(cfg *Config) { cfg.PruneInterval = 100 * time.Millisecond })
+	for _, n := range c.nodes {
+		n.SetPruneClaimer(claims)
+	}
+	ctx := context.Background()
+	for name, by := range map[string]uint64{"n1": 1, "n3": 4} {
+		if err := c.update(name, counterKey, by, Options{Consistency: All}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := c.nodes["n3"].Replica()
+	if err := c.nodes["n3"].Crash(); err != nil {
+		t.Fatal(err)
+	}
+	n3 := c.start("n3")
+	n3.SetPruneClaimer(claims)
+	if n3.Replica() == old {
+		t.Fatal("the restart after a crash kept the incarnation")
+	}
+	c.waitMembers()
+	if err := c.update("n3", counterKey, 16, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitValue(counterKey, 21)
+	eventually(t, 15*time.Second, func() error {
+		for name, n := range c.nodes {
+			v, err := n.Get(ctx, counterKey, Options{})
+			if err != nil {
+				return err
+			}
+			if crdt.Mentions(v, map[crdt.ReplicaID]bool{old: true}) {
+				return fmt.Errorf("%s still mentions %s", name, old)
+			}
+			if got := v.(*crdt.GCounter).Value(); got != 21 {
+				t.Fatalf("%s: counter %d, want 21", name, got)
+			}
+		}
+		return nil
+	})
+	if claims.owner(old) == "" {
+		t.Fatal("nobody claimed the old incarnation's pruning")
+	}
+}
