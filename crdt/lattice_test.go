@@ -118,7 +118,8 @@ func (h *history) join(i int, y Value, yr refModel) {
 	h.refs[i].join(yr)
 }
 
-func runHistory(t *rapid.T, sp *spec) {
+// newHistory starts a history of 2-4 replicas at bottom.
+func newHistory(t *rapid.T, sp *spec) (*history, rapidSrc, int) {
 	s := rapidSrc{t}
 	n := rapid.IntRange(2, 4).Draw(t, "replicas")
 	h := &history{t: t, s: s, sp: sp, ids: genReplicas(s, n)}
@@ -126,6 +127,11 @@ func runHistory(t *rapid.T, sp *spec) {
 		h.states = append(h.states, bottom(sp.typ))
 		h.refs = append(h.refs, sp.newRef())
 	}
+	return h, s, n
+}
+
+func runHistory(t *rapid.T, sp *spec) {
+	h, s, n := newHistory(t, sp)
 	h.keep(bottom(sp.typ), sp.newRef(), "bottom")
 	steps := rapid.IntRange(1, 40).Draw(t, "steps")
 	for range steps {

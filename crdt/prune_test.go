@@ -34,13 +34,7 @@ func TestPruneProperties(t *testing.T) {
 }
 
 func runPruneHistory(t *rapid.T, sp *spec) {
-	s := rapidSrc{t}
-	n := rapid.IntRange(2, 4).Draw(t, "replicas")
-	h := &history{t: t, s: s, sp: sp, ids: genReplicas(s, n)}
-	for range n {
-		h.states = append(h.states, bottom(sp.typ))
-		h.refs = append(h.refs, sp.newRef())
-	}
+	h, s, n := newHistory(t, sp)
 	for range rapid.IntRange(1, 30).Draw(t, "steps") {
 		i := s.intn("replica", n)
 		if s.intn("action", 3) < 2 {

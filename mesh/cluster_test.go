@@ -116,6 +116,23 @@ func (c *cluster) waitMembers() {
 	})
 }
 
+// waitDead waits until observer sees name dead (or gone).
+func (c *cluster) waitDead(observer, name string) {
+	c.t.Helper()
+	eventually(c.t, 10*time.Second, func() error {
+		ms, err := c.nodes[observer].Members(context.Background())
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			if m.Name == name && m.Alive {
+				return fmt.Errorf("%s sees %s alive", observer, name)
+			}
+		}
+		return nil
+	})
+}
+
 var counterKey = Key{Service: "test.Counter", ID: "c1"}
 
 func increment(n *Node, by uint64) Mutator {
@@ -503,15 +520,7 @@ func TestRemoveNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	delete(c.nodes, "n3")
-	eventually(t, 10*time.Second, func() error {
-		ms, _ := c.nodes["n1"].Members(ctx)
-		for _, m := range ms {
-			if m.Name == "n3" && m.Alive {
-				return fmt.Errorf("n1 sees n3 alive")
-			}
-		}
-		return nil
-	})
+	c.waitDead("n1", "n3")
 	if err := c.update("n1", counterKey, 1, Options{Consistency: All}); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("ALL with a dead member: %v, want ErrUnavailable", err)
 	}

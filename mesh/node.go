@@ -180,8 +180,8 @@ func Start(cfg Config) (*Node, error) {
 	}
 	go n.loop()
 	go n.persister()
-	go n.reconnector()
-	go n.pruner()
+	go n.every(n.cfg.ReconnectInterval, n.reconnectDone, n.reconnect)
+	go n.every(n.cfg.PruneInterval, n.pruneDone, n.prunePass)
 	if err := n.mb.join(cfg.Join, cfg.JoinTimeout); err != nil {
 		return nil, err
 	}
@@ -699,35 +699,37 @@ func chooseNeighbours(self Member, members map[string]*Member, current map[strin
 	return append(out, pick(candOut, cross-haveOut)...)
 }
 
-// reconnector periodically rejoins members held dead (see
-// Config.ReconnectInterval).
-func (n *Node) reconnector() {
-	defer close(n.reconnectDone)
-	t := time.NewTicker(n.cfg.ReconnectInterval)
+// every runs fn every d until the node stops, then closes done.
+func (n *Node) every(d time.Duration, done chan struct{}, fn func()) {
+	defer close(done)
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-n.stopc:
 			return
 		case <-t.C:
+			fn()
 		}
-		var addrs []string
-		if _, err := n.do(context.Background(), func() {
-			for _, m := range n.members {
-				if !m.Alive {
-					addrs = append(addrs, m.GossipAddr)
-				}
-			}
-		}); err != nil {
-			return
-		}
-		if len(addrs) > 0 {
-			if k, err := n.mb.ml.Join(addrs); k > 0 {
-				n.log.Debug("rejoined members held dead", "contacted", k, "of", len(addrs))
-			} else {
-				n.log.Debug("members held dead unreachable", "addrs", addrs, "err", err)
+	}
+}
+
+// reconnect rejoins members held dead (every Config.ReconnectInterval).
+func (n *Node) reconnect() {
+	var addrs []string
+	if _, err := n.do(context.Background(), func() {
+		for _, m := range n.members {
+			if !m.Alive {
+				addrs = append(addrs, m.GossipAddr)
 			}
 		}
+	}); err != nil || len(addrs) == 0 {
+		return
+	}
+	if k, err := n.mb.ml.Join(addrs); k > 0 {
+		n.log.Debug("rejoined members held dead", "contacted", k, "of", len(addrs))
+	} else {
+		n.log.Debug("members held dead unreachable", "addrs", addrs, "err", err)
 	}
 }
 

@@ -102,21 +102,6 @@ func (n *Node) gsetElements(key string) [][]byte {
 // maxHoldingKeys bounds one Holding answer.
 const maxHoldingKeys = 1024
 
-// pruner runs a pruning pass every Config.PruneInterval.
-func (n *Node) pruner() {
-	defer close(n.pruneDone)
-	t := time.NewTicker(n.cfg.PruneInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stopc:
-			return
-		case <-t.C:
-			n.prunePass()
-		}
-	}
-}
-
 // prunePass prunes the removed replicas this node owns and has not pruned
 // yet. It stops at the first failure; the next pass tries again.
 func (n *Node) prunePass() {

@@ -39,6 +39,17 @@ func (c *memClaimer) owner(r crdt.ReplicaID) string {
 
 var pruneSetKey = Key{Service: "test.Set", ID: "s1"}
 
+// pruningCluster starts three nodes that prune every 100 ms, claiming
+// through one memClaimer.
+func pruningCluster(t *testing.T) (*cluster, *memClaimer) {
+	claims := &memClaimer{owners: map[crdt.ReplicaID]string{}}
+	c := newCluster(t, 3, func(cfg *Config) { cfg.PruneInterval = 100 * time.Millisecond })
+	for _, n := range c.nodes {
+		n.SetPruneClaimer(claims)
+	}
+	return c, claims
+}
+
 func addElement(n *Node, e string) Mutator {
 	return func(v crdt.Value) (crdt.Value, error) { return v.(*crdt.ORSet).Add(n.Replica(), []byte(e)), nil }
 }
@@ -49,11 +60,7 @@ func addElement(n *Node, e string) Mutator {
 // anything of the removed replica, every value reads as before, and
 // writes go on converging.
 func TestPruneRemovedReplica(t *testing.T) {
-	claims := &memClaimer{owners: map[crdt.ReplicaID]string{}}
-	c := newCluster(t, 3, func(cfg *Config) { cfg.PruneInterval = 100 * time.Millisecond })
-	for _, n := range c.nodes {
-		n.SetPruneClaimer(claims)
-	}
+	c, claims := pruningCluster(t)
 	ctx := context.Background()
 	for name, by := range map[string]uint64{"n1": 1, "n2": 2, "n3": 4} {
 		if err := c.update(name, counterKey, by, Options{}); err != nil {
@@ -76,15 +83,7 @@ func TestPruneRemovedReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	delete(c.nodes, "n3")
-	eventually(t, 10*time.Second, func() error {
-		ms, _ := c.nodes["n1"].Members(ctx)
-		for _, m := range ms {
-			if m.Name == "n3" && m.Alive {
-				return fmt.Errorf("n1 sees n3 alive")
-			}
-		}
-		return nil
-	})
+	c.waitDead("n1", "n3")
 	// Dead but not removed: it may hold what no one else has, so nothing
 	// is pruned yet.
 	time.Sleep(300 * time.Millisecond)
@@ -243,11 +242,7 @@ func TestPrunePullsWhatOnlyAnotherNodeHolds(t *testing.T) {
 // gets pruned like a removed node, so state does not grow with every
 // crash.
 func TestUncleanRestartPrunesTheOldIncarnation(t *testing.T) {
-	claims := &memClaimer{owners: map[crdt.ReplicaID]string{}}
-	c := newCluster(t, 3, func(cfg *Config) { cfg.PruneInterval = 100 * time.Millisecond })
-	for _, n := range c.nodes {
-		n.SetPruneClaimer(claims)
-	}
+	c, claims := pruningCluster(t)
 	ctx := context.Background()
 	for name, by := range map[string]uint64{"n1": 1, "n3": 4} {
 		if err := c.update(name, counterKey, by, Options{Consistency: All}); err != nil {
