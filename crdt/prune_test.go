@@ -296,3 +296,48 @@ func observe(v Value) string {
 	}
 	panic("observe of " + v.Type().String())
 }
+
+// TestPruneAndForgetShrinkState: a set and a counter written by 50
+// incarnations (a node that crashed 49 times) and then pruned into the
+// live one and forgotten encode to about the size of values written by
+// one replica alone.
+func TestPruneAndForgetShrinkState(t *testing.T) {
+	live := ReplicaID{Node: "node-a", Incarnation: 50}
+	set, counter := NewORSet(), NewGCounter()
+	var old []ReplicaID
+	for i := range 50 {
+		r := ReplicaID{Node: "node-a", Incarnation: uint64(i + 1)}
+		set.Add(r, fmt.Appendf(nil, "element-%d", i))
+		if _, err := counter.Increment(r, 1); err != nil {
+			t.Fatal(err)
+		}
+		if r != live {
+			old = append(old, r)
+		}
+	}
+	beforeSet, beforeCounter := EncodedSize(set), EncodedSize(counter)
+	gone := map[ReplicaID]bool{}
+	for _, r := range old {
+		for _, v := range []Value{set, counter} {
+			if _, err := Prune(v, r, live, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		gone[r] = true
+	}
+	Forget(set, gone)
+	Forget(counter, gone)
+	if set.Len() != 50 || counter.Value() != 50 {
+		t.Fatalf("values changed: %d elements, counter %d", set.Len(), counter.Value())
+	}
+	ref := NewORSet()
+	for i := range 50 {
+		ref.Add(live, fmt.Appendf(nil, "element-%d", i))
+	}
+	t.Logf("ORSet: %d bytes before, %d after (one writer: %d); GCounter: %d before, %d after",
+		beforeSet, EncodedSize(set), EncodedSize(ref), beforeCounter, EncodedSize(counter))
+	if EncodedSize(set) > EncodedSize(ref)+16 || EncodedSize(counter) > 32 {
+		t.Fatalf("pruned and forgotten values are not much smaller: set %d bytes (one writer %d), counter %d",
+			EncodedSize(set), EncodedSize(ref), EncodedSize(counter))
+	}
+}
