@@ -247,6 +247,15 @@ func (m *nemesis) resetClocks(ctx context.Context) error {
 	return nil
 }
 
+// forgetNodeFaults drops the kills, pauses and clock offsets healAll
+// would undo, for when every node was killed: they restart together, and
+// without them.
+func (m *nemesis) forgetNodeFaults() {
+	m.take(m.killed)
+	m.take(m.paused)
+	m.take(m.skewed)
+}
+
 // healAll undoes every fault: links, pauses, kills, clocks.
 func (m *nemesis) healAll(ctx context.Context) error {
 	if err := m.c.Heal(); err != nil {

@@ -269,6 +269,12 @@ func (r *runner) run(ctx context.Context) error {
 	r.progress("time limit reached: healing every fault")
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
+	if r.cfg.Workload == WorkloadDurability {
+		// Every node was killed. They come back together below
+		// (restartEvery): a node the kill nemesis restarted alone could
+		// join no one, and a dead node has no pause or clock to undo.
+		nem.forgetNodeFaults()
+	}
 	if err := nem.healAll(hctx); err != nil {
 		return fmt.Errorf("jepsen: heal: %w", err)
 	}
@@ -326,15 +332,18 @@ func (r *runner) runNemesis(ctx context.Context, m *nemesis) error {
 		if err != nil {
 			return err
 		}
-		ok := sleep()
+		if !sleep() {
+			// Time is up: the final heal undoes this fault with the
+			// rest (and, after the durability workload killed every
+			// node, restarts them together: one restarted alone here
+			// could join no one).
+			return nil
+		}
 		if err := m.stop(fctx, name); err != nil {
 			return err
 		}
 		r.record(history.Info, "stop-"+name, nil)
 		r.progress("nemesis: stop %s", name)
-		if !ok {
-			return nil
-		}
 	}
 }
 
