@@ -1,6 +1,7 @@
 package consensus
 
 import (
+	"bytes"
 	"context"
 	"errors"
 )
@@ -12,13 +13,16 @@ import (
 // PutValue: Claim then returns ErrTimeout and a later Claim tells who won.
 // A deleted entity counts as claimed by nobody, and the next Claim writes
 // it again.
-func (h *Host) Claim(ctx context.Context, e Entity, value []byte) ([]byte, error) {
+//
+// With over set, a claim held by over is replaced too: a claim whose
+// holder is gone for good can be taken over.
+func (h *Host) Claim(ctx context.Context, e Entity, value, over []byte) ([]byte, error) {
 	for {
 		v, found, err := h.GetValue(ctx, e)
 		if err != nil {
 			return nil, err
 		}
-		if found && !v.Deleted {
+		if found && !v.Deleted && (over == nil || !bytes.Equal(v.State, over)) {
 			return v.State, nil
 		}
 		// Write over exactly what was read; losing the race is a conflict,

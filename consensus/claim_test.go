@@ -23,7 +23,7 @@ func TestClaimFirstWriterWins(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				got, err := n.h.Claim(ctx, e, fmt.Appendf(nil, "node%d.%d", i, j))
+				got, err := n.h.Claim(ctx, e, fmt.Appendf(nil, "node%d.%d", i, j), nil)
 				if err != nil {
 					t.Errorf("claim: %v", err)
 					return
@@ -42,8 +42,16 @@ func TestClaimFirstWriterWins(t *testing.T) {
 	for w := range wins {
 		winner = w
 	}
-	if got, err := c.nodes[1].h.Claim(ctx, e, []byte("late")); err != nil || string(got) != winner {
+	if got, err := c.nodes[1].h.Claim(ctx, e, []byte("late"), nil); err != nil || string(got) != winner {
 		t.Fatalf("a later claim: %q, %v; want %q", got, err, winner)
+	}
+	// Taking over from someone else than the holder changes nothing;
+	// taking over from the holder does.
+	if got, err := c.nodes[1].h.Claim(ctx, e, []byte("late"), []byte("nobody")); err != nil || string(got) != winner {
+		t.Fatalf("a takeover from a non-holder: %q, %v; want %q", got, err, winner)
+	}
+	if got, err := c.nodes[1].h.Claim(ctx, e, []byte("heir"), []byte(winner)); err != nil || string(got) != "heir" {
+		t.Fatalf("a takeover from the holder: %q, %v", got, err)
 	}
 	// A deleted claim is free again.
 	v, _, err := c.nodes[0].h.GetValue(ctx, e)
@@ -53,7 +61,7 @@ func TestClaimFirstWriterWins(t *testing.T) {
 	if _, err := c.nodes[0].h.DeleteValue(ctx, e, v.Version); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := c.nodes[2].h.Claim(ctx, e, []byte("again")); err != nil || string(got) != "again" {
+	if got, err := c.nodes[2].h.Claim(ctx, e, []byte("again"), nil); err != nil || string(got) != "again" {
 		t.Fatalf("claim after delete: %q, %v", got, err)
 	}
 }

@@ -46,9 +46,11 @@ import (
 // per pruned replica in the pruned and clean sets, not one per value.
 
 // PruneClaimer decides which node prunes a removed replica: the first
-// claim wins and every later claim returns the winner's name.
+// claim wins and every later claim returns the winner's name, unless over
+// names the winner: then node takes over (for an owner that was removed
+// for good before it finished).
 type PruneClaimer interface {
-	ClaimPrune(ctx context.Context, removed crdt.ReplicaID, node string) (owner string, err error)
+	ClaimPrune(ctx context.Context, removed crdt.ReplicaID, node, over string) (owner string, err error)
 }
 
 // SetPruneClaimer enables pruning; without a claimer the node prunes
@@ -118,6 +120,7 @@ func (n *Node) prunePass() {
 		todo    []crdt.ReplicaID
 		members []Member
 		down    string
+		gone    = map[string]bool{} // names removed for good and not back
 	)
 	if _, err := n.do(ctx, func() {
 		done := map[crdt.ReplicaID]bool{}
@@ -138,6 +141,11 @@ func (n *Node) prunePass() {
 				down = m.Name
 			}
 		}
+		for r := range n.removed {
+			if _, back := n.members[r.Node]; !back && r.Node != n.cfg.Name {
+				gone[r.Node] = true
+			}
+		}
 	}); err != nil || len(todo) == 0 {
 		return
 	}
@@ -151,7 +159,15 @@ func (n *Node) prunePass() {
 		return
 	}
 	for _, r := range todo {
-		owner, err := c.ClaimPrune(ctx, r, n.cfg.Name)
+		owner, err := c.ClaimPrune(ctx, r, n.cfg.Name, "")
+		if err == nil && owner != n.cfg.Name && gone[owner] {
+			// Its owner was removed before it finished. Taking over is
+			// safe: the pull brings back the markers of every key it
+			// pruned and sent, and what it never sent is gone with it.
+			n.log.Info("taking over the pruning of a removed replica from a removed owner",
+				"replica", r.String(), "owner", owner)
+			owner, err = c.ClaimPrune(ctx, r, n.cfg.Name, owner)
+		}
 		if err != nil {
 			n.log.Warn("could not claim the pruning of a removed replica", "replica", r.String(), "err", err)
 			return

@@ -20,11 +20,11 @@ type memClaimer struct {
 	claims int
 }
 
-func (c *memClaimer) ClaimPrune(_ context.Context, r crdt.ReplicaID, node string) (string, error) {
+func (c *memClaimer) ClaimPrune(_ context.Context, r crdt.ReplicaID, node, over string) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.claims++
-	if o, ok := c.owners[r]; ok {
+	if o, ok := c.owners[r]; ok && (over == "" || o != over) {
 		return o, nil
 	}
 	c.owners[r] = node
@@ -280,5 +280,63 @@ func TestUncleanRestartPrunesTheOldIncarnation(t *testing.T) {
 	})
 	if claims.owner(old) == "" {
 		t.Fatal("nobody claimed the old incarnation's pruning")
+	}
+}
+
+// TestPruneTakesOverFromARemovedOwner: the owner of a pruning (n4) is
+// removed for good before it prunes; another node takes the claim over
+// and prunes.
+func TestPruneTakesOverFromARemovedOwner(t *testing.T) {
+	claims := &memClaimer{owners: map[crdt.ReplicaID]string{}}
+	c := newCluster(t, 4, func(cfg *Config) { cfg.PruneInterval = 100 * time.Millisecond })
+	c.nodes["n1"].SetPruneClaimer(claims)
+	c.nodes["n2"].SetPruneClaimer(claims) // n4 never prunes: it has no claimer
+	ctx := context.Background()
+	for name, by := range map[string]uint64{"n1": 1, "n3": 4} {
+		if err := c.update(name, counterKey, by, Options{Consistency: All}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gone := c.nodes["n3"].Replica()
+	claims.mu.Lock()
+	claims.owners[gone] = "n4"
+	claims.mu.Unlock()
+	remove := func(name string) {
+		t.Helper()
+		if err := c.nodes[name].Crash(); err != nil {
+			t.Fatal(err)
+		}
+		delete(c.nodes, name)
+		c.waitDead("n1", name)
+		if err := c.nodes["n1"].RemoveNode(ctx, name, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mentions := func(name string) bool {
+		v, err := c.nodes[name].Get(ctx, counterKey, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return crdt.Mentions(v, map[crdt.ReplicaID]bool{gone: true})
+	}
+	remove("n3")
+	time.Sleep(500 * time.Millisecond) // several passes: n4 owns it and does nothing
+	if !mentions("n1") || claims.owner(gone) != "n4" {
+		t.Fatalf("pruned while its owner n4 is a member (owner %q)", claims.owner(gone))
+	}
+	remove("n4")
+	eventually(t, 15*time.Second, func() error {
+		for _, name := range []string{"n1", "n2"} {
+			if mentions(name) {
+				return fmt.Errorf("%s still mentions %s (owner %q)", name, gone, claims.owner(gone))
+			}
+			if got := counterValue(t, c.nodes[name], counterKey); got != 5 {
+				t.Fatalf("%s: counter %d, want 5", name, got)
+			}
+		}
+		return nil
+	})
+	if o := claims.owner(gone); o != "n1" && o != "n2" {
+		t.Fatalf("owner after the takeover: %q", o)
 	}
 }

@@ -15,7 +15,11 @@ const pruneOwnerType = "statemesh.prune-owner"
 // first claim is written, linearizably, and every later one reads it.
 type pruneClaimer struct{ h *consensus.Host }
 
-func (c pruneClaimer) ClaimPrune(ctx context.Context, removed crdt.ReplicaID, node string) (string, error) {
-	owner, err := c.h.Claim(ctx, consensus.Entity{Type: pruneOwnerType, ID: removed.String()}, []byte(node))
+func (c pruneClaimer) ClaimPrune(ctx context.Context, removed crdt.ReplicaID, node, over string) (string, error) {
+	var o []byte
+	if over != "" {
+		o = []byte(over)
+	}
+	owner, err := c.h.Claim(ctx, consensus.Entity{Type: pruneOwnerType, ID: removed.String()}, []byte(node), o)
 	return string(owner), err
 }
