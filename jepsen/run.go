@@ -228,17 +228,23 @@ func (r *runner) run(ctx context.Context) error {
 	defer stop()
 	// The durability workload ends with every node killed while the
 	// clients still write; the clients stop once the nodes are down.
+	// The nemesis stops at the time limit in every workload; a fault it
+	// is undoing then (a restart) finishes before anything else happens.
+	nctx, ncancel := context.WithTimeout(ctx, r.cfg.TimeLimit)
+	defer ncancel()
+	nemDone := make(chan struct{})
 	killed := make(chan error, 1)
 	if r.cfg.Workload == WorkloadDurability {
 		var cancelWorkers context.CancelFunc
 		wctx, cancelWorkers = context.WithCancel(context.WithoutCancel(ctx))
 		defer cancelWorkers()
 		go func() {
-			select {
-			case <-time.After(r.cfg.TimeLimit):
+			<-nctx.Done() // the time limit (or the run's end)
+			<-nemDone     // and the nemesis is still
+			if err := ctx.Err(); err != nil {
+				killed <- err
+			} else {
 				killed <- r.killEvery(ctx)
-			case <-ctx.Done():
-				killed <- ctx.Err()
 			}
 			cancelWorkers()
 		}()
@@ -260,7 +266,10 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	nem := newNemesis(r.cluster, r.cfg.Seed)
 	var nemErr error
-	wg.Go(func() { nemErr = r.runNemesis(wctx, nem) })
+	wg.Go(func() {
+		defer close(nemDone)
+		nemErr = r.runNemesis(nctx, nem)
+	})
 	wg.Go(func() { r.reportProgress(wctx) })
 	wg.Wait()
 	if err := <-killed; err != nil {
