@@ -78,6 +78,7 @@ type Node struct {
 	closed   bool
 	claimMu  sync.Mutex
 	claimer  PruneClaimer // see SetPruneClaimer
+	joined   atomic.Bool  // Start has joined the mesh: the member table is filling
 
 	// Owned by the loop goroutine.
 	eng        *deltas.Engine
@@ -185,6 +186,7 @@ func Start(cfg Config) (*Node, error) {
 	if err := n.mb.join(cfg.Join, cfg.JoinTimeout); err != nil {
 		return nil, err
 	}
+	n.joined.Store(true)
 	ok = true
 	n.log.Info("mesh node started", "replica", n.replica.String(), "gossip", n.GossipAddr(), "peer", n.PeerAddr(),
 		"region", cfg.Region, "boots", n.ident.Boots, "durability", cfg.Durability.String())

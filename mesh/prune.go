@@ -107,6 +107,11 @@ const maxHoldingKeys = 1024
 // prunePass prunes the removed replicas this node owns and has not pruned
 // yet. It stops at the first failure; the next pass tries again.
 func (n *Node) prunePass() {
+	if !n.joined.Load() {
+		// Before the join, the member table is empty: every member would
+		// seem to agree that a replica can be forgotten.
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*n.cfg.PruneInterval)
 	defer cancel()
 	go func() {
