@@ -142,8 +142,8 @@ func (c *causal) joinCausal(o *causal) bool {
 	changed := false
 	if len(c.pruned)+len(o.pruned) > 0 {
 		// Both sides lose what they hold of a replica either has pruned.
-		if _, changed = c.pruned.union(o.pruned); changed {
-			c.dropMarked(c.pruned)
+		if changed = c.pruned.union(o.pruned); changed {
+			c.drop(c.pruned.has)
 		}
 		o = o.withoutMarked(c.pruned)
 	}

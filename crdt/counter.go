@@ -65,18 +65,16 @@ func (c *GCounter) Size() int      { return len(c.m) }
 
 func (c *GCounter) join(o Value) bool {
 	oc := o.(*GCounter)
-	_, grew := c.pruned.union(oc.pruned)
+	grew := c.pruned.union(oc.pruned)
 	if grew {
-		c.drop(c.pruned)
+		c.forget(c.pruned.has)
 	}
 	return c.joinEntries(oc, c.pruned) || grew
 }
 
-// drop deletes the entries of replicas marked in m.
-func (c *GCounter) drop(m markers) {
-	for r := range m {
-		delete(c.m, r)
-	}
+// forget deletes the entries of the replicas for which in is true.
+func (c *GCounter) forget(in func(ReplicaID) bool) {
+	maps.DeleteFunc(c.m, func(r ReplicaID, _ uint64) bool { return in(r) })
 }
 
 // joinEntries joins o's entries, but those of replicas in skip, into c.
@@ -158,10 +156,10 @@ func (c *PNCounter) Size() int      { return c.p.Size() + c.n.Size() }
 
 func (c *PNCounter) join(o Value) bool {
 	oc := o.(*PNCounter)
-	_, grew := c.pruned.union(oc.pruned)
+	grew := c.pruned.union(oc.pruned)
 	if grew {
-		c.p.drop(c.pruned)
-		c.n.drop(c.pruned)
+		c.p.forget(c.pruned.has)
+		c.n.forget(c.pruned.has)
 	}
 	a := c.p.joinEntries(oc.p, c.pruned)
 	b := c.n.joinEntries(oc.n, c.pruned)

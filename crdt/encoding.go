@@ -497,7 +497,7 @@ func (d *decoder) state(st *crdtpb.State) (Value, error) {
 			return nil, errf("%s holds contributions of replica %s, which it marks pruned", v.Type(), r)
 		}
 	}
-	p.setMarks(m)
+	*p.marks() = m
 	return v, nil
 }
 

@@ -53,11 +53,10 @@ func (m markers) clone() markers {
 }
 
 // union adds o's markers to *m (for a replica in both, the later time
-// wins). It returns the replicas it newly marks and whether *m changed.
-func (m *markers) union(o markers) (added []ReplicaID, changed bool) {
+// wins) and reports whether *m changed.
+func (m *markers) union(o markers) (changed bool) {
 	for r, at := range o {
-		cur, ok := (*m)[r]
-		if ok && cur >= at {
+		if cur, ok := (*m)[r]; ok && cur >= at {
 			continue
 		}
 		if *m == nil {
@@ -65,11 +64,8 @@ func (m *markers) union(o markers) (added []ReplicaID, changed bool) {
 		}
 		(*m)[r] = at
 		changed = true
-		if !ok {
-			added = append(added, r)
-		}
 	}
-	return added, changed
+	return changed
 }
 
 // newer returns o's markers that m lacks or holds with an earlier time.
@@ -97,16 +93,14 @@ type prunable interface {
 	prune(removed, into ReplicaID, at int64) (Value, error)
 	// holds reports whether the value holds a contribution of r.
 	holds(r ReplicaID) bool
-	// marks returns the value's markers, for reading and expiring.
+	// holdsAny reports whether the value holds a contribution of a
+	// replica for which in is true.
+	holdsAny(in func(ReplicaID) bool) bool
+	// forget drops the contributions of the replicas for which in is
+	// true (not the markers).
+	forget(in func(ReplicaID) bool)
+	// marks returns the value's markers, to read or replace.
 	marks() *markers
-	// holdsAny is holds for a set of replicas (for large sets: it walks
-	// the value's replicas instead).
-	holdsAny(rs map[ReplicaID]bool) bool
-	// forget drops the contributions of the replicas marked in m.
-	forget(m markers)
-	// setMarks installs decoded markers (the value is fresh from the
-	// decoder and holds no contribution of a marked replica).
-	setMarks(m markers)
 }
 
 // Prune folds the contributions of replica removed to v into replica into,
@@ -164,11 +158,7 @@ func Forget(v Value, rs map[ReplicaID]bool) bool {
 	if !ok || !Mentions(v, rs) {
 		return false
 	}
-	m := make(markers, len(rs))
-	for r := range rs {
-		m[r] = 0
-	}
-	p.forget(m)
+	p.forget(func(r ReplicaID) bool { return rs[r] })
 	maps.DeleteFunc(*p.marks(), func(r ReplicaID, _ int64) bool { return rs[r] })
 	if len(*p.marks()) == 0 {
 		*p.marks() = nil
@@ -179,8 +169,11 @@ func Forget(v Value, rs map[ReplicaID]bool) bool {
 // Mentions reports whether v holds a contribution of, or a marker for, a
 // replica in rs.
 func Mentions(v Value, rs map[ReplicaID]bool) bool {
+	if len(rs) == 0 { // the common case, on the engine's receive path
+		return false
+	}
 	p, ok := v.(prunable)
-	if !ok || len(rs) == 0 {
+	if !ok {
 		return false
 	}
 	for r := range *p.marks() {
@@ -188,15 +181,7 @@ func Mentions(v Value, rs map[ReplicaID]bool) bool {
 			return true
 		}
 	}
-	if len(rs) > 8 {
-		return p.holdsAny(rs)
-	}
-	for r := range rs {
-		if p.holds(r) {
-			return true
-		}
-	}
-	return false
+	return p.holdsAny(func(r ReplicaID) bool { return rs[r] })
 }
 
 // A GCounter folds removed's entry into into's.
@@ -229,17 +214,15 @@ func (c *GCounter) fold(d *GCounter, removed, into ReplicaID) error {
 }
 
 func (c *GCounter) holds(r ReplicaID) bool { _, ok := c.m[r]; return ok }
-func (c *GCounter) holdsAny(rs map[ReplicaID]bool) bool {
+func (c *GCounter) holdsAny(in func(ReplicaID) bool) bool {
 	for r := range c.m {
-		if rs[r] {
+		if in(r) {
 			return true
 		}
 	}
 	return false
 }
-func (c *GCounter) forget(m markers)   { c.drop(m) }
-func (c *GCounter) marks() *markers    { return &c.pruned }
-func (c *GCounter) setMarks(m markers) { c.pruned = m }
+func (c *GCounter) marks() *markers { return &c.pruned }
 
 // A PNCounter folds both halves.
 func (c *PNCounter) prune(removed, into ReplicaID, at int64) (Value, error) {
@@ -256,12 +239,11 @@ func (c *PNCounter) prune(removed, into ReplicaID, at int64) (Value, error) {
 }
 
 func (c *PNCounter) holds(r ReplicaID) bool { return c.p.holds(r) || c.n.holds(r) }
-func (c *PNCounter) holdsAny(rs map[ReplicaID]bool) bool {
-	return c.p.holdsAny(rs) || c.n.holdsAny(rs)
+func (c *PNCounter) holdsAny(in func(ReplicaID) bool) bool {
+	return c.p.holdsAny(in) || c.n.holdsAny(in)
 }
-func (c *PNCounter) forget(m markers)   { c.p.drop(m); c.n.drop(m) }
-func (c *PNCounter) marks() *markers    { return &c.pruned }
-func (c *PNCounter) setMarks(m markers) { c.pruned = m }
+func (c *PNCounter) forget(in func(ReplicaID) bool) { c.p.forget(in); c.n.forget(in) }
+func (c *PNCounter) marks() *markers                { return &c.pruned }
 
 // A Vote drops removed's ballot.
 func (v *Vote) prune(removed, _ ReplicaID, at int64) (Value, error) {
@@ -271,55 +253,50 @@ func (v *Vote) prune(removed, _ ReplicaID, at int64) (Value, error) {
 }
 
 func (v *Vote) holds(r ReplicaID) bool { _, ok := v.m[r]; return ok }
-func (v *Vote) holdsAny(rs map[ReplicaID]bool) bool {
+func (v *Vote) holdsAny(in func(ReplicaID) bool) bool {
 	for r := range v.m {
-		if rs[r] {
+		if in(r) {
 			return true
 		}
 	}
 	return false
 }
-func (v *Vote) forget(m markers) {
-	maps.DeleteFunc(v.m, func(r ReplicaID, _ ballot) bool { return m.has(r) })
+func (v *Vote) forget(in func(ReplicaID) bool) {
+	maps.DeleteFunc(v.m, func(r ReplicaID, _ ballot) bool { return in(r) })
 }
-func (v *Vote) marks() *markers    { return &v.pruned }
-func (v *Vote) setMarks(m markers) { v.pruned = m }
+func (v *Vote) marks() *markers { return &v.pruned }
 
 func (s *ORSet) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &ORSet{c: s.c.prune(removed, into, at)}, nil
 }
-func (s *ORSet) holds(r ReplicaID) bool              { return s.c.ctx.m[r] != nil }
-func (s *ORSet) holdsAny(rs map[ReplicaID]bool) bool { return s.c.ctx.holdsAnyOf(rs) }
-func (s *ORSet) forget(m markers)                    { s.c.dropMarked(m) }
-func (s *ORSet) marks() *markers                     { return &s.c.pruned }
-func (s *ORSet) setMarks(m markers)                  { s.c.pruned = m }
+func (s *ORSet) holds(r ReplicaID) bool                { return s.c.ctx.m[r] != nil }
+func (s *ORSet) holdsAny(in func(ReplicaID) bool) bool { return s.c.ctx.holdsAny(in) }
+func (s *ORSet) forget(in func(ReplicaID) bool)        { s.c.drop(in) }
+func (s *ORSet) marks() *markers                       { return &s.c.pruned }
 
 func (m *MVRegister) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &MVRegister{c: m.c.prune(removed, into, at)}, nil
 }
-func (m *MVRegister) holds(r ReplicaID) bool              { return m.c.ctx.m[r] != nil }
-func (m *MVRegister) holdsAny(rs map[ReplicaID]bool) bool { return m.c.ctx.holdsAnyOf(rs) }
-func (m *MVRegister) forget(ms markers)                   { m.c.dropMarked(ms) }
-func (m *MVRegister) marks() *markers                     { return &m.c.pruned }
-func (m *MVRegister) setMarks(ms markers)                 { m.c.pruned = ms }
+func (m *MVRegister) holds(r ReplicaID) bool                { return m.c.ctx.m[r] != nil }
+func (m *MVRegister) holdsAny(in func(ReplicaID) bool) bool { return m.c.ctx.holdsAny(in) }
+func (m *MVRegister) forget(in func(ReplicaID) bool)        { m.c.drop(in) }
+func (m *MVRegister) marks() *markers                       { return &m.c.pruned }
 
 func (f *EWFlag) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &EWFlag{c: f.c.prune(removed, into, at)}, nil
 }
-func (f *EWFlag) holds(r ReplicaID) bool              { return f.c.ctx.m[r] != nil }
-func (f *EWFlag) holdsAny(rs map[ReplicaID]bool) bool { return f.c.ctx.holdsAnyOf(rs) }
-func (f *EWFlag) forget(m markers)                    { f.c.dropMarked(m) }
-func (f *EWFlag) marks() *markers                     { return &f.c.pruned }
-func (f *EWFlag) setMarks(m markers)                  { f.c.pruned = m }
+func (f *EWFlag) holds(r ReplicaID) bool                { return f.c.ctx.m[r] != nil }
+func (f *EWFlag) holdsAny(in func(ReplicaID) bool) bool { return f.c.ctx.holdsAny(in) }
+func (f *EWFlag) forget(in func(ReplicaID) bool)        { f.c.drop(in) }
+func (f *EWFlag) marks() *markers                       { return &f.c.pruned }
 
 func (m *ORMap) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &ORMap{c: m.c.prune(removed, into, at)}, nil
 }
-func (m *ORMap) holds(r ReplicaID) bool              { return m.c.ctx.m[r] != nil }
-func (m *ORMap) holdsAny(rs map[ReplicaID]bool) bool { return m.c.ctx.holdsAnyOf(rs) }
-func (m *ORMap) forget(ms markers)                   { m.c.dropMarked(ms) }
-func (m *ORMap) marks() *markers                     { return &m.c.pruned }
-func (m *ORMap) setMarks(ms markers)                 { m.c.pruned = ms }
+func (m *ORMap) holds(r ReplicaID) bool                { return m.c.ctx.m[r] != nil }
+func (m *ORMap) holdsAny(in func(ReplicaID) bool) bool { return m.c.ctx.holdsAny(in) }
+func (m *ORMap) forget(in func(ReplicaID) bool)        { m.c.drop(in) }
+func (m *ORMap) marks() *markers                       { return &m.c.pruned }
 
 // prune replaces every live dot of removed by a fresh dot of into, drops
 // removed from the context, marks it and returns the delta: the fresh dots
@@ -403,55 +380,36 @@ func retag(s store, r ReplicaID, next func() Dot) (out, added store) {
 	panic("crdt: unknown dot store") // unreachable: stores are built only by this package
 }
 
-// dropMarked removes the contributions of replicas marked in m from c (in
-// place): their dots from the store and their runs from the context.
-func (c *causal) dropMarked(m markers) {
-	if !c.ctx.holdsAny(m) {
+// drop removes the contributions of the replicas for which in is true
+// from c (in place): their dots from the store and their runs from the
+// context. (Every stored dot is in the context, so the context tells
+// whether there is anything to drop.)
+func (c *causal) drop(in func(ReplicaID) bool) {
+	if !c.ctx.holdsAny(in) {
 		return
 	}
 	if c.s != nil {
-		c.s = c.s.filter(func(d Dot) bool { return !m.has(d.Replica) })
+		c.s = c.s.filter(func(d Dot) bool { return !in(d.Replica) })
 		c.idx, c.order = nil, nil
 	}
-	for r := range m {
-		delete(c.ctx.m, r)
-	}
+	maps.DeleteFunc(c.ctx.m, func(r ReplicaID, _ runs) bool { return in(r) })
 }
 
 // withoutMarked returns o, or a copy of it without the contributions of
 // replicas marked in m if it holds any.
 func (o *causal) withoutMarked(m markers) *causal {
-	if len(m) == 0 || !o.ctx.holdsAny(m) {
+	if len(m) == 0 || !o.ctx.holdsAny(m.has) {
 		return o
 	}
 	cp := o.clone()
-	cp.pruned = o.pruned.clone()
-	cp.dropMarked(m)
+	cp.drop(m.has)
 	return &cp
 }
 
-// holdsAnyOf reports whether c has a dot of a replica in rs.
-func (c *Context) holdsAnyOf(rs map[ReplicaID]bool) bool {
+// holdsAny reports whether c has a dot of a replica for which in is true.
+func (c *Context) holdsAny(in func(ReplicaID) bool) bool {
 	for r := range c.m {
-		if rs[r] {
-			return true
-		}
-	}
-	return false
-}
-
-// holdsAny reports whether c has a dot of a replica marked in m.
-func (c *Context) holdsAny(m markers) bool {
-	if len(m) < len(c.m) {
-		for r := range m {
-			if c.m[r] != nil {
-				return true
-			}
-		}
-		return false
-	}
-	for r := range c.m {
-		if m.has(r) {
+		if in(r) {
 			return true
 		}
 	}

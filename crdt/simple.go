@@ -312,9 +312,9 @@ func (v *Vote) Size() int      { return len(v.m) }
 
 func (v *Vote) join(o Value) bool {
 	ov := o.(*Vote)
-	_, grew := v.pruned.union(ov.pruned)
+	grew := v.pruned.union(ov.pruned)
 	if grew {
-		maps.DeleteFunc(v.m, func(r ReplicaID, _ ballot) bool { return v.pruned.has(r) })
+		v.forget(v.pruned.has)
 	}
 	for r, b := range ov.m {
 		if v.pruned.has(r) {

@@ -236,6 +236,9 @@ func (e *Engine) Restore(key string, v crdt.Value) {
 	e.restored(key)
 }
 
+// Forgot reports whether Forget was called for r.
+func (e *Engine) Forgot(r crdt.ReplicaID) bool { return e.forgotten[r] }
+
 // Forget makes the engine drop every contribution of, and pruning marker
 // for, the replicas in rs: from its state now (the keys it changes are
 // persisted, not sent: every replica forgets on its own) and from every
@@ -243,10 +246,10 @@ func (e *Engine) Restore(key string, v crdt.Value) {
 // mesh calls it for a pruned replica once no member holds anything of it
 // but markers (see crdt.Forget).
 func (e *Engine) Forget(rs []crdt.ReplicaID) {
+	if e.forgotten == nil {
+		e.forgotten = map[crdt.ReplicaID]bool{}
+	}
 	for _, r := range rs {
-		if e.forgotten == nil {
-			e.forgotten = map[crdt.ReplicaID]bool{}
-		}
 		e.forgotten[r] = true
 	}
 	for k, v := range e.state {

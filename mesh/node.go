@@ -87,7 +87,6 @@ type Node struct {
 	peers      map[string]bool // the engine's peers
 	deadSince  map[string]time.Time
 	removed    map[crdt.ReplicaID]bool // removed for good (the system key)
-	forgotten  map[crdt.ReplicaID]bool // pruned, then forgotten (prune.go)
 	watchers   map[string][]*watcher
 	dirty      map[string]struct{} // keys changed since the last persist batch
 	batch      uint64              // id of the batch dirty keys go into
@@ -131,7 +130,7 @@ func Start(cfg Config) (*Node, error) {
 		ops: make(chan *op), recv: make(chan inbound, 64), stopc: make(chan struct{}),
 		loopDone: make(chan struct{}), persistDone: make(chan struct{}), reconnectDone: make(chan struct{}), pruneDone: make(chan struct{}), flushNow: make(chan struct{}, 1),
 		members: map[string]*Member{}, neighbours: map[string]bool{}, peers: map[string]bool{},
-		deadSince: map[string]time.Time{}, removed: map[crdt.ReplicaID]bool{}, forgotten: map[crdt.ReplicaID]bool{},
+		deadSince: map[string]time.Time{}, removed: map[crdt.ReplicaID]bool{},
 		watchers: map[string][]*watcher{}, dirty: map[string]struct{}{}, batch: 1}
 	n.dur.init()
 	n.clock = hlc.New(cfg.PhysicalClock)

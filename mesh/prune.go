@@ -139,16 +139,14 @@ func (n *Node) prunePass() {
 			if !done[r] && r != n.replica {
 				todo = append(todo, r)
 			}
+			if _, back := n.members[r.Node]; !back && r.Node != n.cfg.Name {
+				gone[r.Node] = true
+			}
 		}
 		for _, m := range n.members {
 			members = append(members, *m)
 			if !m.Alive {
 				down = m.Name
-			}
-		}
-		for r := range n.removed {
-			if _, back := n.members[r.Node]; !back && r.Node != n.cfg.Name {
-				gone[r.Node] = true
 			}
 		}
 	}); err != nil || len(todo) == 0 {
@@ -271,8 +269,11 @@ func (n *Node) pruneLocal(r crdt.ReplicaID) (int, error) {
 	at := time.Now().UnixNano()
 	types := map[string]crdt.Type{}
 	keys := n.eng.Select(func(k string, v crdt.Value) bool {
+		if !crdt.Holds(v, r) {
+			return false
+		}
 		types[k] = v.Type()
-		return crdt.Holds(v, r)
+		return true
 	})
 	var (
 		puts []eventlog.Put
@@ -308,13 +309,8 @@ func (n *Node) pruneLocal(r crdt.ReplicaID) (int, error) {
 // whose state holds contributions of r or a marker for it, and whether
 // more follow. Runs on the loop.
 func (n *Node) holdingKeys(r crdt.ReplicaID, after string) ([]string, bool) {
-	keys := n.eng.Select(func(k string, v crdt.Value) bool {
-		if k <= after {
-			return false
-		}
-		_, marked := crdt.Pruned(v)[r]
-		return marked || crdt.Holds(v, r)
-	})
+	rs := map[crdt.ReplicaID]bool{r: true}
+	keys := n.eng.Select(func(k string, v crdt.Value) bool { return k > after && crdt.Mentions(v, rs) })
 	if len(keys) > maxHoldingKeys {
 		return keys[:maxHoldingKeys], true
 	}
@@ -340,7 +336,7 @@ func (n *Node) confirmAndForget(pruned map[crdt.ReplicaID]bool) {
 	}
 	var forget []crdt.ReplicaID
 	for r := range pruned {
-		if n.forgotten[r] {
+		if n.eng.Forgot(r) {
 			continue
 		}
 		if !clean[r][n.cfg.Name] {
@@ -366,7 +362,6 @@ func (n *Node) confirmAndForget(pruned map[crdt.ReplicaID]bool) {
 	if len(forget) > 0 {
 		n.eng.Forget(forget)
 		for _, r := range forget {
-			n.forgotten[r] = true
 			n.log.Info("forgot a pruned replica: its markers are gone", "replica", r.String())
 		}
 	}
