@@ -208,13 +208,13 @@ func (a actionServer) resolveAction(in *functionpb.ActionCommand, kind actionKin
 	var missing bool
 	switch kind {
 	case kindUnary:
-		missing = reg.actionHandler == nil
+		missing = reg.action.Unary == nil
 	case kindStreamedOut:
-		missing = reg.streamedOutHandler == nil
+		missing = reg.action.StreamedOut == nil
 	case kindStreamedIn:
-		missing = reg.streamedInHandler == nil
+		missing = reg.action.StreamedIn == nil
 	case kindStreamed:
-		missing = reg.streamedHandler == nil
+		missing = reg.action.Streamed == nil
 	}
 	if missing {
 		return nil, nil, status.Errorf(codes.Unimplemented, "sdk: no handler for the %s methods of %s (ActionHandlers.%s)", kinds[kind].what, reg.sd.FullName(), kinds[kind].field)
@@ -247,7 +247,7 @@ func (a actionServer) HandleUnary(ctx context.Context, in *functionpb.ActionComm
 	var reply proto.Message
 	err = protect(func() error {
 		var err error
-		reply, err = reg.actionHandler(cctx, msg)
+		reply, err = reg.action.Unary(cctx, msg)
 		return err
 	})
 	return replyResponse(cctx, reply, err, md.Output()), nil
@@ -286,7 +286,7 @@ func (a actionServer) HandleStreamedOut(in *functionpb.ActionCommand, stream grp
 	}
 	cctx := newActionContext(stream.Context(), in)
 	as := &ActionStream{ctx: cctx, out: md.Output(), send: stream.Send}
-	err = protect(func() error { return reg.streamedOutHandler(cctx, msg, as) })
+	err = protect(func() error { return reg.action.StreamedOut(cctx, msg, as) })
 	return endStream(cctx, as, nil, err, stream.Send)
 }
 
@@ -360,7 +360,7 @@ func (a actionServer) HandleStreamedIn(stream grpc.ClientStreamingServer[functio
 	var reply proto.Message
 	err = protect(func() error {
 		var err error
-		reply, err = c.reg.streamedInHandler(c.cctx, c.in)
+		reply, err = c.reg.action.StreamedIn(c.cctx, c.in)
 		return err
 	})
 	switch {
@@ -384,6 +384,6 @@ func (a actionServer) HandleStreamed(stream grpc.BidiStreamingServer[functionpb.
 		return stream.Send(failure)
 	}
 	as := &ActionStream{ctx: c.cctx, out: c.md.Output(), send: stream.Send}
-	err = protect(func() error { return c.reg.streamedHandler(c.cctx, c.in, as) })
+	err = protect(func() error { return c.reg.action.Streamed(c.cctx, c.in, as) })
 	return endStream(c.cctx, as, c.in, err, stream.Send)
 }

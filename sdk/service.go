@@ -99,13 +99,10 @@ type entityReg struct {
 	cfg     entityConfig
 	methods map[string]protoreflect.MethodDescriptor
 
-	esFactory          func(entityID string) EventSourcedEntity
-	valueFactory       func(entityID string) ValueEntity
-	crdtFactory        func(entityID string) CrdtEntity
-	actionHandler      ActionHandler
-	streamedOutHandler StreamedOutHandler
-	streamedInHandler  StreamedInHandler
-	streamedHandler    StreamedHandler
+	esFactory    func(entityID string) EventSourcedEntity
+	valueFactory func(entityID string) ValueEntity
+	crdtFactory  func(entityID string) CrdtEntity
+	action       ActionHandlers
 }
 
 // method returns the descriptor of the named method or a NotFound error.
@@ -190,8 +187,7 @@ func (s *Service) RegisterActionHandlers(sd protoreflect.ServiceDescriptor, h Ac
 	if h.Unary == nil && h.StreamedOut == nil && h.StreamedIn == nil && h.Streamed == nil {
 		return fmt.Errorf("%w: no action handler", ErrInvalidRegistration)
 	}
-	return s.register(&entityReg{model: functionpb.Model_MODEL_ACTION, sd: sd, actionHandler: h.Unary,
-		streamedOutHandler: h.StreamedOut, streamedInHandler: h.StreamedIn, streamedHandler: h.Streamed}, opts)
+	return s.register(&entityReg{model: functionpb.Model_MODEL_ACTION, sd: sd, action: h}, opts)
 }
 
 func (s *Service) register(r *entityReg, opts []EntityOption) error {
