@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -114,8 +115,7 @@ func Register(s *sdk.Service, opts ...Option) error {
 	if err := s.RegisterAction(service("ActionTck"), handleAction); err != nil {
 		return err
 	}
-	streamedOut := handleStreamedOut(cfg.faults[FaultStreamedOutShort])
-	if err := s.RegisterActionHandlers(service("StreamedActionTck"), sdk.ActionHandlers{StreamedOut: streamedOut}); err != nil {
+	if err := s.RegisterActionHandlers(service("StreamedActionTck"), sdk.ActionHandlers{StreamedOut: handleStreamedOut(cfg.faults[FaultStreamedOutShort])}); err != nil {
 		return err
 	}
 	if err := s.RegisterActionHandlers(service("StreamedInActionTck"), sdk.ActionHandlers{StreamedIn: handleStreamedIn(cfg.faults[FaultStreamedInDropFirst])}); err != nil {
@@ -171,7 +171,8 @@ type crdtEntity struct {
 
 func (e *crdtEntity) CRDT() sdk.Crdt { return e.crdt }
 
-func strings(items [][]byte) []string {
+// sortedStrings is items as sorted strings.
+func sortedStrings(items [][]byte) []string {
 	out := make([]string, 0, len(items))
 	for _, it := range items {
 		out = append(out, string(it))
@@ -188,9 +189,9 @@ func (e *crdtEntity) value() *tckpb.CrdtValue {
 	case *sdk.PNCounter:
 		return &tckpb.CrdtValue{Counter: c.Value()}
 	case *sdk.GSet:
-		return &tckpb.CrdtValue{Elements: strings(c.Elements())}
+		return &tckpb.CrdtValue{Elements: sortedStrings(c.Elements())}
 	case *sdk.ORSet:
-		return &tckpb.CrdtValue{Elements: strings(c.Elements())}
+		return &tckpb.CrdtValue{Elements: sortedStrings(c.Elements())}
 	case *sdk.LWWRegister:
 		return &tckpb.CrdtValue{Value: string(c.Value())}
 	case *sdk.Flag:
@@ -455,32 +456,28 @@ func handleAction(ctx *sdk.CommandContext, cmd proto.Message) (proto.Message, er
 // after the messages).
 func handleStreamedOut(short bool) sdk.StreamedOutHandler {
 	return func(ctx *sdk.CommandContext, cmd proto.Message, stream *sdk.ActionStream) error {
-		return streamedOut(ctx, cmd, stream, short)
-	}
-}
-
-func streamedOut(ctx *sdk.CommandContext, cmd proto.Message, stream *sdk.ActionStream, short bool) error {
-	req, ok := cmd.(*tckpb.ActionRequest)
-	if !ok {
-		return sdk.Fail(codes.InvalidArgument, "gomodel: unexpected %T", cmd)
-	}
-	n := req.GetCount()
-	if short {
-		n--
-	}
-	for i := range n {
-		if err := stream.Send(&tckpb.ActionResponse{Message: fmt.Sprintf("%s-%d", req.GetMessage(), i)}); err != nil {
+		req, ok := cmd.(*tckpb.ActionRequest)
+		if !ok {
+			return sdk.Fail(codes.InvalidArgument, "gomodel: unexpected %T", cmd)
+		}
+		n := req.GetCount()
+		if short {
+			n--
+		}
+		for i := range n {
+			if err := stream.Send(&tckpb.ActionResponse{Message: fmt.Sprintf("%s-%d", req.GetMessage(), i)}); err != nil {
+				return err
+			}
+		}
+		forwarded, err := applyEffects(ctx, req.GetEffects())
+		if err != nil {
 			return err
 		}
+		if forwarded {
+			return stream.Send(nil)
+		}
+		return nil
 	}
-	forwarded, err := applyEffects(ctx, req.GetEffects())
-	if err != nil {
-		return err
-	}
-	if forwarded {
-		return stream.Send(nil)
-	}
-	return nil
 }
 
 // handleStreamedIn answers the requests' messages joined by "," (the
@@ -515,14 +512,7 @@ func handleStreamedIn(dropFirst bool) sdk.StreamedInHandler {
 		if forwarded {
 			return nil, nil
 		}
-		joined := ""
-		for i, m := range msgs {
-			if i > 0 {
-				joined += ","
-			}
-			joined += m
-		}
-		return &tckpb.ActionResponse{Message: joined}, nil
+		return &tckpb.ActionResponse{Message: strings.Join(msgs, ",")}, nil
 	}
 }
 
