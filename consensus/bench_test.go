@@ -13,7 +13,6 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/statemesh/statemesh/eventlog"
 	"github.com/statemesh/statemesh/protocol/consensuspb"
 )
 
@@ -70,15 +69,7 @@ func BenchmarkCommands(b *testing.B) {
 // each appending a 100-byte event to one of 10000 entities with a fresh
 // 16-byte request id, on an on-disk eventlog. b.N entries in all.
 func BenchmarkApply(b *testing.B) {
-	db, err := eventlog.Open(eventlog.DefaultOptions(b.TempDir()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = db.Close() })
-	m := newStateMachine(db, 1, 1_000_000)
-	if _, err := m.Open(nil); err != nil {
-		b.Fatal(err)
-	}
+	m := openStateMachine(b, b.TempDir(), 1_000_000)
 	const batch, entities = 16, 10000
 	rng := rand.New(rand.NewPCG(1, 2))
 	seqs := make([]uint64, entities)

@@ -32,18 +32,7 @@ func FuzzStateMachineEntry(f *testing.F) {
 	f.Add([]byte{0xff, 0x01})
 	f.Add([]byte{})
 
-	o := eventlog.DefaultOptions("")
-	o.InMemory = true
-	o.BlockCacheSize, o.IndexCacheSize = 1<<20, 1<<20
-	db, err := eventlog.Open(o)
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { _ = db.Close() })
-	m := newStateMachine(db, 1, 1000)
-	if _, err := m.Open(nil); err != nil {
-		f.Fatal(err)
-	}
+	m := openStateMachine(f, "", 1000)
 	index := uint64(0)
 	apply := func(t *testing.T, cmd []byte) sm.Result {
 		index++
@@ -61,7 +50,7 @@ func FuzzStateMachineEntry(f *testing.F) {
 				t.Fatalf("seed entry: code %d", r.Value)
 			}
 		}
-		shard := db.Shard(1)
+		shard := m.shard
 		before, err := shard.Load(eventlog.Entity{Type: "log", ID: "a"})
 		if err != nil {
 			t.Fatal(err)

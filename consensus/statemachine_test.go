@@ -19,21 +19,7 @@ import (
 // retry is a duplicate must not).
 func TestDedupWindowIndependentOfBatching(t *testing.T) {
 	const window = 1000
-	open := func() *stateMachine {
-		o := eventlog.DefaultOptions("")
-		o.InMemory = true
-		o.BlockCacheSize, o.IndexCacheSize = 1<<20, 1<<20
-		db, err := eventlog.Open(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = db.Close() })
-		m := newStateMachine(db, 1, window)
-		if _, err := m.Open(nil); err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
+	open := func() *stateMachine { return openStateMachine(t, "", window) }
 	entry := func(id string, entity string) []byte {
 		b, err := proto.Marshal(&consensuspb.Entry{RequestId: []byte(id), Entity: &consensuspb.Entity{Type: "log", Id: entity},
 			Op: &consensuspb.Entry_PutValue{PutValue: &consensuspb.PutValue{State: []byte(id)}}})
@@ -96,4 +82,25 @@ func TestDedupWindowIndependentOfBatching(t *testing.T) {
 	if dups != 8 {
 		t.Errorf("%d duplicates, want 8", dups)
 	}
+}
+
+// openStateMachine opens the state machine of shard 1 on a fresh eventlog
+// in dir ("": in memory, with small caches), closed when the test ends.
+func openStateMachine(tb testing.TB, dir string, window uint64) *stateMachine {
+	tb.Helper()
+	o := eventlog.DefaultOptions(dir)
+	if dir == "" {
+		o.InMemory = true
+		o.BlockCacheSize, o.IndexCacheSize = 1<<20, 1<<20
+	}
+	db, err := eventlog.Open(o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = db.Close() })
+	m := newStateMachine(db, 1, window)
+	if _, err := m.Open(nil); err != nil {
+		tb.Fatal(err)
+	}
+	return m
 }
