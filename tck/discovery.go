@@ -43,11 +43,14 @@ const (
 	sinkService         = tckPackage + "TckSink"
 )
 
-// requiredEntities must be declared, with these models.
-var requiredEntities = []struct {
+// entityDecl is a model service and the model it must be declared with.
+type entityDecl struct {
 	service string
 	model   functionpb.Model
-}{
+}
+
+// requiredEntities must be declared, with these models.
+var requiredEntities = []entityDecl{
 	{gcounterService, functionpb.Model_MODEL_CRDT},
 	{pncounterService, functionpb.Model_MODEL_CRDT},
 	{gsetService, functionpb.Model_MODEL_CRDT},
@@ -61,10 +64,7 @@ var requiredEntities = []struct {
 }
 
 // optionalEntities are checked only if declared.
-var optionalEntities = []struct {
-	service string
-	model   functionpb.Model
-}{
+var optionalEntities = []entityDecl{
 	{ormapService, functionpb.Model_MODEL_CRDT},
 	{voteService, functionpb.Model_MODEL_CRDT},
 	{streamedAction, functionpb.Model_MODEL_ACTION},
@@ -72,10 +72,12 @@ var optionalEntities = []struct {
 
 // discovered is what the function answered at discovery.
 type discovered struct {
-	spec   *functionpb.EntitySpec
-	files  *protoregistry.Files // nil if the descriptors do not resolve
-	models map[string]functionpb.Model
-	dups   []string // services declared more than once
+	spec  *functionpb.EntitySpec
+	files *protoregistry.Files // nil if the descriptors do not resolve
+	// filesErr says why files is nil.
+	filesErr error
+	models   map[string]functionpb.Model
+	dups     []string // services declared more than once
 }
 
 func proxyInfo(major, minor int32) *functionpb.ProxyInfo {
@@ -107,10 +109,10 @@ func (s *suite) discover(ctx context.Context) (*discovered, error) {
 			d.models[e.GetServiceName()] = e.GetModel()
 		}
 		set := &descriptorpb.FileDescriptorSet{}
-		if err := proto.Unmarshal(spec.GetProto(), set); err == nil {
-			if files, err := protodesc.NewFiles(set); err == nil {
-				d.files = files
-			}
+		if err := proto.Unmarshal(spec.GetProto(), set); err != nil {
+			d.filesErr = fmt.Errorf("spec.proto is not a FileDescriptorSet: %w", err)
+		} else if d.files, err = protodesc.NewFiles(set); err != nil {
+			d.filesErr = fmt.Errorf("spec.proto does not resolve (every import must be included): %w", err)
 		}
 		s.spec = d
 	})
@@ -168,12 +170,8 @@ func discoveryChecks() []check {
 		}},
 		{"discovery/descriptors-complete", func(c *checker) {
 			d := c.discovered()
-			set := &descriptorpb.FileDescriptorSet{}
-			if err := proto.Unmarshal(d.spec.GetProto(), set); err != nil {
-				c.fatalf("spec.proto is not a FileDescriptorSet: %v", err)
-			}
-			if _, err := protodesc.NewFiles(set); err != nil {
-				c.fatalf("spec.proto does not resolve (every import must be included): %v", err)
+			if d.filesErr != nil {
+				c.fatalf("%v", d.filesErr)
 			}
 			want := tckpb.File_tck_v1_tck_proto.Services()
 			for _, e := range d.spec.GetEntities() {

@@ -75,8 +75,9 @@ type check struct {
 
 // Checks returns the names of the suite's checks, in the order they run.
 func Checks() []string {
-	names := make([]string, 0, len(allChecks()))
-	for _, ch := range allChecks() {
+	all := allChecks()
+	names := make([]string, 0, len(all))
+	for _, ch := range all {
 		names = append(names, ch.name)
 	}
 	return names
