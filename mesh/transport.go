@@ -223,38 +223,41 @@ func (t *transport) faultCall(ctx context.Context, to string) error {
 	return nil
 }
 
-func (t *transport) write(ctx context.Context, m Member, req *peerpb.WriteRequest) error {
+// client returns m's Peer client for one unary call, after the fault
+// seam has let the call through.
+func (t *transport) client(ctx context.Context, m Member) (peerpb.PeerClient, error) {
 	if err := t.faultCall(ctx, m.Name); err != nil {
-		return err
+		return nil, err
 	}
 	pc, err := t.conn(m.Name, m.PeerAddr)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, err = pc.client.Write(ctx, req)
+	return pc.client, nil
+}
+
+func (t *transport) write(ctx context.Context, m Member, req *peerpb.WriteRequest) error {
+	c, err := t.client(ctx, m)
+	if err == nil {
+		_, err = c.Write(ctx, req)
+	}
 	return err
 }
 
 func (t *transport) read(ctx context.Context, m Member, req *peerpb.ReadRequest) (*peerpb.ReadResponse, error) {
-	if err := t.faultCall(ctx, m.Name); err != nil {
-		return nil, err
-	}
-	pc, err := t.conn(m.Name, m.PeerAddr)
+	c, err := t.client(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	return pc.client.Read(ctx, req)
+	return c.Read(ctx, req)
 }
 
 func (t *transport) holding(ctx context.Context, m Member, req *peerpb.HoldingRequest) (*peerpb.HoldingResponse, error) {
-	if err := t.faultCall(ctx, m.Name); err != nil {
-		return nil, err
-	}
-	pc, err := t.conn(m.Name, m.PeerAddr)
+	c, err := t.client(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	return pc.client.Holding(ctx, req)
+	return c.Holding(ctx, req)
 }
 
 // sleepCtx sleeps for d unless ctx ends first; it reports whether it slept.
