@@ -6,14 +6,12 @@ import (
 	"net"
 	"sync/atomic"
 	"testing"
-	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/statemesh/statemesh/consensus"
 	"github.com/statemesh/statemesh/crdt"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/sdk"
@@ -110,33 +108,12 @@ func sdkEnv(t *testing.T, factory func(string) sdk.CrdtEntity) (*memStore, func(
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	p, err := New(ctx, testConfig(lis.Addr().String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
 	store := newMemStore()
 	host := newMemHost()
-	host.handlers = p.Handlers()
-	p.SetBackends(host, store)
-	gl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(gl, hl); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(p.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
+	_, conn, _ := startProxyFor(t, lis.Addr().String(), func(h map[string]consensus.Handler) ESHost {
+		host.handlers = h
+		return host
+	}, store)
 	do := func(name string, n int64) int64 {
 		t.Helper()
 		in := msg(t, "GetCounterRequest", map[string]any{"id": "e1"})

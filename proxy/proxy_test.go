@@ -61,9 +61,15 @@ type testEnv struct {
 // node does: Handlers after discovery, then SetBackends, then Start.
 func startProxy(t *testing.T, f *fake, wire func(map[string]consensus.Handler) ESHost, crdts ...CRDTStore) (*Proxy, *grpc.ClientConn, string) {
 	t.Helper()
+	return startProxyFor(t, f.start(t), wire, crdts...)
+}
+
+// startProxyFor is startProxy for the function at functionAddr.
+func startProxyFor(t *testing.T, functionAddr string, wire func(map[string]consensus.Handler) ESHost, crdts ...CRDTStore) (*Proxy, *grpc.ClientConn, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	p, err := New(ctx, testConfig(f.start(t)))
+	p, err := New(ctx, testConfig(functionAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
