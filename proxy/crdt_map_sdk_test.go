@@ -140,24 +140,12 @@ func TestCRDTORMapWithSDK(t *testing.T) {
 			t.Fatalf("Increment %d: %d, want %d", c.n, got, c.want)
 		}
 	}
-	other := crdt.ReplicaID{Node: "n2", Incarnation: 1}
 	remote := func(fn func(m *crdt.ORMap) (crdt.Value, error)) {
 		t.Helper()
-		if _, err := store.Update(context.Background(), key, crdt.TypeORMap, func(v crdt.Value) (crdt.Value, error) {
-			return fn(v.(*crdt.ORMap))
-		}, mesh.Options{}); err != nil {
-			t.Fatal(err)
-		}
+		remoteMap(t, store, key, fn)
 	}
-	add := func(set, elem string) func(m *crdt.ORMap) (crdt.Value, error) {
-		return func(m *crdt.ORMap) (crdt.Value, error) {
-			return m.Update(other, []byte(set), crdt.TypeORSet, func(v crdt.Value) (crdt.Value, error) {
-				return v.(*crdt.ORSet).Add(other, []byte(elem)), nil
-			})
-		}
-	}
-	remote(add("k2", "r"))
-	remote(add("k3", "x"))
+	remote(remoteAdd("k2", "r"))
+	remote(remoteAdd("k3", "x"))
 	if got := do("GetCounter", 0); got != 305 {
 		t.Fatalf("after remote adds: %d, want 305", got)
 	}

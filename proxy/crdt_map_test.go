@@ -170,6 +170,28 @@ func copyEnv(t *testing.T, fn *copyFn) (*memStore, *grpc.ClientConn) {
 	return store, conn
 }
 
+// remoteMap applies fn to the ORMap at key in store, as a change made on
+// another replica.
+func remoteMap(t *testing.T, store *memStore, key mesh.Key, fn func(m *crdt.ORMap) (crdt.Value, error)) {
+	t.Helper()
+	if _, err := store.Update(context.Background(), key, crdt.TypeORMap, func(v crdt.Value) (crdt.Value, error) {
+		return fn(v.(*crdt.ORMap))
+	}, mesh.Options{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// remoteAdd is another replica's adding elem to the ORSet at key set (for
+// remoteMap).
+func remoteAdd(set, elem string) func(m *crdt.ORMap) (crdt.Value, error) {
+	other := crdt.ReplicaID{Node: "n2", Incarnation: 1}
+	return func(m *crdt.ORMap) (crdt.Value, error) {
+		return m.Update(other, []byte(set), crdt.TypeORSet, func(v crdt.Value) (crdt.Value, error) {
+			return v.(*crdt.ORSet).Add(other, []byte(elem)), nil
+		})
+	}
+}
+
 func orsetD(removed []string, added ...string) *functionpb.CrdtDelta {
 	return &functionpb.CrdtDelta{Delta: &functionpb.CrdtDelta_Orset{Orset: &functionpb.ORSetDelta{Removed: bytesOf(removed...), Added: bytesOf(added...)}}}
 }
@@ -263,24 +285,12 @@ func TestCRDTORMap(t *testing.T) {
 
 	// Another replica's changes reach the function: an element added to
 	// an entry, a new entry, and (next) the removal of an entry.
-	other := crdt.ReplicaID{Node: "n2", Incarnation: 1}
 	remote := func(fn func(m *crdt.ORMap) (crdt.Value, error)) {
 		t.Helper()
-		if _, err := store.Update(context.Background(), key, crdt.TypeORMap, func(v crdt.Value) (crdt.Value, error) {
-			return fn(v.(*crdt.ORMap))
-		}, mesh.Options{}); err != nil {
-			t.Fatal(err)
-		}
+		remoteMap(t, store, key, fn)
 	}
-	addTo := func(set, elem string) func(m *crdt.ORMap) (crdt.Value, error) {
-		return func(m *crdt.ORMap) (crdt.Value, error) {
-			return m.Update(other, []byte(set), crdt.TypeORSet, func(v crdt.Value) (crdt.Value, error) {
-				return v.(*crdt.ORSet).Add(other, []byte(elem)), nil
-			})
-		}
-	}
-	remote(addTo("t", "r"))
-	remote(addTo("u", "x"))
+	remote(remoteAdd("t", "r"))
+	remote(remoteAdd("u", "x"))
 	get()
 	if got := fn.view(); got != "t=[c r],u=[x]" {
 		t.Fatalf("function's copy after remote changes: %q", got)
