@@ -26,8 +26,7 @@ import (
 // reply; "wait" then waits for the call to end.
 func (f *fake) HandleStreamedOut(c *functionpb.ActionCommand, s grpc.ServerStreamingServer[functionpb.ActionResponse]) error {
 	if c.GetName() != "Count" {
-		return s.Send(&functionpb.ActionResponse{Response: &functionpb.ActionResponse_Failure{Failure: &functionpb.Failure{
-			Description: "no streamed method " + c.GetName(), GrpcStatusCode: int32(codes.NotFound)}}})
+		return s.Send(failed("no streamed method "+c.GetName(), codes.NotFound))
 	}
 	req := msg(f.t, "CountRequest", nil)
 	if err := c.GetPayload().UnmarshalTo(req); err != nil {
@@ -35,11 +34,9 @@ func (f *fake) HandleStreamedOut(c *functionpb.ActionCommand, s grpc.ServerStrea
 	}
 	text := field(req, "text").String()
 	for i := range field(req, "count").Int() {
-		resp := &functionpb.ActionResponse{Response: &functionpb.ActionResponse_Reply{Reply: &functionpb.Reply{
-			Payload: mustAny(f.t, msg(f.t, "EchoReply", map[string]any{"text": fmt.Sprintf("%s-%d", text, i)}))}}}
+		resp := echoReply(f.t, fmt.Sprintf("%s-%d", text, i))
 		if text == "side effect" {
-			resp.SideEffects = []*functionpb.SideEffect{{ServiceName: "proxytest.Cart", CommandName: "AddItem", Synchronous: true,
-				Payload: mustAny(f.t, msg(f.t, "AddItemRequest", map[string]any{"cart_id": "stream", "item": fmt.Sprint(i), "quantity": int64(1)}))}}
+			resp.SideEffects = []*functionpb.SideEffect{cartEffect(f.t, "stream", fmt.Sprint(i))}
 		}
 		if err := s.Send(resp); err != nil {
 			return err
@@ -48,14 +45,11 @@ func (f *fake) HandleStreamedOut(c *functionpb.ActionCommand, s grpc.ServerStrea
 	var last *functionpb.ActionResponse
 	switch text {
 	case "fail":
-		last = &functionpb.ActionResponse{Response: &functionpb.ActionResponse_Failure{Failure: &functionpb.Failure{
-			Description: "told to fail", GrpcStatusCode: int32(codes.PermissionDenied)}}}
+		last = failed("told to fail", codes.PermissionDenied)
 	case "forward":
-		last = &functionpb.ActionResponse{Response: &functionpb.ActionResponse_Forward{Forward: &functionpb.Forward{
-			ServiceName: "proxytest.Echo", CommandName: "Say", Payload: mustAny(f.t, msg(f.t, "EchoRequest", map[string]any{"text": "fwd"}))}}}
+		last = &functionpb.ActionResponse{Response: sayForward(f.t, "fwd")}
 	case "effects only":
-		last = &functionpb.ActionResponse{SideEffects: []*functionpb.SideEffect{{ServiceName: "proxytest.Cart", CommandName: "AddItem", Synchronous: true,
-			Payload: mustAny(f.t, msg(f.t, "AddItemRequest", map[string]any{"cart_id": "only", "item": "x", "quantity": int64(1)}))}}}
+		last = &functionpb.ActionResponse{SideEffects: []*functionpb.SideEffect{cartEffect(f.t, "only", "x")}}
 	case "wait":
 		<-s.Context().Done()
 		f.streamEnded <- s.Context().Err()

@@ -51,6 +51,12 @@ func failed(desc string, code codes.Code) *functionpb.ActionResponse {
 		Description: desc, GrpcStatusCode: int32(code)}}}
 }
 
+// sayForward is a forward to Echo.Say with text.
+func sayForward(t testing.TB, text string) *functionpb.ActionResponse_Forward {
+	return &functionpb.ActionResponse_Forward{Forward: &functionpb.Forward{ServiceName: "proxytest.Echo", CommandName: "Say",
+		Payload: mustAny(t, msg(t, "EchoRequest", map[string]any{"text": text}))}}
+}
+
 // cartEffect is a synchronous side effect adding item to cart.
 func cartEffect(t testing.TB, cart, item string) *functionpb.SideEffect {
 	return &functionpb.SideEffect{ServiceName: "proxytest.Cart", CommandName: "AddItem", Synchronous: true,
@@ -94,8 +100,7 @@ func (f *fake) HandleStreamedIn(s grpc.ClientStreamingServer[functionpb.ActionCo
 	}
 	resp := echoReply(f.t, strings.Join(texts, ","))
 	if forward {
-		resp.Response = &functionpb.ActionResponse_Forward{Forward: &functionpb.Forward{ServiceName: "proxytest.Echo", CommandName: "Say",
-			Payload: mustAny(f.t, msg(f.t, "EchoRequest", map[string]any{"text": strings.Join(texts, ",")}))}}
+		resp.Response = sayForward(f.t, strings.Join(texts, ","))
 	}
 	resp.SideEffects = effects
 	return s.SendAndClose(resp)
@@ -131,8 +136,7 @@ func (f *fake) HandleStreamed(s grpc.BidiStreamingServer[functionpb.ActionComman
 			f.streamEnded <- s.Context().Err()
 			return nil
 		case "forward":
-			resp.Response = &functionpb.ActionResponse_Forward{Forward: &functionpb.Forward{ServiceName: "proxytest.Echo", CommandName: "Say",
-				Payload: mustAny(f.t, msg(f.t, "EchoRequest", map[string]any{"text": "fwd"}))}}
+			resp.Response = sayForward(f.t, "fwd")
 		case "side effect":
 			resp.SideEffects = []*functionpb.SideEffect{cartEffect(f.t, "chat", fmt.Sprint(i))}
 		}
