@@ -24,7 +24,8 @@ var (
 	ErrFunction = errors.New("proxy: function error")
 	// ErrNotSupported: not routed by this proxy yet (streaming methods
 	// of entities other than server streams of CRDT entities; client
-	// streams over HTTP; ORMap and Vote CRDTs), or a backend is missing.
+	// streams over HTTP; ORMap values other than ORSets, flags and
+	// ORMaps, see errCRDTType), or a backend is missing.
 	ErrNotSupported = errors.New("proxy: not supported")
 	// ErrSpec: the function's EntitySpec is invalid.
 	ErrSpec = errors.New("proxy: invalid entity spec")
