@@ -11,7 +11,6 @@ import (
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
-	"github.com/statemesh/statemesh/consensus"
 	"github.com/statemesh/statemesh/crdt"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/sdk"
@@ -109,11 +108,7 @@ func sdkEnv(t *testing.T, factory func(string) sdk.CrdtEntity) (*memStore, func(
 		}
 	})
 	store := newMemStore()
-	host := newMemHost()
-	_, conn, _ := startProxyFor(t, lis.Addr().String(), func(h map[string]consensus.Handler) ESHost {
-		host.handlers = h
-		return host
-	}, store)
+	_, conn, _ := startProxyFor(t, lis.Addr().String(), newMemHost().wire, store)
 	do := func(name string, n int64) int64 {
 		t.Helper()
 		in := msg(t, "GetCounterRequest", map[string]any{"id": "e1"})

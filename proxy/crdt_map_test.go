@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
-	"github.com/statemesh/statemesh/consensus"
 	"github.com/statemesh/statemesh/crdt"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/protocol/functionpb"
@@ -162,11 +161,7 @@ func copyEnv(t *testing.T, fn *copyFn) (*memStore, *grpc.ClientConn) {
 	f.crdts.handle = fn.Handle
 	f.spec.Entities = append(f.spec.Entities, &functionpb.Entity{Model: functionpb.Model_MODEL_CRDT, ServiceName: "proxytest.Counter"})
 	store := newMemStore()
-	host := newMemHost()
-	_, conn, _ := startProxy(t, f, func(h map[string]consensus.Handler) ESHost {
-		host.handlers = h
-		return host
-	}, store)
+	_, conn, _ := startProxy(t, f, newMemHost().wire, store)
 	return store, conn
 }
 

@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
-	"github.com/statemesh/statemesh/consensus"
 	"github.com/statemesh/statemesh/crdt"
 	"github.com/statemesh/statemesh/internal/hlc"
 	"github.com/statemesh/statemesh/mesh"
@@ -232,11 +231,7 @@ func TestCRDTCounter(t *testing.T) {
 	f := newFake(t)
 	f.spec.Entities = append(f.spec.Entities, &functionpb.Entity{Model: functionpb.Model_MODEL_CRDT, ServiceName: "proxytest.Counter"})
 	store := newMemStore()
-	host := newMemHost()
-	_, conn, url := startProxy(t, f, func(h map[string]consensus.Handler) ESHost {
-		host.handlers = h
-		return host
-	}, store)
+	_, conn, url := startProxy(t, f, newMemHost().wire, store)
 	inc := func(n int64) (int64, error) {
 		out, err := call(t, conn, "/proxytest.Counter/Increment", msg(t, "IncrementRequest", map[string]any{"id": "k", "value": n}), "CounterValue")
 		if err != nil {
@@ -294,11 +289,7 @@ func counterProxy(t *testing.T) (*fake, *memStore, *Proxy, *grpc.ClientConn, str
 	f.crdts.cancelled = make(chan int64, 10)
 	f.spec.Entities = append(f.spec.Entities, &functionpb.Entity{Model: functionpb.Model_MODEL_CRDT, ServiceName: "proxytest.Counter"})
 	store := newMemStore()
-	host := newMemHost()
-	p, conn, url := startProxy(t, f, func(h map[string]consensus.Handler) ESHost {
-		host.handlers = h
-		return host
-	}, store)
+	p, conn, url := startProxy(t, f, newMemHost().wire, store)
 	return f, store, p, conn, url
 }
 

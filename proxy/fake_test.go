@@ -370,6 +370,12 @@ func newMemHost() *memHost {
 		applied: map[string]consensus.Reply{}}
 }
 
+// wire gives h the proxy's handlers (startProxy's wire).
+func (h *memHost) wire(handlers map[string]consensus.Handler) ESHost {
+	h.handlers = handlers
+	return h
+}
+
 func (h *memHost) Command(ctx context.Context, e consensus.Entity, payload, requestID []byte) (consensus.Reply, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -100,10 +100,7 @@ func startProxyFor(t *testing.T, functionAddr string, wire func(map[string]conse
 
 func newEnv(t *testing.T) *testEnv {
 	e := &testEnv{f: newFake(t), host: newMemHost()}
-	e.p, e.conn, e.url = startProxy(t, e.f, func(h map[string]consensus.Handler) ESHost {
-		e.host.handlers = h
-		return e.host
-	})
+	e.p, e.conn, e.url = startProxy(t, e.f, e.host.wire)
 	return e
 }
 
