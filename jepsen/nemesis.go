@@ -2,6 +2,7 @@ package jepsen
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -147,15 +148,7 @@ func (m *nemesis) start(ctx context.Context, name string) (string, error) {
 		return desc, m.c.Cut(cuts)
 	case Kill:
 		victims := m.minority()
-		for _, v := range victims {
-			m.mu.Lock()
-			m.killed[v] = true
-			m.mu.Unlock()
-			if err := m.c.Kill(ctx, v); err != nil {
-				return "", err
-			}
-		}
-		return fmt.Sprintf("killed %v", victims), nil
+		return fmt.Sprintf("killed %v", victims), m.kill(ctx, victims)
 	case Pause:
 		v := m.names[m.rng.IntN(len(m.names))]
 		m.mu.Lock()
@@ -220,13 +213,33 @@ func (m *nemesis) take(set map[string]bool) []string {
 	return out
 }
 
-func (m *nemesis) restartKilled(ctx context.Context) error {
-	for _, n := range m.take(m.killed) {
-		if err := m.c.Restart(ctx, n); err != nil {
+// kill kills the victims (kill -9) for restartKilled to bring back. A
+// victim that was paused or had its clock offset needs neither undone.
+func (m *nemesis) kill(ctx context.Context, victims []string) error {
+	for _, v := range victims {
+		m.mu.Lock()
+		m.killed[v] = true
+		delete(m.paused, v)
+		delete(m.skewed, v)
+		m.mu.Unlock()
+		if err := m.c.Kill(ctx, v); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// restartKilled restarts the killed nodes together: when they are all the
+// nodes (the durability workload's end), one alone could join no one.
+func (m *nemesis) restartKilled(ctx context.Context) error {
+	names := m.take(m.killed)
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, n := range names {
+		wg.Go(func() { errs[i] = m.c.Restart(ctx, n) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (m *nemesis) resumePaused() error {
@@ -245,15 +258,6 @@ func (m *nemesis) resetClocks(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// forgetNodeFaults drops the kills, pauses and clock offsets healAll
-// would undo, for when every node was killed: they restart together, and
-// without them.
-func (m *nemesis) forgetNodeFaults() {
-	m.take(m.killed)
-	m.take(m.paused)
-	m.take(m.skewed)
 }
 
 // healAll undoes every fault: links, pauses, kills, clocks.

@@ -232,6 +232,7 @@ func (r *runner) run(ctx context.Context) error {
 	// is undoing then (a restart) finishes before anything else happens.
 	nctx, ncancel := context.WithTimeout(ctx, r.cfg.TimeLimit)
 	defer ncancel()
+	nem := newNemesis(r.cluster, r.cfg.Seed)
 	nemDone := make(chan struct{})
 	killed := make(chan error, 1)
 	if r.cfg.Workload == WorkloadDurability {
@@ -244,7 +245,7 @@ func (r *runner) run(ctx context.Context) error {
 			if err := ctx.Err(); err != nil {
 				killed <- err
 			} else {
-				killed <- r.killEvery(ctx)
+				killed <- r.killEvery(ctx, nem)
 			}
 			cancelWorkers()
 		}()
@@ -264,7 +265,6 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		})
 	}
-	nem := newNemesis(r.cluster, r.cfg.Seed)
 	var nemErr error
 	wg.Go(func() {
 		defer close(nemDone)
@@ -278,23 +278,12 @@ func (r *runner) run(ctx context.Context) error {
 	r.progress("time limit reached: healing every fault")
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if r.cfg.Workload == WorkloadDurability {
-		// Every node was killed. They come back together below
-		// (restartEvery): a node the kill nemesis restarted alone could
-		// join no one, and a dead node has no pause or clock to undo.
-		nem.forgetNodeFaults()
-	}
 	if err := nem.healAll(hctx); err != nil {
 		return fmt.Errorf("jepsen: heal: %w", err)
 	}
 	r.record(history.Info, "heal", "healed every fault")
 	if nemErr != nil {
 		return fmt.Errorf("jepsen: nemesis: %w", nemErr)
-	}
-	if r.cfg.Workload == WorkloadDurability {
-		if err := r.restartEvery(hctx); err != nil {
-			return err
-		}
 	}
 	for _, n := range nodes {
 		if err := waitHTTP(hctx, r.cluster.HTTPClient(), n.HTTP); err != nil {
@@ -516,33 +505,14 @@ func (r *runner) finalReads(ctx context.Context, keys []string, read func(contex
 
 // killEvery kills every node at once (kill -9), while the clients may
 // still be writing: what a power cut does to a cluster.
-func (r *runner) killEvery(ctx context.Context) error {
+func (r *runner) killEvery(ctx context.Context, nem *nemesis) error {
 	var names []string
 	for _, n := range r.cluster.Nodes() {
 		names = append(names, n.Name)
 	}
 	r.record(history.Info, "start-kill-all", names)
 	r.progress("killing every node (kill -9): %v", names)
-	for _, n := range names {
-		if err := r.cluster.Kill(ctx, n); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// restartEvery restarts every node (those running are left alone).
-func (r *runner) restartEvery(ctx context.Context) error {
-	nodes := r.cluster.Nodes()
-	var wg sync.WaitGroup
-	errs := make([]error, len(nodes))
-	for i, n := range nodes {
-		wg.Go(func() { errs[i] = r.cluster.Restart(ctx, n.Name) })
-	}
-	wg.Wait()
-	r.record(history.Info, "stop-kill-all", nil)
-	r.progress("every node restarted")
-	return errors.Join(errs...)
+	return nem.kill(ctx, names) // the final heal restarts them together
 }
 
 func (r *runner) checkRegister(ops []history.Op) check.Result {
