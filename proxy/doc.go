@@ -41,8 +41,7 @@
 //
 // Server-streaming methods of CRDT entities (streamed commands, such as
 // the sets example's Watch) and of actions are served over gRPC as server
-// streams, and
-// over HTTP as server-sent events (sse.go): Content-Type
+// streams, and over HTTP as server-sent events (sse.go): Content-Type
 // text/event-stream, each message one "data: <JSON>\n\n" event, flushed,
 // on the paths of their google.api.http bindings (templates of literal
 // and {field} segments, the fields bound into the request; GET query
