@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -151,19 +150,12 @@ func (f benchFlags) run(name string, args []string, stdout, stderr io.Writer, be
 	}
 	start := time.Now()
 	progress := progressLines(stderr, *f.quiet, start)
-	if *f.cpuProfile != "" {
-		pf, err := os.Create(*f.cpuProfile)
-		if err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startCPUProfile(*f.cpuProfile)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
 	}
+	defer stopProfile()
 	rep, err := bench(ctx, progress)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)

@@ -40,7 +40,9 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&counter.Load.Warmup, "warmup", counter.Load.Warmup, "unmeasured requests before each window")
 	fs.IntVar(&counter.Load.Keys, "keys", counter.Load.Keys, "distinct counter ids (Redis keys, register ids), each request to one at random")
 	fs.Int64Var(&counter.Load.Seed, "seed", counter.Load.Seed, "seed of the id sequence (round r uses seed + r - 1)")
+	withHTTP := fs.Bool("http", true, "run the HTTP/JSON counter increments (statemesh-http)")
 	withRedis := fs.Bool("redis", true, "run the Redis baseline (needs redis-server: apt-get install redis-server)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (nodes, functions and clients share the process) to this file")
 	dir := fs.String("dir", "", "directory for the nodes' and Redis's data (removed) and logs (kept); default: a new temporary directory")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -74,6 +76,12 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
+	stopProfile, err := startCPUProfile(*cpuProfile)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 1
+	}
+	defer stopProfile()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
@@ -117,7 +125,10 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	targets = append(targets, g, proxybench.NewHTTPTarget(m.HTTPAddrs(), counter.Clients[0]))
+	targets = append(targets, g)
+	if *withHTTP {
+		targets = append(targets, proxybench.NewHTTPTarget(m.HTTPAddrs(), counter.Clients[0]))
+	}
 	var redis *proxybench.Redis
 	if *withRedis {
 		redisLog, err := os.Create(filepath.Join(runDir, "redis.log"))
