@@ -98,8 +98,15 @@ func (c *causal) setEntry(k string, s store) {
 // before (which the caller captured: stores are updated in place, so the
 // old entry may already be gone).
 func (c *causal) replaceEntry(k string, oldDots []Dot, s store) {
+	_, had := c.entries()[k]
+	c.replaceEntryAt(k, had, oldDots, s)
+}
+
+// replaceEntryAt is replaceEntry for a caller that knows whether key k
+// had an entry (joins look every key up once).
+func (c *causal) replaceEntryAt(k string, had bool, oldDots []Dot, s store) {
 	m := c.entries()
-	if _, had := m[k]; had != (s != nil) {
+	if had != (s != nil) {
 		c.order = nil
 	}
 	if c.idx != nil {
@@ -148,41 +155,8 @@ func (c *causal) joinCausal(o *causal) bool {
 		o = o.withoutMarked(c.pruned)
 	}
 	if _, ok := c.s.(dotMap); ok || (c.s == nil && isMap(o.s)) {
-		// replaceEntry drops c.s when the map empties and entries() makes a
-		// new one, so the map is looked up afresh for every key.
-		om, _ := o.s.(dotMap)
-		before, present := len(c.entries()), 0
-		var buf []Dot // the old dots of one entry, reused from key to key
-		for k, ov := range om {
-			cur := c.entries()[k]
-			if cur != nil {
-				present++
-			}
-			var old []Dot
-			if isMap(cur) {
-				old = c.appendIndexedDots(buf[:0], cur) // nested maps are joined in place
-			}
-			nv, ch := joinStores(cur, c.ctx, ov, o.ctx)
-			if ch {
-				changed = true
-				if !isMap(cur) {
-					old = c.appendIndexedDots(buf[:0], cur) // dot sets and funs are immutable
-				}
-				c.replaceEntry(k, old, nv)
-				buf = old
-			}
-		}
-		var gone []string
-		if present < before { // some of c's keys are not in o: o may remove them
-			gone = c.removedKeys(o, om)
-		}
-		for _, k := range gone {
-			cur := c.entries()[k]
-			old := c.indexedDots(cur)
-			if nv, ch := joinStores(cur, c.ctx, nil, o.ctx); ch {
-				changed = true
-				c.replaceEntry(k, old, nv)
-			}
+		if c.joinEntries(o) {
+			changed = true
 		}
 		if m, _ := c.s.(dotMap); len(m) == 0 {
 			c.s = nil
@@ -199,6 +173,76 @@ func (c *causal) joinCausal(o *causal) bool {
 }
 
 func isMap(s store) bool { _, ok := s.(dotMap); return ok }
+
+// joinEntries is joinCausal's join of the entries of two dotMap stores
+// (c's may be nil). It reports whether c's changed.
+//
+// Every key of either side is joined, except keys of c only whose entries
+// hold no dot of o's context (o removes nothing of them). A small o is
+// walked, and the keys of c only that it can remove are found with the
+// index (removedKeys); an o about as large as c (a state, or a delta-group
+// of many keys) is joined in one walk of c, which finds them on the way,
+// and then a walk of o if it has keys c has not.
+func (c *causal) joinEntries(o *causal) bool {
+	om, _ := o.s.(dotMap)
+	m, _ := c.s.(dotMap)
+	changed := false
+	var buf []Dot // the old dots of one entry, reused from key to key
+	join := func(k string, cur, ov store) {
+		var old []Dot
+		if isMap(cur) {
+			old = c.appendIndexedDots(buf[:0], cur) // nested maps are joined in place
+		}
+		nv, ch := joinStores(cur, c.ctx, ov, o.ctx)
+		if ch {
+			changed = true
+			if !isMap(cur) {
+				old = c.appendIndexedDots(buf[:0], cur) // dot sets and funs are immutable
+			}
+			c.replaceEntryAt(k, cur != nil, old, nv)
+			buf = old
+		} else if swapped(cur, nv) {
+			c.entries()[k] = nv // an equal copy (see canonical): same dots, same index
+		}
+	}
+	// replaceEntry drops c.s when the map empties and entries() makes a
+	// new one, so the map is looked up afresh after a change.
+	if len(m) > 0 && 2*len(om) >= len(m) {
+		inO := 0
+		for k, cur := range m { // entries are replaced or deleted, not added
+			if ov, ok := om[k]; ok {
+				inO++
+				join(k, cur, ov)
+			} else if holdsAny(cur, o.ctx) {
+				join(k, cur, nil)
+			}
+		}
+		if inO < len(om) {
+			for k, ov := range om {
+				if _, ok := c.entries()[k]; !ok {
+					// New to c (or deleted by the walk above: joining it
+					// again changes nothing).
+					join(k, nil, ov)
+				}
+			}
+		}
+		return changed
+	}
+	before, present := len(m), 0
+	for k, ov := range om {
+		cur := c.entries()[k]
+		if cur != nil {
+			present++
+		}
+		join(k, cur, ov)
+	}
+	if present < before { // some of c's keys are not in o: o may remove them
+		for _, k := range c.removedKeys(o, om) {
+			join(k, c.entries()[k], nil)
+		}
+	}
+	return changed
+}
 
 // sortedKeys returns the keys of a dotMap store in order, cached.
 func (c *causal) sortedKeys() []string {

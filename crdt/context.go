@@ -14,6 +14,14 @@ type span struct{ lo, hi uint64 }
 type runs []span
 
 func (rs runs) contains(seq uint64) bool {
+	switch len(rs) {
+	case 0:
+		return false
+	case 1:
+		// One run (a version-vector entry, with no cloud): the common
+		// case, decided without a search.
+		return rs[0].lo <= seq && seq <= rs[0].hi
+	}
 	i, ok := slices.BinarySearchFunc(rs, seq, func(s span, q uint64) int {
 		switch {
 		case s.hi < q:

@@ -55,7 +55,7 @@ func Encode(v Value) []byte { return AppendEncode(nil, v) }
 func AppendEncode(b []byte, v Value) []byte { return appendEncode(b, v, false) }
 
 func appendEncode(b []byte, v Value, sizeOnly bool) []byte {
-	e := &encoder{idx: map[ReplicaID]uint32{}, sizeOnly: sizeOnly}
+	e := &encoder{sizeOnly: sizeOnly}
 	b = v.encode(e, b)
 	if p, ok := v.(prunable); ok && len(*p.marks()) > 0 {
 		m := *p.marks()
@@ -81,6 +81,9 @@ func appendEncode(b []byte, v Value, sizeOnly bool) []byte {
 // EncodedSize returns len(Encode(v)). It encodes into a reused buffer, so
 // counting bytes allocates nothing once the buffer has grown.
 func EncodedSize(v Value) int {
+	if n, ok := causalSize(v); ok {
+		return n
+	}
 	bp := sizeBufs.Get().(*[]byte)
 	b := appendEncode((*bp)[:0], v, true)
 	*bp = b
@@ -101,8 +104,10 @@ func ToProto(v Value) *crdtpb.State {
 }
 
 type encoder struct {
-	idx   map[ReplicaID]uint32
+	// order lists the replicas in order of first use; idx indexes it once
+	// it is too long to search (nil until then).
 	order []ReplicaID
+	idx   map[ReplicaID]uint32
 	// sizeOnly lets map entries come in any order (EncodedSize reads
 	// only the length). The order changes no byte count: each entry is
 	// a message of its own, and every replica an entry names already has
@@ -111,7 +116,27 @@ type encoder struct {
 	sizeOnly bool
 }
 
+// encoderScan is how many replicas rep searches for linearly: a value
+// names few replicas, usually with the same strings throughout, and
+// comparing a handful of them costs less than hashing one.
+const encoderScan = 16
+
 func (e *encoder) rep(r ReplicaID) uint64 {
+	if e.idx == nil {
+		for i, o := range e.order {
+			if o == r {
+				return uint64(i)
+			}
+		}
+		if len(e.order) < encoderScan {
+			e.order = append(e.order, r)
+			return uint64(len(e.order) - 1)
+		}
+		e.idx = make(map[ReplicaID]uint32, 2*encoderScan)
+		for i, o := range e.order {
+			e.idx[o] = uint32(i)
+		}
+	}
 	i, ok := e.idx[r]
 	if !ok {
 		i = uint32(len(e.order))
@@ -125,6 +150,13 @@ func (e *encoder) rep(r ReplicaID) uint64 {
 // length prefix is reserved as one byte and widened if the body is longer.
 func (e *encoder) message(b []byte, num protowire.Number, body func([]byte) []byte) []byte {
 	b = protowire.AppendTag(b, num, protowire.BytesType)
+	if e.sizeOnly {
+		// Only the length counts: the prefix goes after the body, which
+		// then need not move when the prefix is wider than a byte.
+		at := len(b)
+		b = body(b)
+		return append(b, make([]byte, protowire.SizeVarint(uint64(len(b)-at)))...)
+	}
 	return appendLengthPrefixed(b, body)
 }
 
@@ -384,7 +416,11 @@ func (f *EWFlag) encode(e *encoder, b []byte) []byte {
 func (m *ORMap) encode(e *encoder, b []byte) []byte {
 	return e.message(b, 10, func(b []byte) []byte {
 		b = e.context(b, m.c.ctx)
-		return e.mapEntries(b, 2, m.c.s, m.c.sortedKeys())
+		var keys []string // EncodedSize takes the entries in any order
+		if !e.sizeOnly {
+			keys = m.c.sortedKeys()
+		}
+		return e.mapEntries(b, 2, m.c.s, keys)
 	})
 }
 

@@ -32,8 +32,9 @@ func (s *ORSet) Add(r ReplicaID, e []byte) *ORSet {
 	}
 	d := s.c.ctx.next(r)
 	s.c.ctx.Add(d)
-	s.c.setEntry(k, dotSet{d})
-	delta := &ORSet{c: causal{s: dotMap{k: dotSet{d}}, ctx: contextOf(append(dotsOf(old), d)), indexed: true}}
+	ds := dotSet{d} // shared by the state and the delta, as in MVRegister.Assign
+	s.c.setEntry(k, ds)
+	delta := &ORSet{c: causal{s: dotMap{k: ds}, ctx: contextOf(append(dotsOf(old), d)), indexed: true}}
 	return delta
 }
 
@@ -111,9 +112,11 @@ func (m *MVRegister) Assign(r ReplicaID, v []byte) *MVRegister {
 	old := dotsOf(m.c.s)
 	d := m.c.ctx.next(r)
 	m.c.ctx.Add(d)
-	v = bytes.Clone(v)
-	m.c.s = dotFun{{d, v}}
-	return &MVRegister{c: causal{s: dotFun{{d, v}}, ctx: contextOf(append(old, d))}}
+	// The state and the delta share the new value (dot funs are never
+	// modified): joins of its copies then find them equal by identity.
+	f := dotFun{{d, bytes.Clone(v)}}
+	m.c.s = f
+	return &MVRegister{c: causal{s: f, ctx: contextOf(append(old, d))}}
 }
 
 // Clear removes every value it observes and returns the delta.
