@@ -29,8 +29,10 @@ type causal struct {
 	// it.
 	order []string
 	// pruned marks the replicas pruned from a top-level value (see
-	// Prune); nil for views and when there are none.
-	pruned markers
+	// Prune); nil for views and when there are none. renamed holds the
+	// renamings of the marked replicas that had live dots.
+	pruned  markers
+	renamed renames
 }
 
 func newCausal(indexed bool) causal {
@@ -42,7 +44,7 @@ func (c *causal) isBottom() bool {
 }
 
 func (c *causal) clone() causal {
-	out := causal{ctx: c.ctx.Clone(), indexed: c.indexed, order: c.order, pruned: c.pruned.clone()}
+	out := causal{ctx: c.ctx.Clone(), indexed: c.indexed, order: c.order, pruned: c.pruned.clone(), renamed: c.renamed.clone()}
 	if c.s != nil {
 		out.s = c.s.clone()
 	}
@@ -56,7 +58,7 @@ func (c *causal) equal(o *causal) bool {
 	if c.s != nil && !c.s.empty() && !c.s.equal(o.s) {
 		return false
 	}
-	return c.ctx.Equal(o.ctx) && maps.Equal(c.pruned, o.pruned)
+	return c.ctx.Equal(o.ctx) && maps.Equal(c.pruned, o.pruned) && c.renamed.equal(o.renamed)
 }
 
 // index returns the dot index, building it if c keeps one; nil otherwise.
@@ -148,11 +150,12 @@ func (c *causal) appendIndexedDots(buf []Dot, s store) []Dot {
 func (c *causal) joinCausal(o *causal) bool {
 	changed := false
 	if len(c.pruned)+len(o.pruned) > 0 {
-		// Both sides lose what they hold of a replica either has pruned.
-		if changed = c.pruned.union(o.pruned); changed {
-			c.drop(c.pruned.has)
+		// Both sides translate what they hold of a replica either has
+		// pruned, as the pruning did.
+		if changed = c.unionMarks(o); changed {
+			c.translate(c.pruned, c.renamed)
 		}
-		o = o.withoutMarked(c.pruned)
+		o = o.translated(c.pruned, c.renamed)
 	}
 	if _, ok := c.s.(dotMap); ok || (c.s == nil && isMap(o.s)) {
 		if c.joinEntries(o) {
@@ -317,9 +320,18 @@ func holdsAny(s store, ctx *Context) bool {
 // new to c or remove a dot c still holds.
 func (c *causal) extractCausal(o *causal, indexed bool) causal {
 	newMarks := c.pruned.newer(o.pruned)
-	o = o.withoutMarked(c.pruned) // o holds nothing of what it marked itself
+	var newRenames renames
+	for r := range newMarks {
+		if rn := o.renamed[r]; rn != nil {
+			if newRenames == nil {
+				newRenames = renames{}
+			}
+			newRenames[r] = rn
+		}
+	}
+	o = o.translated(c.pruned, c.renamed) // o holds nothing of what it marked itself
 	fresh := o.ctx.Minus(c.ctx)
-	out := causal{ctx: fresh, pruned: newMarks}
+	out := causal{ctx: fresh, pruned: newMarks, renamed: newRenames}
 	if o.s != nil && !fresh.IsEmpty() { // o's dots are in o.ctx: none is fresh if fresh is empty
 		out.s = o.s.filter(fresh.Contains)
 	}

@@ -64,9 +64,28 @@ func appendEncode(b []byte, v Value, sizeOnly bool) []byte {
 		for i, r := range rs {
 			idx[i] = e.rep(r)
 		}
+		var ren renames
+		if c, ok := v.(renamer); ok {
+			ren = *c.renames()
+		}
 		b = e.message(b, 12, func(b []byte) []byte {
 			b = packed(b, 1, len(rs), func(i int) uint64 { return idx[i] })
-			return packed(b, 2, len(rs), func(i int) uint64 { return uint64(m[rs[i]]) })
+			b = packed(b, 2, len(rs), func(i int) uint64 { return uint64(m[rs[i]]) })
+			if len(ren) == 0 {
+				return b
+			}
+			for _, r := range rs {
+				rn := ren[r]
+				b = e.message(b, 3, func(b []byte) []byte {
+					if rn == nil {
+						return b
+					}
+					b = appendUint(b, 1, e.rep(rn.into))
+					b = packed(b, 2, len(rn.from), func(i int) uint64 { return rn.from[i] })
+					return packed(b, 3, len(rn.to), func(i int) uint64 { return rn.to[i] })
+				})
+			}
+			return b
 		})
 	}
 	for _, r := range e.order {
@@ -533,8 +552,71 @@ func (d *decoder) state(st *crdtpb.State) (Value, error) {
 			return nil, errf("%s holds contributions of replica %s, which it marks pruned", v.Type(), r)
 		}
 	}
+	ren, err := d.renames(st.GetPruned(), m)
+	if err != nil {
+		return nil, err
+	}
+	if len(ren) > 0 {
+		c, ok := v.(renamer)
+		if !ok {
+			return nil, errf("a %s carries renamed dots", v.Type())
+		}
+		*c.renames() = ren
+	}
 	*p.marks() = m
 	return v, nil
+}
+
+// renames decodes the renamings of pruned replicas: none, or one per
+// marker (possibly empty); each with a valid owner other than the pruned
+// replica, as many new as old sequence numbers, none zero, the old ones
+// ascending.
+func (d *decoder) renames(pm *crdtpb.Pruned, m markers) (renames, error) {
+	rl := pm.GetRenamed()
+	if len(rl) == 0 {
+		return nil, nil
+	}
+	rs := pm.GetReplica()
+	if len(rl) != len(rs) {
+		return nil, errf("pruning markers have %d replicas and %d renamings", len(rs), len(rl))
+	}
+	var out renames
+	for i, x := range rl {
+		from, to := x.GetFrom(), x.GetTo()
+		if len(from) == 0 && len(to) == 0 {
+			continue
+		}
+		if len(from) != len(to) {
+			return nil, errf("a renaming has %d old and %d new dots", len(from), len(to))
+		}
+		if err := d.spend(len(from)); err != nil {
+			return nil, err
+		}
+		r, err := d.rep(rs[i])
+		if err != nil {
+			return nil, err
+		}
+		into, err := d.rep(x.GetInto())
+		if err != nil {
+			return nil, err
+		}
+		if into == r {
+			return nil, errf("replica %s renamed into itself", r)
+		}
+		for j := range from {
+			if from[j] == 0 || to[j] == 0 {
+				return nil, errf("a renaming of replica %s names dot 0", r)
+			}
+			if j > 0 && from[j] <= from[j-1] {
+				return nil, errf("a renaming of replica %s not in ascending order", r)
+			}
+		}
+		if out == nil {
+			out = renames{}
+		}
+		out[r] = &renaming{into: into, from: slices.Clone(from), to: slices.Clone(to)}
+	}
+	return out, nil
 }
 
 // markers decodes pruning markers: distinct replicas, ascending.

@@ -1158,7 +1158,11 @@ func irreducibles(v Value) []Value {
 	case *ORSet, *MVRegister, *EWFlag, *ORMap:
 		c := causalOf(v)
 		for r, at := range c.pruned {
-			out = append(out, wrapCausal(v.Type(), causal{ctx: NewContext(), pruned: markers{r: at}}))
+			one := causal{ctx: NewContext(), pruned: markers{r: at}}
+			if rn := c.renamed[r]; rn != nil {
+				one.renamed = renames{r: rn}
+			}
+			out = append(out, wrapCausal(v.Type(), one))
 		}
 		c.ctx.ForEach(func(d Dot) bool {
 			one := causal{ctx: contextOf([]Dot{d})}

@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"slices"
@@ -14,10 +15,16 @@ import (
 //   - GCounter, PNCounter: the removed replica's entries are added to the
 //     owner's entries.
 //   - ORSet, MVRegister, EWFlag, ORMap: every live dot of the removed
-//     replica is replaced by a fresh dot of the owner (the same element,
-//     value or flag, re-added), and the removed replica leaves the causal
-//     context. A remove made concurrently by a replica that had not seen
-//     the pruning loses against the re-add, as against any concurrent add.
+//     replica is renamed: replaced by a fresh dot of the owner (the same
+//     element, value or flag), and the removed replica leaves the causal
+//     context. The marker keeps the renaming (old dot, new dot), so that
+//     a replica which has not seen the pruning translates its own state
+//     the same way before it joins: a dot it holds takes its new name,
+//     and a dot it has seen removed marks the new name removed too. So a
+//     remove made concurrently with the pruning still removes what it
+//     observed (without the renaming, the fresh dot would look like a
+//     concurrent add and win: the jepsen set workload caught an element
+//     coming back that way after a crash pruned the old incarnation).
 //   - Vote: the removed replica's ballot is dropped: it leaves the
 //     electorate, as Vote.Remove does.
 //   - GSet, Flag and LWWRegister hold no per-replica state that grows
@@ -25,11 +32,13 @@ import (
 //     to prune.
 //
 // A pruned value keeps a marker per pruned replica. Joins union the
-// markers and drop whatever contributions of a marked replica either side
-// still carries, so a replica that has not yet seen the pruning, or a
-// stale copy, cannot bring those contributions back (they are counted in
-// the owner's now). The join stays a join: dropping a marked replica's
-// contributions commutes with the causal and counter joins.
+// markers and translate (causal types: renamed dots move, the others go)
+// or drop (counters, votes) whatever contributions of a marked replica
+// either side still carries, so a replica that has not yet seen the
+// pruning, or a stale copy, cannot bring those contributions back (they
+// are counted in the owner's now). The join stays a join: translating
+// and dropping a marked replica's contributions commute with the causal
+// and counter joins.
 //
 // Pruning is correct only under two conditions that this package cannot
 // check and its caller (the mesh) must ensure: exactly one replica, the
@@ -84,6 +93,53 @@ func (m markers) newer(o markers) markers {
 
 // sorted returns the marked replicas in order.
 func (m markers) sorted() []ReplicaID { return slices.SortedFunc(maps.Keys(m), ReplicaID.Compare) }
+
+// renaming records the live dots of a pruned replica that its owner
+// re-minted as its own: the dot (removed, from[i]) became (into, to[i]).
+// from is ascending. Never modified once built: values share it.
+type renaming struct {
+	into     ReplicaID
+	from, to []uint64
+}
+
+// lookup returns the new sequence number of the removed replica's dot
+// seq, if it was renamed.
+func (rn *renaming) lookup(seq uint64) (uint64, bool) {
+	if rn == nil {
+		return 0, false
+	}
+	i, ok := slices.BinarySearch(rn.from, seq)
+	if !ok {
+		return 0, false
+	}
+	return rn.to[i], true
+}
+
+func (rn *renaming) equal(o *renaming) bool {
+	if rn == nil || o == nil {
+		return rn == o
+	}
+	return rn.into == o.into && slices.Equal(rn.from, o.from) && slices.Equal(rn.to, o.to)
+}
+
+// renames maps a pruned replica to the renaming of its live dots, for the
+// pruned replicas that had any in the value. nil when there are none.
+type renames map[ReplicaID]*renaming
+
+func (r renames) clone() renames {
+	if len(r) == 0 {
+		return nil
+	}
+	return maps.Clone(r) // the renamings themselves are immutable
+}
+
+func (r renames) equal(o renames) bool { return maps.EqualFunc(r, o, (*renaming).equal) }
+
+// renamer is implemented by the causal types, whose markers can carry
+// renamings.
+type renamer interface {
+	renames() *renames
+}
 
 // prunable is implemented by the types that hold per-replica state.
 type prunable interface {
@@ -271,32 +327,36 @@ func (s *ORSet) prune(removed, into ReplicaID, at int64) (Value, error) {
 }
 func (s *ORSet) holds(r ReplicaID) bool                { return s.c.ctx.m[r] != nil }
 func (s *ORSet) holdsAny(in func(ReplicaID) bool) bool { return s.c.ctx.holdsAny(in) }
-func (s *ORSet) forget(in func(ReplicaID) bool)        { s.c.drop(in) }
+func (s *ORSet) forget(in func(ReplicaID) bool)        { s.c.forget(in) }
 func (s *ORSet) marks() *markers                       { return &s.c.pruned }
+func (s *ORSet) renames() *renames                     { return &s.c.renamed }
 
 func (m *MVRegister) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &MVRegister{c: m.c.prune(removed, into, at)}, nil
 }
 func (m *MVRegister) holds(r ReplicaID) bool                { return m.c.ctx.m[r] != nil }
 func (m *MVRegister) holdsAny(in func(ReplicaID) bool) bool { return m.c.ctx.holdsAny(in) }
-func (m *MVRegister) forget(in func(ReplicaID) bool)        { m.c.drop(in) }
+func (m *MVRegister) forget(in func(ReplicaID) bool)        { m.c.forget(in) }
 func (m *MVRegister) marks() *markers                       { return &m.c.pruned }
+func (m *MVRegister) renames() *renames                     { return &m.c.renamed }
 
 func (f *EWFlag) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &EWFlag{c: f.c.prune(removed, into, at)}, nil
 }
 func (f *EWFlag) holds(r ReplicaID) bool                { return f.c.ctx.m[r] != nil }
 func (f *EWFlag) holdsAny(in func(ReplicaID) bool) bool { return f.c.ctx.holdsAny(in) }
-func (f *EWFlag) forget(in func(ReplicaID) bool)        { f.c.drop(in) }
+func (f *EWFlag) forget(in func(ReplicaID) bool)        { f.c.forget(in) }
 func (f *EWFlag) marks() *markers                       { return &f.c.pruned }
+func (f *EWFlag) renames() *renames                     { return &f.c.renamed }
 
 func (m *ORMap) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &ORMap{c: m.c.prune(removed, into, at)}, nil
 }
 func (m *ORMap) holds(r ReplicaID) bool                { return m.c.ctx.m[r] != nil }
 func (m *ORMap) holdsAny(in func(ReplicaID) bool) bool { return m.c.ctx.holdsAny(in) }
-func (m *ORMap) forget(in func(ReplicaID) bool)        { m.c.drop(in) }
+func (m *ORMap) forget(in func(ReplicaID) bool)        { m.c.forget(in) }
 func (m *ORMap) marks() *markers                       { return &m.c.pruned }
+func (m *ORMap) renames() *renames                     { return &m.c.renamed }
 
 // prune replaces every live dot of removed by a fresh dot of into, drops
 // removed from the context, marks it and returns the delta: the fresh dots
@@ -305,11 +365,13 @@ func (m *ORMap) marks() *markers                       { return &m.c.pruned }
 // live dot either.)
 func (c *causal) prune(removed, into ReplicaID, at int64) causal {
 	var fresh []Dot
-	next := func() Dot {
+	rn := &renaming{into: into}
+	next := func(old Dot) (Dot, bool) {
 		d := c.ctx.next(into)
 		c.ctx.Add(d)
 		fresh = append(fresh, d)
-		return d
+		rn.from, rn.to = append(rn.from, old.Seq), append(rn.to, d.Seq)
+		return d, true
 	}
 	out, added := retag(c.s, removed, next)
 	if added != nil {
@@ -318,15 +380,114 @@ func (c *causal) prune(removed, into ReplicaID, at int64) causal {
 	}
 	delete(c.ctx.m, removed)
 	c.pruned.union(markers{removed: at})
-	return causal{s: added, ctx: contextOf(fresh), pruned: markers{removed: at}, indexed: c.indexed}
+	d := causal{s: added, ctx: contextOf(fresh), pruned: markers{removed: at}, indexed: c.indexed}
+	if len(rn.from) > 0 {
+		sortRenaming(rn)
+		if c.renamed == nil {
+			c.renamed = renames{}
+		}
+		c.renamed[removed] = rn
+		d.renamed = renames{removed: rn}
+	}
+	return d
 }
 
-// retag returns s with every dot of r replaced by a dot from next, and the
+// sortRenaming orders rn's pairs by the old sequence number (retag visits
+// dots in key order, not sequence order).
+func sortRenaming(rn *renaming) {
+	idx := make([]int, len(rn.from))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return cmp.Compare(rn.from[a], rn.from[b]) })
+	from, to := make([]uint64, len(idx)), make([]uint64, len(idx))
+	for i, j := range idx {
+		from[i], to[i] = rn.from[j], rn.to[j]
+	}
+	rn.from, rn.to = from, to
+}
+
+// unionMarks adds o's markers, and the renamings that come with them, to
+// c's, and reports whether c's changed. For a replica both mark, the
+// later marker wins, with its renaming.
+func (c *causal) unionMarks(o *causal) bool {
+	newer := c.pruned.newer(o.pruned)
+	if len(newer) == 0 {
+		return false
+	}
+	c.pruned.union(newer)
+	for r := range newer {
+		if rn := o.renamed[r]; rn != nil {
+			if c.renamed == nil {
+				c.renamed = renames{}
+			}
+			c.renamed[r] = rn
+		} else {
+			delete(c.renamed, r)
+		}
+	}
+	return true
+}
+
+// translate applies the markers m, with their renamings ren, to c in
+// place, as the pruning did to the owner's copy: a renamed dot of a
+// marked replica takes its new name in the store, and in the context if
+// c's context holds the old one (c saw it, live or removed); the marked
+// replica's other dots go (the owner held every dot of it that existed
+// when it pruned, and had seen those removed); then the marked replica
+// leaves the context. Renamings can chain (a replica pruned into one that
+// was pruned later), so the passes repeat until no marked replica is
+// left; a cycle, which no honest pruning makes, ends in a drop. It
+// reports whether c changed.
+func (c *causal) translate(m markers, ren renames) bool {
+	if len(m) == 0 || !c.ctx.holdsAny(m.has) {
+		return false
+	}
+	for range len(m) + 1 {
+		progress := false
+		for _, r := range m.sorted() {
+			if c.ctx.m[r] == nil {
+				continue
+			}
+			progress = true
+			rn := ren[r]
+			if c.s != nil {
+				s := c.s.filter(func(d Dot) bool {
+					_, ok := rn.lookup(d.Seq)
+					return d.Replica != r || ok
+				})
+				if rn != nil {
+					s, _ = retag(s, r, func(old Dot) (Dot, bool) {
+						to, _ := rn.lookup(old.Seq)
+						return Dot{rn.into, to}, true
+					})
+				}
+				c.s = s
+				c.idx, c.order = nil, nil
+			}
+			if rn != nil {
+				for i, from := range rn.from {
+					if c.ctx.Contains(Dot{r, from}) {
+						c.ctx.Add(Dot{rn.into, rn.to[i]})
+					}
+				}
+			}
+			delete(c.ctx.m, r)
+		}
+		if !progress {
+			return true
+		}
+	}
+	c.drop(m.has)
+	return true
+}
+
+// retag returns s with every dot of r replaced by next(dot), and the
 // store of the replacements alone (nil, and s itself, when s holds no dot
 // of r). Stores are not modified: dot sets and funs are immutable, and
 // maps are copied where they change. Map keys are visited in order, so
 // the dots minted do not depend on map iteration.
-func retag(s store, r ReplicaID, next func() Dot) (out, added store) {
+func retag(s store, r ReplicaID, next func(old Dot) (Dot, bool)) (out, added store) {
 	switch x := s.(type) {
 	case nil:
 		return nil, nil
@@ -337,7 +498,8 @@ func retag(s store, r ReplicaID, next func() Dot) (out, added store) {
 		var keep, fresh dotSet
 		for _, d := range x {
 			if d.Replica == r {
-				fresh = append(fresh, next())
+				nd, _ := next(d)
+				fresh = append(fresh, nd)
 			} else {
 				keep = append(keep, d)
 			}
@@ -352,7 +514,8 @@ func retag(s store, r ReplicaID, next func() Dot) (out, added store) {
 		var keep, fresh dotFun
 		for _, e := range x {
 			if e.d.Replica == r {
-				fresh = append(fresh, funEntry{next(), e.v})
+				nd, _ := next(e.d)
+				fresh = append(fresh, funEntry{nd, e.v})
 			} else {
 				keep = append(keep, e)
 			}
@@ -380,6 +543,16 @@ func retag(s store, r ReplicaID, next func() Dot) (out, added store) {
 	panic("crdt: unknown dot store") // unreachable: stores are built only by this package
 }
 
+// forget drops the contributions of the replicas for which in is true,
+// and their renamings (Forget drops their markers).
+func (c *causal) forget(in func(ReplicaID) bool) {
+	c.drop(in)
+	maps.DeleteFunc(c.renamed, func(r ReplicaID, _ *renaming) bool { return in(r) })
+	if len(c.renamed) == 0 {
+		c.renamed = nil
+	}
+}
+
 // drop removes the contributions of the replicas for which in is true
 // from c (in place): their dots from the store and their runs from the
 // context. (Every stored dot is in the context, so the context tells
@@ -395,14 +568,14 @@ func (c *causal) drop(in func(ReplicaID) bool) {
 	maps.DeleteFunc(c.ctx.m, func(r ReplicaID, _ runs) bool { return in(r) })
 }
 
-// withoutMarked returns o, or a copy of it without the contributions of
-// replicas marked in m if it holds any.
-func (o *causal) withoutMarked(m markers) *causal {
+// translated returns o, or a copy of it translated by the markers m and
+// renamings ren if it holds contributions of a marked replica.
+func (o *causal) translated(m markers, ren renames) *causal {
 	if len(m) == 0 || !o.ctx.holdsAny(m.has) {
 		return o
 	}
 	cp := o.clone()
-	cp.drop(m.has)
+	cp.translate(m, ren)
 	return &cp
 }
 

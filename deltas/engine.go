@@ -1097,6 +1097,20 @@ func (e *Engine) Lag() uint64 {
 // Buffered returns the number of buffered deltas.
 func (e *Engine) Buffered() int { return len(e.buf) }
 
+// BufferHolds reports whether a delta the engine still buffers (one not
+// yet acknowledged by every peer it is due to) satisfies pred. The mesh
+// forgets a pruned replica only once no buffered delta mentions it: a
+// delta from before the pruning, delivered after, must still be
+// translated by the pruning's marker.
+func (e *Engine) BufferHolds(pred func(crdt.Value) bool) bool {
+	for _, en := range e.buf {
+		if en.delta != nil && pred(en.delta) {
+			return true
+		}
+	}
+	return false
+}
+
 // Len returns the number of keys.
 func (e *Engine) Len() int { return len(e.state) }
 

@@ -37,7 +37,9 @@ import (
 //
 // Then the markers go too, so that a pruned replica costs each value
 // nothing at all: every node that holds nothing of a pruned replica but
-// markers records so in the clean set (a system GSet of (replica, node)).
+// markers, and buffers no delta that mentions it (such a delta, received
+// after the pruning, must be translated by the marker: see crdt.Prune),
+// records so in the clean set (a system GSet of (replica, node)).
 // Once every member has, each node forgets the replica (deltas.Engine.
 // Forget): it drops the markers from its state, locally, and from then on
 // drops the replica's contributions and markers from every value it
@@ -340,9 +342,15 @@ func (n *Node) confirmAndForget(pruned map[crdt.ReplicaID]bool) {
 			continue
 		}
 		if !clean[r][n.cfg.Name] {
-			holds := n.eng.Select(func(_ string, v crdt.Value) bool { return crdt.Holds(v, r) })
-			if len(holds) > 0 {
+			holds := func(v crdt.Value) bool { return crdt.Holds(v, r) }
+			if len(n.eng.Select(func(_ string, v crdt.Value) bool { return holds(v) })) > 0 {
 				continue // the pruned values have not all arrived yet
+			}
+			if n.eng.BufferHolds(holds) {
+				// A delta from before the pruning is still on its way to
+				// a peer, which must translate it with the marker (a
+				// remove in it still removes the renamed dot).
+				continue
 			}
 			if _, err := n.eng.Update(cleanEngineKey, crdt.TypeGSet, func(v crdt.Value) (crdt.Value, error) {
 				return v.(*crdt.GSet).Add(cleanElement(r, n.cfg.Name)), nil

@@ -390,10 +390,18 @@ func (*State_Vote) isState_Value() {}
 // Pruned lists pruned replicas as parallel arrays: replica[i] (an index
 // into State.replicas, ascending by replica id) was pruned at at[i] (Unix
 // nanoseconds on the pruning node's clock; for operators).
+//
+// renamed, for causal types only, is empty or parallel to replica: the
+// live dots of replica[i] that the pruning re-minted as dots of another
+// replica. A replica that has not seen the pruning translates its own
+// state with it before joining (a dot it holds moves to its new name; one
+// it had seen removed marks the new name removed too), so a remove made
+// concurrently with the pruning still removes what it observed.
 type Pruned struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Replica       []uint32               `protobuf:"varint,1,rep,packed,name=replica,proto3" json:"replica,omitempty"`
 	At            []int64                `protobuf:"varint,2,rep,packed,name=at,proto3" json:"at,omitempty"`
+	Renamed       []*Renamed             `protobuf:"bytes,3,rep,name=renamed,proto3" json:"renamed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -442,6 +450,76 @@ func (x *Pruned) GetAt() []int64 {
 	return nil
 }
 
+func (x *Pruned) GetRenamed() []*Renamed {
+	if x != nil {
+		return x.Renamed
+	}
+	return nil
+}
+
+// Renamed: the pruned replica's dot from[i] became into's dot to[i]
+// (sequence numbers; from ascending; into is an index into
+// State.replicas). Empty when none of the replica's dots was live.
+type Renamed struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Into          uint32                 `protobuf:"varint,1,opt,name=into,proto3" json:"into,omitempty"`
+	From          []uint64               `protobuf:"varint,2,rep,packed,name=from,proto3" json:"from,omitempty"`
+	To            []uint64               `protobuf:"varint,3,rep,packed,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Renamed) Reset() {
+	*x = Renamed{}
+	mi := &file_crdt_v1_crdt_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Renamed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Renamed) ProtoMessage() {}
+
+func (x *Renamed) ProtoReflect() protoreflect.Message {
+	mi := &file_crdt_v1_crdt_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Renamed.ProtoReflect.Descriptor instead.
+func (*Renamed) Descriptor() ([]byte, []int) {
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Renamed) GetInto() uint32 {
+	if x != nil {
+		return x.Into
+	}
+	return 0
+}
+
+func (x *Renamed) GetFrom() []uint64 {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *Renamed) GetTo() []uint64 {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
 // GCounter entries as parallel arrays: replica[i] has counted count[i].
 type GCounter struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -453,7 +531,7 @@ type GCounter struct {
 
 func (x *GCounter) Reset() {
 	*x = GCounter{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[3]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +543,7 @@ func (x *GCounter) String() string {
 func (*GCounter) ProtoMessage() {}
 
 func (x *GCounter) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[3]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +556,7 @@ func (x *GCounter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCounter.ProtoReflect.Descriptor instead.
 func (*GCounter) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{3}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GCounter) GetReplica() []uint32 {
@@ -505,7 +583,7 @@ type PNCounter struct {
 
 func (x *PNCounter) Reset() {
 	*x = PNCounter{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[4]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -517,7 +595,7 @@ func (x *PNCounter) String() string {
 func (*PNCounter) ProtoMessage() {}
 
 func (x *PNCounter) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[4]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -530,7 +608,7 @@ func (x *PNCounter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PNCounter.ProtoReflect.Descriptor instead.
 func (*PNCounter) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{4}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PNCounter) GetP() *GCounter {
@@ -557,7 +635,7 @@ type GSet struct {
 
 func (x *GSet) Reset() {
 	*x = GSet{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[5]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +647,7 @@ func (x *GSet) String() string {
 func (*GSet) ProtoMessage() {}
 
 func (x *GSet) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[5]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +660,7 @@ func (x *GSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GSet.ProtoReflect.Descriptor instead.
 func (*GSet) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{5}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GSet) GetElements() [][]byte {
@@ -605,7 +683,7 @@ type Context struct {
 
 func (x *Context) Reset() {
 	*x = Context{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[6]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -617,7 +695,7 @@ func (x *Context) String() string {
 func (*Context) ProtoMessage() {}
 
 func (x *Context) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[6]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -630,7 +708,7 @@ func (x *Context) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Context.ProtoReflect.Descriptor instead.
 func (*Context) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{6}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Context) GetReplicas() []*ReplicaRuns {
@@ -650,7 +728,7 @@ type ReplicaRuns struct {
 
 func (x *ReplicaRuns) Reset() {
 	*x = ReplicaRuns{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[7]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +740,7 @@ func (x *ReplicaRuns) String() string {
 func (*ReplicaRuns) ProtoMessage() {}
 
 func (x *ReplicaRuns) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[7]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +753,7 @@ func (x *ReplicaRuns) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRuns.ProtoReflect.Descriptor instead.
 func (*ReplicaRuns) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{7}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReplicaRuns) GetReplica() uint32 {
@@ -703,7 +781,7 @@ type Dots struct {
 
 func (x *Dots) Reset() {
 	*x = Dots{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[8]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +793,7 @@ func (x *Dots) String() string {
 func (*Dots) ProtoMessage() {}
 
 func (x *Dots) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[8]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +806,7 @@ func (x *Dots) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dots.ProtoReflect.Descriptor instead.
 func (*Dots) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{8}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Dots) GetReplica() []uint32 {
@@ -756,7 +834,7 @@ type ORSet struct {
 
 func (x *ORSet) Reset() {
 	*x = ORSet{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[9]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -768,7 +846,7 @@ func (x *ORSet) String() string {
 func (*ORSet) ProtoMessage() {}
 
 func (x *ORSet) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[9]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -781,7 +859,7 @@ func (x *ORSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORSet.ProtoReflect.Descriptor instead.
 func (*ORSet) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{9}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ORSet) GetContext() *Context {
@@ -808,7 +886,7 @@ type ORSetEntry struct {
 
 func (x *ORSetEntry) Reset() {
 	*x = ORSetEntry{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[10]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +898,7 @@ func (x *ORSetEntry) String() string {
 func (*ORSetEntry) ProtoMessage() {}
 
 func (x *ORSetEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[10]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +911,7 @@ func (x *ORSetEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORSetEntry.ProtoReflect.Descriptor instead.
 func (*ORSetEntry) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{10}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ORSetEntry) GetElement() []byte {
@@ -861,7 +939,7 @@ type MVEntry struct {
 
 func (x *MVEntry) Reset() {
 	*x = MVEntry{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[11]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +951,7 @@ func (x *MVEntry) String() string {
 func (*MVEntry) ProtoMessage() {}
 
 func (x *MVEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[11]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +964,7 @@ func (x *MVEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MVEntry.ProtoReflect.Descriptor instead.
 func (*MVEntry) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{11}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MVEntry) GetReplica() uint32 {
@@ -921,7 +999,7 @@ type MVRegister struct {
 
 func (x *MVRegister) Reset() {
 	*x = MVRegister{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[12]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -933,7 +1011,7 @@ func (x *MVRegister) String() string {
 func (*MVRegister) ProtoMessage() {}
 
 func (x *MVRegister) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[12]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -946,7 +1024,7 @@ func (x *MVRegister) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MVRegister.ProtoReflect.Descriptor instead.
 func (*MVRegister) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{12}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MVRegister) GetContext() *Context {
@@ -974,7 +1052,7 @@ type Timestamp struct {
 
 func (x *Timestamp) Reset() {
 	*x = Timestamp{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[13]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1064,7 @@ func (x *Timestamp) String() string {
 func (*Timestamp) ProtoMessage() {}
 
 func (x *Timestamp) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[13]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1077,7 @@ func (x *Timestamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timestamp.ProtoReflect.Descriptor instead.
 func (*Timestamp) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{13}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Timestamp) GetWallNanos() int64 {
@@ -1028,7 +1106,7 @@ type LWWRegister struct {
 
 func (x *LWWRegister) Reset() {
 	*x = LWWRegister{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[14]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1118,7 @@ func (x *LWWRegister) String() string {
 func (*LWWRegister) ProtoMessage() {}
 
 func (x *LWWRegister) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[14]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1131,7 @@ func (x *LWWRegister) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LWWRegister.ProtoReflect.Descriptor instead.
 func (*LWWRegister) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{14}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LWWRegister) GetTimestamp() *Timestamp {
@@ -1086,7 +1164,7 @@ type Flag struct {
 
 func (x *Flag) Reset() {
 	*x = Flag{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[15]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1176,7 @@ func (x *Flag) String() string {
 func (*Flag) ProtoMessage() {}
 
 func (x *Flag) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[15]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1189,7 @@ func (x *Flag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Flag.ProtoReflect.Descriptor instead.
 func (*Flag) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{15}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Flag) GetEnabled() bool {
@@ -1132,7 +1210,7 @@ type EWFlag struct {
 
 func (x *EWFlag) Reset() {
 	*x = EWFlag{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[16]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1222,7 @@ func (x *EWFlag) String() string {
 func (*EWFlag) ProtoMessage() {}
 
 func (x *EWFlag) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[16]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1235,7 @@ func (x *EWFlag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EWFlag.ProtoReflect.Descriptor instead.
 func (*EWFlag) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{16}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EWFlag) GetContext() *Context {
@@ -1187,7 +1265,7 @@ type ORMap struct {
 
 func (x *ORMap) Reset() {
 	*x = ORMap{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[17]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1277,7 @@ func (x *ORMap) String() string {
 func (*ORMap) ProtoMessage() {}
 
 func (x *ORMap) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[17]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1290,7 @@ func (x *ORMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORMap.ProtoReflect.Descriptor instead.
 func (*ORMap) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{17}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ORMap) GetContext() *Context {
@@ -1246,7 +1324,7 @@ type ORMapEntry struct {
 
 func (x *ORMapEntry) Reset() {
 	*x = ORMapEntry{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[18]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1336,7 @@ func (x *ORMapEntry) String() string {
 func (*ORMapEntry) ProtoMessage() {}
 
 func (x *ORMapEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[18]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1349,7 @@ func (x *ORMapEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORMapEntry.ProtoReflect.Descriptor instead.
 func (*ORMapEntry) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{18}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ORMapEntry) GetKey() []byte {
@@ -1368,7 +1446,7 @@ type MVStore struct {
 
 func (x *MVStore) Reset() {
 	*x = MVStore{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[19]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +1458,7 @@ func (x *MVStore) String() string {
 func (*MVStore) ProtoMessage() {}
 
 func (x *MVStore) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[19]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +1471,7 @@ func (x *MVStore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MVStore.ProtoReflect.Descriptor instead.
 func (*MVStore) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{19}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MVStore) GetEntries() []*MVEntry {
@@ -1412,7 +1490,7 @@ type ORSetStore struct {
 
 func (x *ORSetStore) Reset() {
 	*x = ORSetStore{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[20]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1502,7 @@ func (x *ORSetStore) String() string {
 func (*ORSetStore) ProtoMessage() {}
 
 func (x *ORSetStore) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[20]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1515,7 @@ func (x *ORSetStore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORSetStore.ProtoReflect.Descriptor instead.
 func (*ORSetStore) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{20}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ORSetStore) GetEntries() []*ORSetEntry {
@@ -1456,7 +1534,7 @@ type ORMapStore struct {
 
 func (x *ORMapStore) Reset() {
 	*x = ORMapStore{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[21]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1468,7 +1546,7 @@ func (x *ORMapStore) String() string {
 func (*ORMapStore) ProtoMessage() {}
 
 func (x *ORMapStore) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[21]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1481,7 +1559,7 @@ func (x *ORMapStore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ORMapStore.ProtoReflect.Descriptor instead.
 func (*ORMapStore) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{21}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ORMapStore) GetEntries() []*ORMapEntry {
@@ -1502,7 +1580,7 @@ type Vote struct {
 
 func (x *Vote) Reset() {
 	*x = Vote{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[22]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1592,7 @@ func (x *Vote) String() string {
 func (*Vote) ProtoMessage() {}
 
 func (x *Vote) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[22]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1605,7 @@ func (x *Vote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vote.ProtoReflect.Descriptor instead.
 func (*Vote) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{22}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Vote) GetBallots() []*Ballot {
@@ -1549,7 +1627,7 @@ type Ballot struct {
 
 func (x *Ballot) Reset() {
 	*x = Ballot{}
-	mi := &file_crdt_v1_crdt_proto_msgTypes[23]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1561,7 +1639,7 @@ func (x *Ballot) String() string {
 func (*Ballot) ProtoMessage() {}
 
 func (x *Ballot) ProtoReflect() protoreflect.Message {
-	mi := &file_crdt_v1_crdt_proto_msgTypes[23]
+	mi := &file_crdt_v1_crdt_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1574,7 +1652,7 @@ func (x *Ballot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ballot.ProtoReflect.Descriptor instead.
 func (*Ballot) Descriptor() ([]byte, []int) {
-	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{23}
+	return file_crdt_v1_crdt_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Ballot) GetReplica() uint32 {
@@ -1629,10 +1707,15 @@ const file_crdt_v1_crdt_proto_rawDesc = "" +
 	" \x01(\v2\x18.statemesh.crdt.v1.ORMapH\x00R\x05ormap\x12-\n" +
 	"\x04vote\x18\v \x01(\v2\x17.statemesh.crdt.v1.VoteH\x00R\x04vote\x121\n" +
 	"\x06pruned\x18\f \x01(\v2\x19.statemesh.crdt.v1.PrunedR\x06prunedB\a\n" +
-	"\x05value\"2\n" +
+	"\x05value\"h\n" +
 	"\x06Pruned\x12\x18\n" +
 	"\areplica\x18\x01 \x03(\rR\areplica\x12\x0e\n" +
-	"\x02at\x18\x02 \x03(\x03R\x02at\":\n" +
+	"\x02at\x18\x02 \x03(\x03R\x02at\x124\n" +
+	"\arenamed\x18\x03 \x03(\v2\x1a.statemesh.crdt.v1.RenamedR\arenamed\"A\n" +
+	"\aRenamed\x12\x12\n" +
+	"\x04into\x18\x01 \x01(\rR\x04into\x12\x12\n" +
+	"\x04from\x18\x02 \x03(\x04R\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x03(\x04R\x02to\":\n" +
 	"\bGCounter\x12\x18\n" +
 	"\areplica\x18\x01 \x03(\rR\areplica\x12\x14\n" +
 	"\x05count\x18\x02 \x03(\x04R\x05count\"a\n" +
@@ -1735,74 +1818,76 @@ func file_crdt_v1_crdt_proto_rawDescGZIP() []byte {
 }
 
 var file_crdt_v1_crdt_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_crdt_v1_crdt_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_crdt_v1_crdt_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_crdt_v1_crdt_proto_goTypes = []any{
 	(Type)(0),           // 0: statemesh.crdt.v1.Type
 	(*Replica)(nil),     // 1: statemesh.crdt.v1.Replica
 	(*State)(nil),       // 2: statemesh.crdt.v1.State
 	(*Pruned)(nil),      // 3: statemesh.crdt.v1.Pruned
-	(*GCounter)(nil),    // 4: statemesh.crdt.v1.GCounter
-	(*PNCounter)(nil),   // 5: statemesh.crdt.v1.PNCounter
-	(*GSet)(nil),        // 6: statemesh.crdt.v1.GSet
-	(*Context)(nil),     // 7: statemesh.crdt.v1.Context
-	(*ReplicaRuns)(nil), // 8: statemesh.crdt.v1.ReplicaRuns
-	(*Dots)(nil),        // 9: statemesh.crdt.v1.Dots
-	(*ORSet)(nil),       // 10: statemesh.crdt.v1.ORSet
-	(*ORSetEntry)(nil),  // 11: statemesh.crdt.v1.ORSetEntry
-	(*MVEntry)(nil),     // 12: statemesh.crdt.v1.MVEntry
-	(*MVRegister)(nil),  // 13: statemesh.crdt.v1.MVRegister
-	(*Timestamp)(nil),   // 14: statemesh.crdt.v1.Timestamp
-	(*LWWRegister)(nil), // 15: statemesh.crdt.v1.LWWRegister
-	(*Flag)(nil),        // 16: statemesh.crdt.v1.Flag
-	(*EWFlag)(nil),      // 17: statemesh.crdt.v1.EWFlag
-	(*ORMap)(nil),       // 18: statemesh.crdt.v1.ORMap
-	(*ORMapEntry)(nil),  // 19: statemesh.crdt.v1.ORMapEntry
-	(*MVStore)(nil),     // 20: statemesh.crdt.v1.MVStore
-	(*ORSetStore)(nil),  // 21: statemesh.crdt.v1.ORSetStore
-	(*ORMapStore)(nil),  // 22: statemesh.crdt.v1.ORMapStore
-	(*Vote)(nil),        // 23: statemesh.crdt.v1.Vote
-	(*Ballot)(nil),      // 24: statemesh.crdt.v1.Ballot
+	(*Renamed)(nil),     // 4: statemesh.crdt.v1.Renamed
+	(*GCounter)(nil),    // 5: statemesh.crdt.v1.GCounter
+	(*PNCounter)(nil),   // 6: statemesh.crdt.v1.PNCounter
+	(*GSet)(nil),        // 7: statemesh.crdt.v1.GSet
+	(*Context)(nil),     // 8: statemesh.crdt.v1.Context
+	(*ReplicaRuns)(nil), // 9: statemesh.crdt.v1.ReplicaRuns
+	(*Dots)(nil),        // 10: statemesh.crdt.v1.Dots
+	(*ORSet)(nil),       // 11: statemesh.crdt.v1.ORSet
+	(*ORSetEntry)(nil),  // 12: statemesh.crdt.v1.ORSetEntry
+	(*MVEntry)(nil),     // 13: statemesh.crdt.v1.MVEntry
+	(*MVRegister)(nil),  // 14: statemesh.crdt.v1.MVRegister
+	(*Timestamp)(nil),   // 15: statemesh.crdt.v1.Timestamp
+	(*LWWRegister)(nil), // 16: statemesh.crdt.v1.LWWRegister
+	(*Flag)(nil),        // 17: statemesh.crdt.v1.Flag
+	(*EWFlag)(nil),      // 18: statemesh.crdt.v1.EWFlag
+	(*ORMap)(nil),       // 19: statemesh.crdt.v1.ORMap
+	(*ORMapEntry)(nil),  // 20: statemesh.crdt.v1.ORMapEntry
+	(*MVStore)(nil),     // 21: statemesh.crdt.v1.MVStore
+	(*ORSetStore)(nil),  // 22: statemesh.crdt.v1.ORSetStore
+	(*ORMapStore)(nil),  // 23: statemesh.crdt.v1.ORMapStore
+	(*Vote)(nil),        // 24: statemesh.crdt.v1.Vote
+	(*Ballot)(nil),      // 25: statemesh.crdt.v1.Ballot
 }
 var file_crdt_v1_crdt_proto_depIdxs = []int32{
 	1,  // 0: statemesh.crdt.v1.State.replicas:type_name -> statemesh.crdt.v1.Replica
-	4,  // 1: statemesh.crdt.v1.State.gcounter:type_name -> statemesh.crdt.v1.GCounter
-	5,  // 2: statemesh.crdt.v1.State.pncounter:type_name -> statemesh.crdt.v1.PNCounter
-	6,  // 3: statemesh.crdt.v1.State.gset:type_name -> statemesh.crdt.v1.GSet
-	10, // 4: statemesh.crdt.v1.State.orset:type_name -> statemesh.crdt.v1.ORSet
-	15, // 5: statemesh.crdt.v1.State.lwwregister:type_name -> statemesh.crdt.v1.LWWRegister
-	13, // 6: statemesh.crdt.v1.State.mvregister:type_name -> statemesh.crdt.v1.MVRegister
-	16, // 7: statemesh.crdt.v1.State.flag:type_name -> statemesh.crdt.v1.Flag
-	17, // 8: statemesh.crdt.v1.State.ewflag:type_name -> statemesh.crdt.v1.EWFlag
-	18, // 9: statemesh.crdt.v1.State.ormap:type_name -> statemesh.crdt.v1.ORMap
-	23, // 10: statemesh.crdt.v1.State.vote:type_name -> statemesh.crdt.v1.Vote
+	5,  // 1: statemesh.crdt.v1.State.gcounter:type_name -> statemesh.crdt.v1.GCounter
+	6,  // 2: statemesh.crdt.v1.State.pncounter:type_name -> statemesh.crdt.v1.PNCounter
+	7,  // 3: statemesh.crdt.v1.State.gset:type_name -> statemesh.crdt.v1.GSet
+	11, // 4: statemesh.crdt.v1.State.orset:type_name -> statemesh.crdt.v1.ORSet
+	16, // 5: statemesh.crdt.v1.State.lwwregister:type_name -> statemesh.crdt.v1.LWWRegister
+	14, // 6: statemesh.crdt.v1.State.mvregister:type_name -> statemesh.crdt.v1.MVRegister
+	17, // 7: statemesh.crdt.v1.State.flag:type_name -> statemesh.crdt.v1.Flag
+	18, // 8: statemesh.crdt.v1.State.ewflag:type_name -> statemesh.crdt.v1.EWFlag
+	19, // 9: statemesh.crdt.v1.State.ormap:type_name -> statemesh.crdt.v1.ORMap
+	24, // 10: statemesh.crdt.v1.State.vote:type_name -> statemesh.crdt.v1.Vote
 	3,  // 11: statemesh.crdt.v1.State.pruned:type_name -> statemesh.crdt.v1.Pruned
-	4,  // 12: statemesh.crdt.v1.PNCounter.p:type_name -> statemesh.crdt.v1.GCounter
-	4,  // 13: statemesh.crdt.v1.PNCounter.n:type_name -> statemesh.crdt.v1.GCounter
-	8,  // 14: statemesh.crdt.v1.Context.replicas:type_name -> statemesh.crdt.v1.ReplicaRuns
-	7,  // 15: statemesh.crdt.v1.ORSet.context:type_name -> statemesh.crdt.v1.Context
-	11, // 16: statemesh.crdt.v1.ORSet.entries:type_name -> statemesh.crdt.v1.ORSetEntry
-	9,  // 17: statemesh.crdt.v1.ORSetEntry.dots:type_name -> statemesh.crdt.v1.Dots
-	7,  // 18: statemesh.crdt.v1.MVRegister.context:type_name -> statemesh.crdt.v1.Context
-	12, // 19: statemesh.crdt.v1.MVRegister.entries:type_name -> statemesh.crdt.v1.MVEntry
-	14, // 20: statemesh.crdt.v1.LWWRegister.timestamp:type_name -> statemesh.crdt.v1.Timestamp
-	7,  // 21: statemesh.crdt.v1.EWFlag.context:type_name -> statemesh.crdt.v1.Context
-	9,  // 22: statemesh.crdt.v1.EWFlag.dots:type_name -> statemesh.crdt.v1.Dots
-	7,  // 23: statemesh.crdt.v1.ORMap.context:type_name -> statemesh.crdt.v1.Context
-	19, // 24: statemesh.crdt.v1.ORMap.entries:type_name -> statemesh.crdt.v1.ORMapEntry
-	0,  // 25: statemesh.crdt.v1.ORMapEntry.type:type_name -> statemesh.crdt.v1.Type
-	9,  // 26: statemesh.crdt.v1.ORMapEntry.ewflag:type_name -> statemesh.crdt.v1.Dots
-	20, // 27: statemesh.crdt.v1.ORMapEntry.mvregister:type_name -> statemesh.crdt.v1.MVStore
-	21, // 28: statemesh.crdt.v1.ORMapEntry.orset:type_name -> statemesh.crdt.v1.ORSetStore
-	22, // 29: statemesh.crdt.v1.ORMapEntry.ormap:type_name -> statemesh.crdt.v1.ORMapStore
-	12, // 30: statemesh.crdt.v1.MVStore.entries:type_name -> statemesh.crdt.v1.MVEntry
-	11, // 31: statemesh.crdt.v1.ORSetStore.entries:type_name -> statemesh.crdt.v1.ORSetEntry
-	19, // 32: statemesh.crdt.v1.ORMapStore.entries:type_name -> statemesh.crdt.v1.ORMapEntry
-	24, // 33: statemesh.crdt.v1.Vote.ballots:type_name -> statemesh.crdt.v1.Ballot
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	4,  // 12: statemesh.crdt.v1.Pruned.renamed:type_name -> statemesh.crdt.v1.Renamed
+	5,  // 13: statemesh.crdt.v1.PNCounter.p:type_name -> statemesh.crdt.v1.GCounter
+	5,  // 14: statemesh.crdt.v1.PNCounter.n:type_name -> statemesh.crdt.v1.GCounter
+	9,  // 15: statemesh.crdt.v1.Context.replicas:type_name -> statemesh.crdt.v1.ReplicaRuns
+	8,  // 16: statemesh.crdt.v1.ORSet.context:type_name -> statemesh.crdt.v1.Context
+	12, // 17: statemesh.crdt.v1.ORSet.entries:type_name -> statemesh.crdt.v1.ORSetEntry
+	10, // 18: statemesh.crdt.v1.ORSetEntry.dots:type_name -> statemesh.crdt.v1.Dots
+	8,  // 19: statemesh.crdt.v1.MVRegister.context:type_name -> statemesh.crdt.v1.Context
+	13, // 20: statemesh.crdt.v1.MVRegister.entries:type_name -> statemesh.crdt.v1.MVEntry
+	15, // 21: statemesh.crdt.v1.LWWRegister.timestamp:type_name -> statemesh.crdt.v1.Timestamp
+	8,  // 22: statemesh.crdt.v1.EWFlag.context:type_name -> statemesh.crdt.v1.Context
+	10, // 23: statemesh.crdt.v1.EWFlag.dots:type_name -> statemesh.crdt.v1.Dots
+	8,  // 24: statemesh.crdt.v1.ORMap.context:type_name -> statemesh.crdt.v1.Context
+	20, // 25: statemesh.crdt.v1.ORMap.entries:type_name -> statemesh.crdt.v1.ORMapEntry
+	0,  // 26: statemesh.crdt.v1.ORMapEntry.type:type_name -> statemesh.crdt.v1.Type
+	10, // 27: statemesh.crdt.v1.ORMapEntry.ewflag:type_name -> statemesh.crdt.v1.Dots
+	21, // 28: statemesh.crdt.v1.ORMapEntry.mvregister:type_name -> statemesh.crdt.v1.MVStore
+	22, // 29: statemesh.crdt.v1.ORMapEntry.orset:type_name -> statemesh.crdt.v1.ORSetStore
+	23, // 30: statemesh.crdt.v1.ORMapEntry.ormap:type_name -> statemesh.crdt.v1.ORMapStore
+	13, // 31: statemesh.crdt.v1.MVStore.entries:type_name -> statemesh.crdt.v1.MVEntry
+	12, // 32: statemesh.crdt.v1.ORSetStore.entries:type_name -> statemesh.crdt.v1.ORSetEntry
+	20, // 33: statemesh.crdt.v1.ORMapStore.entries:type_name -> statemesh.crdt.v1.ORMapEntry
+	25, // 34: statemesh.crdt.v1.Vote.ballots:type_name -> statemesh.crdt.v1.Ballot
+	35, // [35:35] is the sub-list for method output_type
+	35, // [35:35] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_crdt_v1_crdt_proto_init() }
@@ -1822,7 +1907,7 @@ func file_crdt_v1_crdt_proto_init() {
 		(*State_Ormap)(nil),
 		(*State_Vote)(nil),
 	}
-	file_crdt_v1_crdt_proto_msgTypes[18].OneofWrappers = []any{
+	file_crdt_v1_crdt_proto_msgTypes[19].OneofWrappers = []any{
 		(*ORMapEntry_Ewflag)(nil),
 		(*ORMapEntry_Mvregister)(nil),
 		(*ORMapEntry_Orset)(nil),
@@ -1834,7 +1919,7 @@ func file_crdt_v1_crdt_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_crdt_v1_crdt_proto_rawDesc), len(file_crdt_v1_crdt_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
