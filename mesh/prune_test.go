@@ -340,3 +340,88 @@ func TestPruneTakesOverFromARemovedOwner(t *testing.T) {
 		t.Fatalf("owner after the takeover: %q", o)
 	}
 }
+
+// TestPruneKeepsAConcurrentRemove: a remove made by a replica that has
+// not yet seen the pruning, of an element the pruned replica added,
+// arrives after the pruning (jepsen found this after a crash: the new
+// incarnation removed an element of the old one while another node
+// pruned the old one). The pruning renamed the element's dot, and the
+// remove names the old dot only; the element must still go, on every
+// node, and stay gone once the markers are forgotten. Passes run by hand
+// so that the remove lands between the pruning and the forgetting.
+func TestPruneKeepsAConcurrentRemove(t *testing.T) {
+	claims := &memClaimer{owners: map[crdt.ReplicaID]string{}}
+	c := newCluster(t, 3, func(cfg *Config) { cfg.PruneInterval = time.Hour })
+	for _, n := range c.nodes {
+		n.SetPruneClaimer(claims)
+	}
+	ctx := context.Background()
+	n1, n2, n3 := c.nodes["n1"], c.nodes["n2"], c.nodes["n3"]
+	if _, err := n3.Update(ctx, pruneSetKey, crdt.TypeORSet, addElement(n3, "y"), Options{Consistency: All}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n1.Update(ctx, pruneSetKey, crdt.TypeORSet, addElement(n1, "x"), Options{Consistency: All}); err != nil {
+		t.Fatal(err)
+	}
+	gone := n3.Replica()
+	// n2's remove of y, made on its state from before the pruning.
+	before, err := n2.Get(ctx, pruneSetKey, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	remove := before.(*crdt.ORSet).Remove([]byte("y"))
+	if err := n3.Crash(); err != nil {
+		t.Fatal(err)
+	}
+	delete(c.nodes, "n3")
+	c.waitDead("n1", "n3")
+	if err := n1.RemoveNode(ctx, "n3", false); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		n1.prunePass()
+		if claims.owner(gone) != "n1" {
+			return fmt.Errorf("n1 does not own the pruning of %s yet", gone)
+		}
+		if v, _ := n1.Get(ctx, pruneSetKey, Options{}); crdt.Holds(v, gone) {
+			return fmt.Errorf("n1 has not pruned %s yet", gone)
+		}
+		return nil
+	})
+	// The remove arrives at the owner after the pruning.
+	if err := n2.tr.write(ctx, Member{Name: "n1", PeerAddr: n1.PeerAddr()}, &peerpb.WriteRequest{
+		From: "n2", Key: []byte(pruneSetKey.engineKey()), State: crdt.Encode(remove)}); err != nil {
+		t.Fatal(err)
+	}
+	want := func() error {
+		for name, n := range map[string]*Node{"n1": n1, "n2": n2} {
+			v, err := n.Get(ctx, pruneSetKey, Options{})
+			if err != nil {
+				return err
+			}
+			if got := v.(*crdt.ORSet).Elements(); !slices.EqualFunc(got, [][]byte{[]byte("x")}, slicesEqual) {
+				return fmt.Errorf("%s: set %q, want [x]: a remove concurrent with the pruning was lost", name, got)
+			}
+		}
+		return nil
+	}
+	eventually(t, 10*time.Second, want)
+	// The passes that record the nodes clean and forget the replica.
+	eventually(t, 10*time.Second, func() error {
+		n1.prunePass()
+		n2.prunePass()
+		for name, n := range map[string]*Node{"n1": n1, "n2": n2} {
+			var forgot bool
+			if _, err := n.do(ctx, func() { forgot = n.eng.Forgot(gone) }); err != nil {
+				return err
+			}
+			if !forgot {
+				return fmt.Errorf("%s has not forgotten %s", name, gone)
+			}
+		}
+		return nil
+	})
+	if err := want(); err != nil {
+		t.Fatal(err)
+	}
+}
