@@ -185,7 +185,7 @@ func Run(ctx context.Context, cfg Config) (*Outcome, error) {
 	r.cluster, err = StartCluster(sctx, cfg.Backend, ccfg, cfg.Seed)
 	cancel()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrNotStarted, err)
 	}
 	defer func() {
 		if err := r.cluster.Close(); err != nil {
@@ -202,6 +202,10 @@ func Run(ctx context.Context, cfg Config) (*Outcome, error) {
 	}
 	return r.finish(start)
 }
+
+// ErrNotStarted: the cluster never started, so the test did not run (no
+// fault was injected yet; the suite script tries such a run once more).
+var ErrNotStarted = errors.New("jepsen: the cluster did not start")
 
 // StartCluster starts a cluster on the named backend.
 func StartCluster(ctx context.Context, backend string, cfg ClusterConfig, seed int64) (Cluster, error) {
