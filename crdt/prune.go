@@ -431,11 +431,12 @@ func (c *causal) unionMarks(o *causal) bool {
 
 // translate applies the markers m, with their renamings ren, to c in
 // place, as the pruning did to the owner's copy: a renamed dot of a
-// marked replica takes its new name in the store, and in the context if
-// c's context holds the old one (c saw it, live or removed); the marked
-// replica's other dots go (the owner held every dot of it that existed
-// when it pruned, and had seen those removed); then the marked replica
-// leaves the context. Renamings can chain (a replica pruned into one that
+// marked replica takes its new name in the store (unless c's context
+// holds the new name already: then c has seen it removed), and in the
+// context if c's context holds the old one (c saw it, live or removed);
+// the marked replica's other dots go (the owner held every dot of it
+// that existed when it pruned, and had seen those removed); then the
+// marked replica leaves the context. Renamings can chain (a replica pruned into one that
 // was pruned later), so the passes repeat until no marked replica is
 // left; a cycle, which no honest pruning makes, ends in a drop. It
 // reports whether c changed.
@@ -452,9 +453,15 @@ func (c *causal) translate(m markers, ren renames) bool {
 			progress = true
 			rn := ren[r]
 			if c.s != nil {
+				// A dot whose new name c's context already holds is gone
+				// under that name (c saw a remove of it, made by a
+				// replica that had seen the pruning): it goes here too.
 				s := c.s.filter(func(d Dot) bool {
-					_, ok := rn.lookup(d.Seq)
-					return d.Replica != r || ok
+					if d.Replica != r {
+						return true
+					}
+					to, ok := rn.lookup(d.Seq)
+					return ok && !c.ctx.Contains(Dot{rn.into, to})
 				})
 				if rn != nil {
 					s, _ = retag(s, r, func(old Dot) (Dot, bool) {

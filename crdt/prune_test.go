@@ -212,6 +212,25 @@ func TestPruneORSet(t *testing.T) {
 	if !x.Equal(y) || x.Contains([]byte("e")) || x.Contains([]byte("f")) {
 		t.Fatalf("converged to %q and %q, want both removed", x.Elements(), y.Elements())
 	}
+	// A remove made after the pruning, by a replica that had seen it,
+	// reaches a replica that has not seen the pruning yet: when the
+	// pruning arrives, the renamed dot is known removed and must not
+	// come back.
+	{
+		o := NewORSet()
+		o.Add(rb, []byte("e"))
+		stale := o.Clone().(*ORSet)
+		pd, err := Prune(o, rb, ra, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rm := o.Remove([]byte("e")) // names only a's new dot
+		mustJoin(t, stale, rm)
+		mustJoin(t, stale, pd)
+		if stale.Contains([]byte("e")) || !stale.Equal(o) {
+			t.Fatalf("a remove of the renamed dot, received before the pruning: %q, owner %q", stale.Elements(), o.Elements())
+		}
+	}
 	// The same through minimal-inflation extraction (RR), and with the
 	// remove arriving before the pruning.
 	for _, order := range []string{"remove first", "pruning first"} {
