@@ -204,8 +204,6 @@ func (c *causal) joinEntries(o *causal) bool {
 			}
 			c.replaceEntryAt(k, cur != nil, old, nv)
 			buf = old
-		} else if swapped(cur, nv) {
-			c.entries()[k] = nv // an equal copy (see canonical): same dots, same index
 		}
 	}
 	// replaceEntry drops c.s when the map empties and entries() makes a

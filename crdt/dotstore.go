@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"maps"
 	"slices"
-	"unsafe"
 )
 
 // store is a dot store (Almeida et al., section 6): the payload of a causal
@@ -215,12 +214,8 @@ func holdsDot(s store, d Dot) bool {
 // context cb (Almeida et al., section 6.1): a dot survives if both stores
 // hold it, or one holds it and the other's context has not seen it. It
 // returns the joined store (nil if empty; a is reused where possible and b
-// is never aliased, but immutable dot sets and funs are shared) and whether
-// it differs from a. The contexts are not changed; the caller joins them
-// afterwards.
-//
-// When nothing changes, the store returned may be a copy of a rather than
-// a itself (see canonical): the caller keeps it in place of a.
+// is never aliased) and whether it differs from a. The contexts are not
+// changed; the caller joins them afterwards.
 func joinStores(a store, ca *Context, b store, cb *Context) (store, bool) {
 	// Dot sets and funs are immutable and shared. Where a or b is the
 	// result, it is returned as it is: converting the slice to a store
@@ -256,13 +251,10 @@ func joinStores(a store, ca *Context, b store, cb *Context) (store, bool) {
 		bm := b.(dotMap)
 		changed := false
 		for k, bv := range bm {
-			av := as[k]
-			nv, ch := joinStores(av, ca, bv, cb)
+			nv, ch := joinStores(as[k], ca, bv, cb)
 			if ch {
 				changed = true
 				setOrDelete(as, k, nv)
-			} else if swapped(av, nv) {
-				as[k] = nv
 			}
 		}
 		for k, av := range as {
@@ -292,20 +284,12 @@ func joinSlices[S interface {
 	if len(as) == 1 && len(bs) == 1 {
 		// One dot each (a register written once since it was last seen):
 		// the common case, decided without a merge.
-		if sameDot(dot(as[0]), dot(bs[0])) {
-			if canonical(bs, as) {
-				return b, false
-			}
-			return a, false
-		}
 		if out, changed, ok := joinSingle(a, dot(as[0]), ca, b, dot(bs[0]), cb); ok {
 			return out, changed
 		}
 	}
 	out, changed := joinSorted(as, ca, bs, cb, dot)
 	switch {
-	case !changed && sameArray(out, bs):
-		return b, false // a copy of a (see canonical)
 	case !changed:
 		return a, false // joinSorted returned as
 	case len(out) == 0:
@@ -316,10 +300,13 @@ func joinSlices[S interface {
 	return out, true
 }
 
-// joinSingle is joinSorted for a and b of one dot each, distinct dots da
-// and db. It decides every case but one where both dots survive
-// (concurrent writes), and then reports !ok for the caller to merge.
+// joinSingle is joinSorted for a and b of one dot each (da and db). It
+// decides every case but one where both dots survive (concurrent writes),
+// and then reports !ok for the caller to merge.
 func joinSingle(a store, da Dot, ca *Context, b store, db Dot, cb *Context) (out store, changed, ok bool) {
+	if sameDot(da, db) {
+		return a, false, true
+	}
 	keepA, keepB := !cb.Contains(da), !ca.Contains(db)
 	switch {
 	case keepA && keepB:
@@ -372,32 +359,6 @@ func allDots(s store, keep func(Dot) bool) bool {
 	return true
 }
 
-// canonical reports whether x is to be kept rather than y, an equal dot set
-// or fun. Equal stores built apart (one merge of concurrent writes, made on
-// several replicas; a write's copies in the writer's state and its delta)
-// are different slices, and every join of one with the other compares them
-// item by item. Joins keep one of the two, the same one whichever side it
-// comes from (the lower address), so that the copies of a store that meet
-// converge to one slice, which later joins find equal by identity
-// (sameArray). The choice changes no result, only the work of later joins.
-func canonical[E any](x, y []E) bool {
-	return uintptr(unsafe.Pointer(unsafe.SliceData(x))) < uintptr(unsafe.Pointer(unsafe.SliceData(y)))
-}
-
-// swapped reports whether a join that changed nothing returned nv, a copy
-// of old to keep in its place (see canonical), rather than old itself.
-func swapped(old, nv store) bool {
-	switch x := nv.(type) {
-	case dotSet:
-		y, _ := old.(dotSet)
-		return !sameArray(x, y)
-	case dotFun:
-		y, _ := old.(dotFun)
-		return !sameArray(x, y)
-	}
-	return false // maps are joined in place
-}
-
 // sameArray reports whether x and y are one slice.
 func sameArray[E any](x, y []E) bool {
 	return len(x) == len(y) && (len(x) == 0 || &x[0] == &y[0])
@@ -407,21 +368,18 @@ func sameArray[E any](x, y []E) bool {
 // dotSet or a dotFun), as one merge of a and b: an item of both is kept
 // (a's: a dot names one write, so the values agree), an item of one only
 // is kept if the other's context has not seen its dot. It returns a itself
-// (or b, if they are equal: see canonical) and false when nothing changes
-// (the common case, tested first without allocating), nil and true when
-// nothing is left.
+// and false when nothing changes (the common case, tested first without
+// allocating), nil and true when nothing is left.
 func joinSorted[S ~[]E, E any](a S, ca *Context, b S, cb *Context, dot func(E) Dot) (S, bool) {
 	if sameArray(a, b) {
 		return a, false // one shared store: the common case of values that travelled by reference
 	}
 	// Count first, without allocating: most joins keep a (equal stores
 	// need no context look-up) or replace it by b.
-	n, keptA, added, both := mergeSorted(a, ca, b, cb, dot, nil)
+	n, keptA, added := mergeSorted(a, ca, b, cb, dot, nil)
 	switch {
 	case n == 0:
 		return nil, true
-	case both == len(a) && both == len(b) && canonical(b, a):
-		return b, false // equal stores: keep one of them (see canonical)
 	case !added && n == len(a):
 		return a, false
 	case keptA == 0 && n == len(b):
@@ -430,14 +388,14 @@ func joinSorted[S ~[]E, E any](a S, ca *Context, b S, cb *Context, dot func(E) D
 		return b, true
 	}
 	out := make(S, 0, n)
-	_, _, _, _ = mergeSorted(a, ca, b, cb, dot, &out)
+	mergeSorted(a, ca, b, cb, dot, &out)
 	return out, true
 }
 
 // mergeSorted walks the merge of joinSorted, appending the items kept to
 // *out unless out is nil. It returns how many it keeps, how many of them
-// come from a, whether any comes from b only, and how many are in both.
-func mergeSorted[S ~[]E, E any](a S, ca *Context, b S, cb *Context, dot func(E) Dot, out *S) (n, keptA int, added bool, both int) {
+// come from a, and whether any comes from b only.
+func mergeSorted[S ~[]E, E any](a S, ca *Context, b S, cb *Context, dot func(E) Dot, out *S) (n, keptA int, added bool) {
 	keep := func(e E) {
 		n++
 		if out != nil {
@@ -457,7 +415,6 @@ func mergeSorted[S ~[]E, E any](a S, ca *Context, b S, cb *Context, dot func(E) 
 		case c == 0:
 			keep(a[i])
 			keptA++
-			both++
 			i++
 			j++
 		case c < 0:
@@ -474,7 +431,7 @@ func mergeSorted[S ~[]E, E any](a S, ca *Context, b S, cb *Context, dot func(E) 
 			j++
 		}
 	}
-	return n, keptA, added, both
+	return n, keptA, added
 }
 
 func setOrDelete(m dotMap, k string, s store) {
