@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"sync"
 
@@ -321,7 +322,10 @@ func (p *Proxy) applyCRDTAction(ctx context.Context, store CRDTStore, sl *slot[*
 			sl.drop()
 			return err
 		}
-		var delta crdt.Value
+		var (
+			delta    crdt.Value
+			repruned bool
+		)
 		replica, clock := store.Replica(), store.Clock() // the mutator must not call the store
 		_, err = store.Update(ctx, key, t, func(v crdt.Value) (crdt.Value, error) {
 			d, err := applyDelta(v, a.Update, replica, clock)
@@ -329,11 +333,22 @@ func (p *Proxy) applyCRDTAction(ctx context.Context, store CRDTStore, sl *slot[*
 				return nil, fmt.Errorf("%w: %v", ErrFunction, err)
 			}
 			delta = d
+			repruned = !maps.Equal(crdt.Pruned(v), prunedOf(cur))
 			return d, nil
 		}, opts)
 		if err != nil {
 			sl.drop()
 			return err
+		}
+		if repruned {
+			// The replica pruned (or forgot) a replica since cur was
+			// read: the delta was made on a state with other markers,
+			// and joined to cur it would not give the function's copy
+			// (a counter's own entry now holds the folded counts, which
+			// cur still holds apart). The next command starts the
+			// entity's stream afresh, with the state.
+			sl.drop()
+			return nil
 		}
 		// The function's copy is the state it was given plus its own
 		// delta: that, not the replica, is what later changes are
@@ -354,6 +369,14 @@ func (p *Proxy) applyCRDTAction(ctx context.Context, store CRDTStore, sl *slot[*
 		}
 	}
 	return nil
+}
+
+// prunedOf is crdt.Pruned of v, or nil for no value.
+func prunedOf(v crdt.Value) map[crdt.ReplicaID]int64 {
+	if v == nil {
+		return nil
+	}
+	return crdt.Pruned(v)
 }
 
 // errDeleted ends an entity's stream when the entity is deleted (here or
