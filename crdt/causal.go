@@ -317,16 +317,7 @@ func holdsAny(s store, ctx *Context) bool {
 // that c's context has not seen, and the context dots of o that are either
 // new to c or remove a dot c still holds.
 func (c *causal) extractCausal(o *causal, indexed bool) causal {
-	newMarks := c.pruned.newer(o.pruned)
-	var newRenames renames
-	for r := range newMarks {
-		if rn := o.renamed[r]; rn != nil {
-			if newRenames == nil {
-				newRenames = renames{}
-			}
-			newRenames[r] = rn
-		}
-	}
+	newMarks, newRenames := c.newerMarks(o)
 	o = o.translated(c.pruned, c.renamed) // o holds nothing of what it marked itself
 	fresh := o.ctx.Minus(c.ctx)
 	out := causal{ctx: fresh, pruned: newMarks, renamed: newRenames}

@@ -81,8 +81,8 @@ func appendEncode(b []byte, v Value, sizeOnly bool) []byte {
 						return b
 					}
 					b = appendUint(b, 1, e.rep(rn.into))
-					b = packed(b, 2, len(rn.from), func(i int) uint64 { return rn.from[i] })
-					return packed(b, 3, len(rn.to), func(i int) uint64 { return rn.to[i] })
+					b = packed(b, 2, len(rn.pairs), func(i int) uint64 { return rn.pairs[i].from })
+					return packed(b, 3, len(rn.pairs), func(i int) uint64 { return rn.pairs[i].to })
 				})
 			}
 			return b
@@ -552,7 +552,7 @@ func (d *decoder) state(st *crdtpb.State) (Value, error) {
 			return nil, errf("%s holds contributions of replica %s, which it marks pruned", v.Type(), r)
 		}
 	}
-	ren, err := d.renames(st.GetPruned(), m)
+	ren, err := d.renames(st.GetPruned())
 	if err != nil {
 		return nil, err
 	}
@@ -571,7 +571,7 @@ func (d *decoder) state(st *crdtpb.State) (Value, error) {
 // marker (possibly empty); each with a valid owner other than the pruned
 // replica, as many new as old sequence numbers, none zero, the old ones
 // ascending.
-func (d *decoder) renames(pm *crdtpb.Pruned, m markers) (renames, error) {
+func (d *decoder) renames(pm *crdtpb.Pruned) (renames, error) {
 	rl := pm.GetRenamed()
 	if len(rl) == 0 {
 		return nil, nil
@@ -603,6 +603,7 @@ func (d *decoder) renames(pm *crdtpb.Pruned, m markers) (renames, error) {
 		if into == r {
 			return nil, errf("replica %s renamed into itself", r)
 		}
+		rn := &renaming{into: into, pairs: make([]renamePair, len(from))}
 		for j := range from {
 			if from[j] == 0 || to[j] == 0 {
 				return nil, errf("a renaming of replica %s names dot 0", r)
@@ -610,11 +611,12 @@ func (d *decoder) renames(pm *crdtpb.Pruned, m markers) (renames, error) {
 			if j > 0 && from[j] <= from[j-1] {
 				return nil, errf("a renaming of replica %s not in ascending order", r)
 			}
+			rn.pairs[j] = renamePair{from[j], to[j]}
 		}
 		if out == nil {
 			out = renames{}
 		}
-		out[r] = &renaming{into: into, from: slices.Clone(from), to: slices.Clone(to)}
+		out[r] = rn
 	}
 	return out, nil
 }

@@ -95,12 +95,15 @@ func (m markers) newer(o markers) markers {
 func (m markers) sorted() []ReplicaID { return slices.SortedFunc(maps.Keys(m), ReplicaID.Compare) }
 
 // renaming records the live dots of a pruned replica that its owner
-// re-minted as its own: the dot (removed, from[i]) became (into, to[i]).
-// from is ascending. Never modified once built: values share it.
+// re-minted as its own: for each pair, the dot (removed, from) became
+// (into, to). Pairs are in ascending order of from. Never modified once
+// built: values share it.
 type renaming struct {
-	into     ReplicaID
-	from, to []uint64
+	into  ReplicaID
+	pairs []renamePair
 }
+
+type renamePair struct{ from, to uint64 }
 
 // lookup returns the new sequence number of the removed replica's dot
 // seq, if it was renamed.
@@ -108,18 +111,18 @@ func (rn *renaming) lookup(seq uint64) (uint64, bool) {
 	if rn == nil {
 		return 0, false
 	}
-	i, ok := slices.BinarySearch(rn.from, seq)
+	i, ok := slices.BinarySearchFunc(rn.pairs, seq, func(p renamePair, seq uint64) int { return cmp.Compare(p.from, seq) })
 	if !ok {
 		return 0, false
 	}
-	return rn.to[i], true
+	return rn.pairs[i].to, true
 }
 
 func (rn *renaming) equal(o *renaming) bool {
 	if rn == nil || o == nil {
 		return rn == o
 	}
-	return rn.into == o.into && slices.Equal(rn.from, o.from) && slices.Equal(rn.to, o.to)
+	return rn.into == o.into && slices.Equal(rn.pairs, o.pairs)
 }
 
 // renames maps a pruned replica to the renaming of its live dots, for the
@@ -366,12 +369,12 @@ func (m *ORMap) renames() *renames                     { return &m.c.renamed }
 func (c *causal) prune(removed, into ReplicaID, at int64) causal {
 	var fresh []Dot
 	rn := &renaming{into: into}
-	next := func(old Dot) (Dot, bool) {
+	next := func(old Dot) Dot {
 		d := c.ctx.next(into)
 		c.ctx.Add(d)
 		fresh = append(fresh, d)
-		rn.from, rn.to = append(rn.from, old.Seq), append(rn.to, d.Seq)
-		return d, true
+		rn.pairs = append(rn.pairs, renamePair{old.Seq, d.Seq})
+		return d
 	}
 	out, added := retag(c.s, removed, next)
 	if added != nil {
@@ -381,8 +384,9 @@ func (c *causal) prune(removed, into ReplicaID, at int64) causal {
 	delete(c.ctx.m, removed)
 	c.pruned.union(markers{removed: at})
 	d := causal{s: added, ctx: contextOf(fresh), pruned: markers{removed: at}, indexed: c.indexed}
-	if len(rn.from) > 0 {
-		sortRenaming(rn)
+	if len(rn.pairs) > 0 {
+		// retag visits dots in key order, not sequence order.
+		slices.SortFunc(rn.pairs, func(a, b renamePair) int { return cmp.Compare(a.from, b.from) })
 		if c.renamed == nil {
 			c.renamed = renames{}
 		}
@@ -392,32 +396,33 @@ func (c *causal) prune(removed, into ReplicaID, at int64) causal {
 	return d
 }
 
-// sortRenaming orders rn's pairs by the old sequence number (retag visits
-// dots in key order, not sequence order).
-func sortRenaming(rn *renaming) {
-	idx := make([]int, len(rn.from))
-	for i := range idx {
-		idx[i] = i
+// newerMarks returns o's markers that c lacks or holds with an earlier
+// time, and their renamings.
+func (c *causal) newerMarks(o *causal) (markers, renames) {
+	newer := c.pruned.newer(o.pruned)
+	var ren renames
+	for r := range newer {
+		if rn := o.renamed[r]; rn != nil {
+			if ren == nil {
+				ren = renames{}
+			}
+			ren[r] = rn
+		}
 	}
-	slices.SortFunc(idx, func(a, b int) int { return cmp.Compare(rn.from[a], rn.from[b]) })
-	from, to := make([]uint64, len(idx)), make([]uint64, len(idx))
-	for i, j := range idx {
-		from[i], to[i] = rn.from[j], rn.to[j]
-	}
-	rn.from, rn.to = from, to
+	return newer, ren
 }
 
 // unionMarks adds o's markers, and the renamings that come with them, to
 // c's, and reports whether c's changed. For a replica both mark, the
 // later marker wins, with its renaming.
 func (c *causal) unionMarks(o *causal) bool {
-	newer := c.pruned.newer(o.pruned)
+	newer, ren := c.newerMarks(o)
 	if len(newer) == 0 {
 		return false
 	}
 	c.pruned.union(newer)
 	for r := range newer {
-		if rn := o.renamed[r]; rn != nil {
+		if rn := ren[r]; rn != nil {
 			if c.renamed == nil {
 				c.renamed = renames{}
 			}
@@ -436,13 +441,13 @@ func (c *causal) unionMarks(o *causal) bool {
 // context if c's context holds the old one (c saw it, live or removed);
 // the marked replica's other dots go (the owner held every dot of it
 // that existed when it pruned, and had seen those removed); then the
-// marked replica leaves the context. Renamings can chain (a replica pruned into one that
-// was pruned later), so the passes repeat until no marked replica is
-// left; a cycle, which no honest pruning makes, ends in a drop. It
-// reports whether c changed.
-func (c *causal) translate(m markers, ren renames) bool {
+// marked replica leaves the context. Renamings can chain (a replica
+// pruned into one that was pruned later), so the passes repeat until no
+// marked replica is left; a cycle, which no honest pruning makes, ends in
+// a drop.
+func (c *causal) translate(m markers, ren renames) {
 	if len(m) == 0 || !c.ctx.holdsAny(m.has) {
-		return false
+		return
 	}
 	for range len(m) + 1 {
 		progress := false
@@ -464,29 +469,28 @@ func (c *causal) translate(m markers, ren renames) bool {
 					return ok && !c.ctx.Contains(Dot{rn.into, to})
 				})
 				if rn != nil {
-					s, _ = retag(s, r, func(old Dot) (Dot, bool) {
+					s, _ = retag(s, r, func(old Dot) Dot {
 						to, _ := rn.lookup(old.Seq)
-						return Dot{rn.into, to}, true
+						return Dot{rn.into, to}
 					})
 				}
 				c.s = s
 				c.idx, c.order = nil, nil
 			}
 			if rn != nil {
-				for i, from := range rn.from {
-					if c.ctx.Contains(Dot{r, from}) {
-						c.ctx.Add(Dot{rn.into, rn.to[i]})
+				for _, p := range rn.pairs {
+					if c.ctx.Contains(Dot{r, p.from}) {
+						c.ctx.Add(Dot{rn.into, p.to})
 					}
 				}
 			}
 			delete(c.ctx.m, r)
 		}
 		if !progress {
-			return true
+			return
 		}
 	}
 	c.drop(m.has)
-	return true
 }
 
 // retag returns s with every dot of r replaced by next(dot), and the
@@ -494,7 +498,7 @@ func (c *causal) translate(m markers, ren renames) bool {
 // of r). Stores are not modified: dot sets and funs are immutable, and
 // maps are copied where they change. Map keys are visited in order, so
 // the dots minted do not depend on map iteration.
-func retag(s store, r ReplicaID, next func(old Dot) (Dot, bool)) (out, added store) {
+func retag(s store, r ReplicaID, next func(old Dot) Dot) (out, added store) {
 	switch x := s.(type) {
 	case nil:
 		return nil, nil
@@ -505,8 +509,7 @@ func retag(s store, r ReplicaID, next func(old Dot) (Dot, bool)) (out, added sto
 		var keep, fresh dotSet
 		for _, d := range x {
 			if d.Replica == r {
-				nd, _ := next(d)
-				fresh = append(fresh, nd)
+				fresh = append(fresh, next(d))
 			} else {
 				keep = append(keep, d)
 			}
@@ -521,8 +524,7 @@ func retag(s store, r ReplicaID, next func(old Dot) (Dot, bool)) (out, added sto
 		var keep, fresh dotFun
 		for _, e := range x {
 			if e.d.Replica == r {
-				nd, _ := next(e.d)
-				fresh = append(fresh, funEntry{nd, e.v})
+				fresh = append(fresh, funEntry{next(e.d), e.v})
 			} else {
 				keep = append(keep, e)
 			}

@@ -333,7 +333,7 @@ func (p *Proxy) applyCRDTAction(ctx context.Context, store CRDTStore, sl *slot[*
 				return nil, fmt.Errorf("%w: %v", ErrFunction, err)
 			}
 			delta = d
-			repruned = !maps.Equal(crdt.Pruned(v), prunedOf(cur))
+			repruned = !maps.Equal(crdt.Pruned(v), crdt.Pruned(cur)) // Pruned(nil) is nil
 			return d, nil
 		}, opts)
 		if err != nil {
@@ -369,14 +369,6 @@ func (p *Proxy) applyCRDTAction(ctx context.Context, store CRDTStore, sl *slot[*
 		}
 	}
 	return nil
-}
-
-// prunedOf is crdt.Pruned of v, or nil for no value.
-func prunedOf(v crdt.Value) map[crdt.ReplicaID]int64 {
-	if v == nil {
-		return nil
-	}
-	return crdt.Pruned(v)
 }
 
 // errDeleted ends an entity's stream when the entity is deleted (here or
