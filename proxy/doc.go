@@ -92,7 +92,10 @@
 //     mutators in a mesh.Mutator (this node's replica id, its HLC for LWW
 //     registers) with the reply's write consistency, or delete. What the
 //     function last saw is the state it was given plus its own reply's
-//     delta, so that delta is never sent back to it. GCounter, PNCounter,
+//     delta, so that delta is never sent back to it (if the replica pruned
+//     a removed replica in between, the delta was made on differently
+//     marked state and that sum would be wrong: the stream is reopened
+//     with the state for the next command instead). GCounter, PNCounter,
 //     GSet, ORSet, LWWRegister, the enable-wins flag, Vote and ORMap are
 //     routed. An ORMap's values may be ORSets, flags and ORMaps (the
 //     causal types the mesh's map nests); other values are refused
