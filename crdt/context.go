@@ -118,17 +118,19 @@ func intersectRuns(a, b runs) runs {
 //
 // The zero value is not usable; use NewContext.
 type Context struct {
-	m map[ReplicaID]runs
+	m map[replica]runs
 }
 
 // NewContext returns an empty context.
-func NewContext() *Context { return &Context{m: map[ReplicaID]runs{}} }
+func NewContext() *Context { return &Context{m: map[replica]runs{}} }
 
 // Contains reports whether d is in the context.
 func (c *Context) Contains(d Dot) bool { return c.m[d.Replica].contains(d.Seq) }
 
 // Max returns the highest sequence number of r in the context, or 0.
-func (c *Context) Max(r ReplicaID) uint64 {
+func (c *Context) Max(r ReplicaID) uint64 { return c.max(intern(r)) }
+
+func (c *Context) max(r replica) uint64 {
 	rs := c.m[r]
 	if len(rs) == 0 {
 		return 0
@@ -142,14 +144,17 @@ func (c *Context) VV() map[ReplicaID]uint64 {
 	vv := map[ReplicaID]uint64{}
 	for r, rs := range c.m {
 		if len(rs) > 0 && rs[0].lo == 1 {
-			vv[r] = rs[0].hi
+			vv[r.ID()] = rs[0].hi
 		}
 	}
 	return vv
 }
 
 // next returns a fresh dot for r: one past everything r has seen.
-func (c *Context) next(r ReplicaID) Dot { return Dot{r, c.Max(r) + 1} }
+func (c *Context) next(r ReplicaID) Dot {
+	ir := intern(r)
+	return Dot{ir, c.max(ir) + 1}
+}
 
 // Add inserts d and reports whether it was new.
 func (c *Context) Add(d Dot) bool {
@@ -234,15 +239,16 @@ func (c *Context) ForEach(fn func(Dot) bool) {
 	}
 }
 
-func (c *Context) replicas() []ReplicaID {
+// replicas returns the context's replicas in order.
+func (c *Context) replicas() []replica {
 	rs := slices.Collect(maps.Keys(c.m))
-	slices.SortFunc(rs, ReplicaID.Compare)
+	slices.SortFunc(rs, replica.compare)
 	return rs
 }
 
 // Clone returns a deep copy.
 func (c *Context) Clone() *Context {
-	out := &Context{m: make(map[ReplicaID]runs, len(c.m))}
+	out := &Context{m: make(map[replica]runs, len(c.m))}
 	for r, rs := range c.m {
 		out.m[r] = slices.Clone(rs)
 	}

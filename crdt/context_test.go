@@ -103,8 +103,8 @@ func TestRunsAlgebra(t *testing.T) {
 		mk := func(m uint32) *Context {
 			c := NewContext()
 			if rs := canon(m); len(rs) > 0 {
-				c.m[r1] = rs
-				c.m[r2] = runs{{1, 3}}
+				c.m[intern(r1)] = rs
+				c.m[intern(r2)] = runs{{1, 3}}
 			}
 			return c
 		}
@@ -119,12 +119,12 @@ func TestRunsAlgebra(t *testing.T) {
 			t.Fatalf("Union of %v into %v reported grew=%v", ctxString(cb), ctxString(ca), grew)
 		}
 		checkContext(t, u)
-		if m := ca.Minus(cb); !slices.Equal(m.m[r1], canon(am&^bm)) {
+		if m := ca.Minus(cb); !slices.Equal(m.m[intern(r1)], canon(am&^bm)) {
 			t.Fatalf("Minus: %v", ctxString(m))
 		}
 		checkContext(t, ca.Minus(cb))
 		checkContext(t, ca.Intersect(cb))
-		if i := ca.Intersect(cb); !slices.Equal(i.m[r1], canon(am&bm)) {
+		if i := ca.Intersect(cb); !slices.Equal(i.m[intern(r1)], canon(am&bm)) {
 			t.Fatalf("Intersect: %v", ctxString(i))
 		}
 		// Count saturates rather than wrapping
@@ -157,16 +157,16 @@ func TestContextBasics(t *testing.T) {
 		t.Fatalf("new context not empty")
 	}
 	for _, s := range []uint64{1, 2, 3, 7, 5, 6, 10} {
-		if !c.Add(Dot{ra, s}) {
+		if !c.Add(MakeDot(ra, s)) {
 			t.Fatalf("Add(%d) reported not new", s)
 		}
 	}
-	if c.Add(Dot{ra, 2}) {
+	if c.Add(MakeDot(ra, 2)) {
 		t.Fatalf("re-Add reported new")
 	}
-	c.Add(Dot{rb, 4})
-	if want := (runs{{1, 3}, {5, 7}, {10, 10}}); !slices.Equal(c.m[ra], want) {
-		t.Fatalf("runs %v, want %v", c.m[ra], want)
+	c.Add(MakeDot(rb, 4))
+	if want := (runs{{1, 3}, {5, 7}, {10, 10}}); !slices.Equal(c.m[intern(ra)], want) {
+		t.Fatalf("runs %v, want %v", c.m[intern(ra)], want)
 	}
 	if vv := c.VV(); len(vv) != 1 || vv[ra] != 3 {
 		t.Fatalf("VV %v", vv)
@@ -174,12 +174,12 @@ func TestContextBasics(t *testing.T) {
 	if c.Count() != 8 || c.Runs() != 4 || c.Max(ra) != 10 || c.Max(rc) != 0 {
 		t.Fatalf("Count %d Runs %d Max %d", c.Count(), c.Runs(), c.Max(ra))
 	}
-	if c.next(ra) != (Dot{ra, 11}) || c.next(rc) != (Dot{rc, 1}) {
+	if c.next(ra) != (MakeDot(ra, 11)) || c.next(rc) != (MakeDot(rc, 1)) {
 		t.Fatalf("next")
 	}
 	var got []Dot
 	c.ForEach(func(d Dot) bool { got = append(got, d); return true })
-	if len(got) != 8 || got[0] != (Dot{ra, 1}) || got[7] != (Dot{rb, 4}) || !slices.IsSortedFunc(got, Dot.Compare) {
+	if len(got) != 8 || got[0] != (MakeDot(ra, 1)) || got[7] != (MakeDot(rb, 4)) || !slices.IsSortedFunc(got, Dot.Compare) {
 		t.Fatalf("ForEach %v", got)
 	}
 	n := 0
@@ -188,13 +188,13 @@ func TestContextBasics(t *testing.T) {
 		t.Fatalf("ForEach did not stop: %d", n)
 	}
 	cl := c.Clone()
-	cl.Add(Dot{rc, 1})
-	if c.Contains(Dot{rc, 1}) || c.Equal(cl) {
+	cl.Add(MakeDot(rc, 1))
+	if c.Contains(MakeDot(rc, 1)) || c.Equal(cl) {
 		t.Fatalf("Clone shares state")
 	}
 	// ForEach at the top of the range terminates
 	top := NewContext()
-	top.m[ra] = runs{{math.MaxUint64 - 2, math.MaxUint64}}
+	top.m[intern(ra)] = runs{{math.MaxUint64 - 2, math.MaxUint64}}
 	n = 0
 	top.ForEach(func(Dot) bool { n++; return n < 10 })
 	if n != 3 {

@@ -329,7 +329,7 @@ func compareDots(x, y Dot) int {
 	if x.Replica == y.Replica {
 		return cmp.Compare(x.Seq, y.Seq)
 	}
-	return x.Replica.Compare(y.Replica)
+	return x.Replica.compare(y.Replica)
 }
 
 func isSlice(s store) bool {

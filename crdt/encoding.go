@@ -248,7 +248,7 @@ func (e *encoder) context(b []byte, c *Context) []byte {
 		for _, r := range c.replicas() {
 			rs := c.m[r]
 			b = e.message(b, 1, func(b []byte) []byte {
-				b = appendUint(b, 1, e.rep(r))
+				b = appendUint(b, 1, e.rep(r.ID()))
 				return packed(b, 2, 2*len(rs), func(i int) uint64 {
 					if i%2 == 0 {
 						return rs[i/2].lo
@@ -265,7 +265,7 @@ func (e *encoder) context(b []byte, c *Context) []byte {
 func (e *encoder) dots(b []byte, ds []Dot) []byte {
 	idx := make([]uint64, len(ds))
 	for i, d := range ds {
-		idx[i] = e.rep(d.Replica)
+		idx[i] = e.rep(d.Replica.ID())
 	}
 	b = packed(b, 1, len(ds), func(i int) uint64 { return idx[i] })
 	return packed(b, 2, len(ds), func(i int) uint64 { return ds[i].Seq })
@@ -285,7 +285,7 @@ func (e *encoder) sortedDots(s store) []Dot {
 func (e *encoder) mvEntries(b []byte, num protowire.Number, s store) []byte {
 	f, _ := s.(dotFun)
 	for _, fe := range f {
-		r := e.rep(fe.d.Replica)
+		r := e.rep(fe.d.Replica.ID())
 		n := uintSize(1, r) + uintSize(2, fe.d.Seq)
 		if len(fe.v) > 0 {
 			n += protowire.SizeTag(3) + protowire.SizeBytes(len(fe.v))
@@ -488,9 +488,12 @@ func FromProto(st *crdtpb.State, lim Limits) (Value, error) {
 }
 
 type decoder struct {
-	lim     Limits
-	reps    []ReplicaID
-	entries int
+	lim  Limits
+	reps []ReplicaID
+	// interned holds reps[i] interned once a dot or a context names it
+	// (zero until then).
+	interned []replica
+	entries  int
 }
 
 func errf(format string, args ...any) error {
@@ -517,6 +520,21 @@ func (d *decoder) rep(i uint32) (ReplicaID, error) {
 		return ReplicaID{}, errf("replica index %d out of range (%d replicas)", i, len(d.reps))
 	}
 	return d.reps[i], nil
+}
+
+// replica is rep, interned.
+func (d *decoder) replica(i uint32) (replica, error) {
+	r, err := d.rep(i)
+	if err != nil {
+		return replica{}, err
+	}
+	if d.interned == nil {
+		d.interned = make([]replica, len(d.reps))
+	}
+	if d.interned[i] == (replica{}) {
+		d.interned[i] = intern(r)
+	}
+	return d.interned[i], nil
 }
 
 func (d *decoder) state(st *crdtpb.State) (Value, error) {
@@ -810,7 +828,7 @@ func (d *decoder) vote(v *crdtpb.Vote) (*Vote, error) {
 func (d *decoder) context(pc *crdtpb.Context) (*Context, error) {
 	c := NewContext()
 	for _, rr := range pc.GetReplicas() {
-		r, err := d.rep(rr.GetReplica())
+		r, err := d.replica(rr.GetReplica())
 		if err != nil {
 			return nil, err
 		}
@@ -855,7 +873,7 @@ func (d *decoder) causal(pc *crdtpb.Context, build func(*Context, map[Dot]struct
 // dot validates one dot: known replica, in the context, seen only once in
 // the whole value.
 func (d *decoder) dot(ri uint32, seq uint64, ctx *Context, seen map[Dot]struct{}) (Dot, error) {
-	r, err := d.rep(ri)
+	r, err := d.replica(ri)
 	if err != nil {
 		return Dot{}, err
 	}

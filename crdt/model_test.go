@@ -653,16 +653,16 @@ func (c *causalRef) at(l leaf) []Dot {
 func (c *causalRef) next(r ReplicaID) Dot {
 	var m uint64
 	for d := range c.adds {
-		if d.Replica == r {
+		if d.Replica.ID() == r {
 			m = max(m, d.Seq)
 		}
 	}
 	for d := range c.removed {
-		if d.Replica == r {
+		if d.Replica.ID() == r {
 			m = max(m, d.Seq)
 		}
 	}
-	return Dot{r, m + 1}
+	return MakeDot(r, m+1)
 }
 
 // add records a new write by r at l that replaces the dots rm, and

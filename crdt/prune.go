@@ -328,7 +328,7 @@ func (v *Vote) marks() *markers { return &v.pruned }
 func (s *ORSet) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &ORSet{c: s.c.prune(removed, into, at)}, nil
 }
-func (s *ORSet) holds(r ReplicaID) bool                { return s.c.ctx.m[r] != nil }
+func (s *ORSet) holds(r ReplicaID) bool                { return s.c.ctx.has(r) }
 func (s *ORSet) holdsAny(in func(ReplicaID) bool) bool { return s.c.ctx.holdsAny(in) }
 func (s *ORSet) forget(in func(ReplicaID) bool)        { s.c.forget(in) }
 func (s *ORSet) marks() *markers                       { return &s.c.pruned }
@@ -337,7 +337,7 @@ func (s *ORSet) renames() *renames                     { return &s.c.renamed }
 func (m *MVRegister) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &MVRegister{c: m.c.prune(removed, into, at)}, nil
 }
-func (m *MVRegister) holds(r ReplicaID) bool                { return m.c.ctx.m[r] != nil }
+func (m *MVRegister) holds(r ReplicaID) bool                { return m.c.ctx.has(r) }
 func (m *MVRegister) holdsAny(in func(ReplicaID) bool) bool { return m.c.ctx.holdsAny(in) }
 func (m *MVRegister) forget(in func(ReplicaID) bool)        { m.c.forget(in) }
 func (m *MVRegister) marks() *markers                       { return &m.c.pruned }
@@ -346,7 +346,7 @@ func (m *MVRegister) renames() *renames                     { return &m.c.rename
 func (f *EWFlag) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &EWFlag{c: f.c.prune(removed, into, at)}, nil
 }
-func (f *EWFlag) holds(r ReplicaID) bool                { return f.c.ctx.m[r] != nil }
+func (f *EWFlag) holds(r ReplicaID) bool                { return f.c.ctx.has(r) }
 func (f *EWFlag) holdsAny(in func(ReplicaID) bool) bool { return f.c.ctx.holdsAny(in) }
 func (f *EWFlag) forget(in func(ReplicaID) bool)        { f.c.forget(in) }
 func (f *EWFlag) marks() *markers                       { return &f.c.pruned }
@@ -355,7 +355,7 @@ func (f *EWFlag) renames() *renames                     { return &f.c.renamed }
 func (m *ORMap) prune(removed, into ReplicaID, at int64) (Value, error) {
 	return &ORMap{c: m.c.prune(removed, into, at)}, nil
 }
-func (m *ORMap) holds(r ReplicaID) bool                { return m.c.ctx.m[r] != nil }
+func (m *ORMap) holds(r ReplicaID) bool                { return m.c.ctx.has(r) }
 func (m *ORMap) holdsAny(in func(ReplicaID) bool) bool { return m.c.ctx.holdsAny(in) }
 func (m *ORMap) forget(in func(ReplicaID) bool)        { m.c.forget(in) }
 func (m *ORMap) marks() *markers                       { return &m.c.pruned }
@@ -376,12 +376,12 @@ func (c *causal) prune(removed, into ReplicaID, at int64) causal {
 		rn.pairs = append(rn.pairs, renamePair{old.Seq, d.Seq})
 		return d
 	}
-	out, added := retag(c.s, removed, next)
+	out, added := retag(c.s, intern(removed), next)
 	if added != nil {
 		c.s = out
 		c.idx, c.order = nil, nil // rebuilt when next needed
 	}
-	delete(c.ctx.m, removed)
+	delete(c.ctx.m, intern(removed))
 	c.pruned.union(markers{removed: at})
 	d := causal{s: added, ctx: contextOf(fresh), pruned: markers{removed: at}, indexed: c.indexed}
 	if len(rn.pairs) > 0 {
@@ -451,12 +451,17 @@ func (c *causal) translate(m markers, ren renames) {
 	}
 	for range len(m) + 1 {
 		progress := false
-		for _, r := range m.sorted() {
+		for _, id := range m.sorted() {
+			r := intern(id)
 			if c.ctx.m[r] == nil {
 				continue
 			}
 			progress = true
-			rn := ren[r]
+			rn := ren[id]
+			var into replica
+			if rn != nil {
+				into = intern(rn.into)
+			}
 			if c.s != nil {
 				// A dot whose new name c's context already holds is gone
 				// under that name (c saw a remove of it, made by a
@@ -466,12 +471,12 @@ func (c *causal) translate(m markers, ren renames) {
 						return true
 					}
 					to, ok := rn.lookup(d.Seq)
-					return ok && !c.ctx.Contains(Dot{rn.into, to})
+					return ok && !c.ctx.Contains(Dot{into, to})
 				})
 				if rn != nil {
 					s, _ = retag(s, r, func(old Dot) Dot {
 						to, _ := rn.lookup(old.Seq)
-						return Dot{rn.into, to}
+						return Dot{into, to}
 					})
 				}
 				c.s = s
@@ -480,7 +485,7 @@ func (c *causal) translate(m markers, ren renames) {
 			if rn != nil {
 				for _, p := range rn.pairs {
 					if c.ctx.Contains(Dot{r, p.from}) {
-						c.ctx.Add(Dot{rn.into, p.to})
+						c.ctx.Add(Dot{into, p.to})
 					}
 				}
 			}
@@ -498,7 +503,7 @@ func (c *causal) translate(m markers, ren renames) {
 // of r). Stores are not modified: dot sets and funs are immutable, and
 // maps are copied where they change. Map keys are visited in order, so
 // the dots minted do not depend on map iteration.
-func retag(s store, r ReplicaID, next func(old Dot) Dot) (out, added store) {
+func retag(s store, r replica, next func(old Dot) Dot) (out, added store) {
 	switch x := s.(type) {
 	case nil:
 		return nil, nil
@@ -571,10 +576,10 @@ func (c *causal) drop(in func(ReplicaID) bool) {
 		return
 	}
 	if c.s != nil {
-		c.s = c.s.filter(func(d Dot) bool { return !in(d.Replica) })
+		c.s = c.s.filter(func(d Dot) bool { return !in(d.Replica.ID()) })
 		c.idx, c.order = nil, nil
 	}
-	maps.DeleteFunc(c.ctx.m, func(r ReplicaID, _ runs) bool { return in(r) })
+	maps.DeleteFunc(c.ctx.m, func(r replica, _ runs) bool { return in(r.ID()) })
 }
 
 // translated returns o, or a copy of it translated by the markers m and
@@ -591,9 +596,12 @@ func (o *causal) translated(m markers, ren renames) *causal {
 // holdsAny reports whether c has a dot of a replica for which in is true.
 func (c *Context) holdsAny(in func(ReplicaID) bool) bool {
 	for r := range c.m {
-		if in(r) {
+		if in(r.ID()) {
 			return true
 		}
 	}
 	return false
 }
+
+// has reports whether c has a dot of r.
+func (c *Context) has(r ReplicaID) bool { return c.m[intern(r)] != nil }

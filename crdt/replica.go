@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"strings"
+	"unique"
 )
 
 // ReplicaID names one replica of CRDT state: the node that holds it and the
@@ -25,17 +26,44 @@ func (r ReplicaID) Compare(o ReplicaID) int {
 	return cmp.Compare(r.Incarnation, o.Incarnation)
 }
 
+// replica is an interned ReplicaID (the standard library's unique
+// package): equal ids share one handle, so comparing or hashing a replica
+// costs a pointer's, not a string's. Dots and causal contexts, which the
+// joins look up millions of times, hold replicas; values keyed by replica
+// for other reasons (counters, votes, pruning markers) keep ReplicaIDs.
+// The zero replica is no replica: only error paths return it.
+type replica struct{ h unique.Handle[ReplicaID] }
+
+func intern(r ReplicaID) replica { return replica{unique.Make(r)} }
+
+// ID returns the replica's id.
+func (r replica) ID() ReplicaID { return r.h.Value() }
+
+func (r replica) String() string { return r.ID().String() }
+
+// compare orders replicas as their ids, without reading an id when the
+// replicas are one.
+func (r replica) compare(o replica) int {
+	if r == o {
+		return 0
+	}
+	return r.ID().Compare(o.ID())
+}
+
 // Dot identifies one event: the Seq-th event of Replica. Seq starts at 1.
 type Dot struct {
-	Replica ReplicaID
+	Replica replica
 	Seq     uint64
 }
+
+// MakeDot returns the dot (r, seq).
+func MakeDot(r ReplicaID, seq uint64) Dot { return Dot{intern(r), seq} }
 
 func (d Dot) String() string { return fmt.Sprintf("%s:%d", d.Replica, d.Seq) }
 
 // Compare orders dots by replica, then sequence number.
 func (d Dot) Compare(o Dot) int {
-	if c := d.Replica.Compare(o.Replica); c != 0 {
+	if c := d.Replica.compare(o.Replica); c != 0 {
 		return c
 	}
 	return cmp.Compare(d.Seq, o.Seq)

@@ -35,7 +35,7 @@ func causalSize(v Value) (int, bool) {
 		z.first = rs[0]
 	}
 	if len(rs) > 128 { // indexes of more than one byte
-		z.idx = make(map[ReplicaID]uint64, len(rs))
+		z.idx = make(map[replica]uint64, len(rs))
 		for i, r := range rs {
 			z.idx[r] = uint64(i)
 		}
@@ -48,19 +48,20 @@ func causalSize(v Value) (int, bool) {
 	}
 	n = sizeField(field, n)
 	for _, r := range rs { // the replica table
-		n += sizeField(1, sizeString(1, r.Node)+uintSize(2, r.Incarnation))
+		id := r.ID()
+		n += sizeField(1, sizeString(1, id.Node)+uintSize(2, id.Incarnation))
 	}
 	return n, true
 }
 
 // sizer measures the parts of one value's encoding.
 type sizer struct {
-	first ReplicaID            // the replica of index 0
-	idx   map[ReplicaID]uint64 // every replica's index; nil if all are below 128
+	first replica            // the replica of index 0
+	idx   map[replica]uint64 // every replica's index; nil if all are below 128
 }
 
 // uintRep is the size of a replica's index as a uint field (omitted when 0).
-func (z *sizer) uintRep(r ReplicaID) int {
+func (z *sizer) uintRep(r replica) int {
 	if z.idx != nil {
 		return uintSize(1, z.idx[r])
 	}
@@ -71,14 +72,14 @@ func (z *sizer) uintRep(r ReplicaID) int {
 }
 
 // varintRep is the size of a replica's index in a packed field.
-func (z *sizer) varintRep(r ReplicaID) int {
+func (z *sizer) varintRep(r replica) int {
 	if z.idx != nil {
 		return protowire.SizeVarint(z.idx[r])
 	}
 	return 1
 }
 
-func (z *sizer) context(c *Context, rs []ReplicaID) int {
+func (z *sizer) context(c *Context, rs []replica) int {
 	n := 0
 	for i, r := range rs {
 		body := uintSize(1, uint64(i))

@@ -94,9 +94,9 @@ func causalProto(typ Type, ref *causalRef) *crdtpb.State {
 	var cur *crdtpb.ReplicaRuns
 	var curRep ReplicaID
 	for _, d := range slices.SortedFunc(maps.Keys(ref.adds), Dot.Compare) {
-		if cur == nil || d.Replica != curRep {
-			cur = &crdtpb.ReplicaRuns{Replica: rep(d.Replica)}
-			curRep = d.Replica
+		if cur == nil || d.Replica.ID() != curRep {
+			cur = &crdtpb.ReplicaRuns{Replica: rep(d.Replica.ID())}
+			curRep = d.Replica.ID()
 			ctx.Replicas = append(ctx.Replicas, cur)
 		}
 		if n := len(cur.Runs); n > 0 && cur.Runs[n-1]+1 == d.Seq {
@@ -110,7 +110,7 @@ func causalProto(typ Type, ref *causalRef) *crdtpb.State {
 		out := &crdtpb.Dots{}
 		for _, d := range slices.SortedFunc(maps.Keys(live), Dot.Compare) {
 			if l := live[d]; l.path == prefix && match(l) {
-				out.Replica = append(out.Replica, rep(d.Replica))
+				out.Replica = append(out.Replica, rep(d.Replica.ID()))
 				out.Seq = append(out.Seq, d.Seq)
 			}
 		}
@@ -131,7 +131,7 @@ func causalProto(typ Type, ref *causalRef) *crdtpb.State {
 		var out []*crdtpb.MVEntry
 		for d, l := range live {
 			if l.path == prefix {
-				out = append(out, &crdtpb.MVEntry{Replica: rep(d.Replica), Seq: d.Seq, Value: []byte(l.val)})
+				out = append(out, &crdtpb.MVEntry{Replica: rep(d.Replica.ID()), Seq: d.Seq, Value: []byte(l.val)})
 			}
 		}
 		return out
