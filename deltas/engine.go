@@ -642,7 +642,14 @@ func (e *Engine) states(keys []string) []KeyState {
 	out := make([]KeyState, 0, len(keys))
 	for _, k := range keys {
 		if v, ok := e.state[k]; ok {
-			out = append(out, KeyState{Key: k, State: v.Clone(), Encoded: e.encoding(k)})
+			ks := KeyState{Key: k, State: v.Clone(), Encoded: e.enc[k]}
+			if ks.Encoded == nil {
+				// Encoded when a message carrying it is: in state-based
+				// sync every peer gets this copy, and a measuring caller
+				// (the simulator) needs only the length.
+				ks.shared = newShared()
+			}
+			out = append(out, ks)
 		} else if e.Deleted(k) {
 			out = append(out, KeyState{Key: k, Deleted: true})
 		}
@@ -799,7 +806,7 @@ func (iv *intervals) interval(p PeerID, from uint64) []KeyState {
 			ds = j.keyStates()
 			for i := range ds {
 				if !ds[i].Deleted {
-					ds[i].Encoded = crdt.Encode(ds[i].State)
+					ds[i].shared = newShared()
 				}
 			}
 			iv.shared[from] = ds

@@ -3,6 +3,7 @@ package deltas
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -47,6 +48,43 @@ type KeyState struct {
 	// (crdt.Encode(State)); AppendMessage uses it instead of encoding
 	// again. Never set on decoded messages.
 	Encoded []byte
+	// shared, set by the engine on a KeyState that several messages
+	// carry (one interval or one copy of the state for every peer),
+	// computes State's wire form or its size once for all of them, and
+	// only when a message is encoded or measured.
+	shared *sharedEncoding
+}
+
+// sharedEncoding is the lazily computed wire form of one state, or its
+// length alone when only MessageSize asked. Safe for concurrent use, as
+// the messages that share it are.
+type sharedEncoding struct {
+	mu   sync.Mutex
+	b    []byte // crdt.Encode of the state, once asked for
+	size int    // len(crdt.Encode(state)) once known, else 0
+}
+
+func newShared() *sharedEncoding { return &sharedEncoding{} }
+
+// encoding returns crdt.Encode(v), encoding v the first time.
+func (c *sharedEncoding) encoding(v crdt.Value) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.b == nil {
+		c.b = crdt.Encode(v)
+		c.size = len(c.b)
+	}
+	return c.b
+}
+
+// len returns len(crdt.Encode(v)), measuring v the first time.
+func (c *sharedEncoding) len(v crdt.Value) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.size == 0 {
+		c.size = crdt.EncodedSize(v) // never 0: an encoding holds at least its type's field
+	}
+	return c.size
 }
 
 // Deltas is the delta-interval [FromSeq, ToSeq) of the sender's buffer,
@@ -152,6 +190,8 @@ func keyStatesSize(num protowire.Number, ks []KeyState) int {
 			y += uintSize(3, 1)
 		case k.Encoded != nil:
 			y += fieldSize(2, len(k.Encoded))
+		case k.shared != nil:
+			y += fieldSize(2, k.shared.len(k.State))
 		default:
 			y += fieldSize(2, crdt.EncodedSize(k.State))
 		}
@@ -231,7 +271,11 @@ func appendKeyStates(b []byte, num protowire.Number, ks []KeyState) []byte {
 			continue
 		}
 		enc := k.Encoded
-		if enc == nil {
+		switch {
+		case enc != nil:
+		case k.shared != nil:
+			enc = k.shared.encoding(k.State)
+		default:
 			enc = crdt.Encode(k.State)
 		}
 		y = appendField(y, 2, enc)
