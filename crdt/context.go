@@ -116,7 +116,8 @@ func intersectRuns(a, b runs) runs {
 // starts at 1 is the classic version-vector entry and the other runs are
 // the dot cloud, so a context is exact without growing with every event.
 //
-// The zero value is not usable; use NewContext.
+// The zero value is not usable; use NewContext. A context owns its runs:
+// no two contexts share a runs slice, so Add may extend one in place.
 type Context struct {
 	m map[replica]runs
 }
@@ -159,6 +160,16 @@ func (c *Context) next(r ReplicaID) Dot {
 // Add inserts d and reports whether it was new.
 func (c *Context) Add(d Dot) bool {
 	rs := c.m[d.Replica]
+	if n := len(rs); n > 0 && d.Seq > rs[n-1].hi {
+		// Past the last run, the common case (a fresh dot, or dots added
+		// in order): extend or append in place, as c owns its runs.
+		if d.Seq == rs[n-1].hi+1 {
+			rs[n-1].hi = d.Seq
+		} else {
+			c.m[d.Replica] = append(rs, span{d.Seq, d.Seq})
+		}
+		return true
+	}
 	if rs.contains(d.Seq) {
 		return false
 	}
