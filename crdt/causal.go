@@ -121,12 +121,25 @@ func (c *causal) replaceEntryAt(k string, had bool, oldDots []Dot, s store) {
 				delete(c.idx, d)
 			}
 		}
-		if s != nil {
-			s.eachDot(func(d Dot) {
-				if !small || !slices.Contains(oldDots, d) {
-					c.idx[d] = k
-				}
-			})
+		index := func(d Dot) {
+			if !small || !slices.Contains(oldDots, d) {
+				c.idx[d] = k
+			}
+		}
+		switch x := s.(type) { // slices without a closure passed on: it would escape
+		case nil:
+		case dotSet:
+			for _, d := range x {
+				index(d)
+			}
+		case dotFun:
+			for _, e := range x {
+				index(e.d)
+			}
+		default:
+			for _, d := range dotsOf(s) {
+				index(d)
+			}
 		}
 	}
 	setOrDelete(m, k, s)
@@ -322,7 +335,7 @@ func (c *causal) extractCausal(o *causal, indexed bool) causal {
 	fresh := o.ctx.Minus(c.ctx)
 	out := causal{ctx: fresh, pruned: newMarks, renamed: newRenames}
 	if o.s != nil && !fresh.IsEmpty() { // o's dots are in o.ctx: none is fresh if fresh is empty
-		out.s = o.s.filter(fresh.Contains)
+		out.s = o.s.filter(seenBy{fresh})
 	}
 	// Dots that o has seen, c still holds, and o does not hold: o removed
 	// them. With c's index, a dot's key is known, and o can hold the dot

@@ -22,9 +22,9 @@ type store interface {
 	eachDot(fn func(Dot))
 	clone() store
 	equal(o store) bool
-	// filter returns a new store with the dots for which keep is true, or
-	// nil when none is kept.
-	filter(keep func(Dot) bool) store
+	// filter returns a new store with the dots keep keeps, or nil when
+	// none is kept.
+	filter(keep dotFilter) store
 	size() int
 }
 
@@ -47,10 +47,10 @@ func (s dotSet) equal(o store) bool {
 	return ok && slices.Equal(s, os)
 }
 
-func (s dotSet) filter(keep func(Dot) bool) store {
+func (s dotSet) filter(keep dotFilter) store {
 	var out dotSet
 	for i, d := range s {
-		if keep(d) {
+		if keep.keep(d) {
 			if out != nil {
 				out = append(out, d)
 			}
@@ -68,6 +68,28 @@ func (s dotSet) filter(keep func(Dot) bool) store {
 }
 
 func (s dotSet) size() int { return 1 }
+
+// dotFilter decides which dots a store's filter keeps. Joins filter
+// stores by a context millions of times, so the common filters are
+// pointer-shaped types (passing one to a store's method allocates
+// nothing, where a closure would escape to the heap); keepIf wraps a
+// function for the rest.
+type dotFilter interface{ keep(d Dot) bool }
+
+// unseenBy keeps the dots its context has not seen.
+type unseenBy struct{ ctx *Context }
+
+func (u unseenBy) keep(d Dot) bool { return !u.ctx.Contains(d) }
+
+// seenBy keeps the dots its context has seen.
+type seenBy struct{ ctx *Context }
+
+func (s seenBy) keep(d Dot) bool { return s.ctx.Contains(d) }
+
+// keepIf keeps the dots for which it returns true.
+type keepIf func(Dot) bool
+
+func (f keepIf) keep(d Dot) bool { return f(d) }
 
 // dotFun maps dots to immutable values (a dot names one write), as a
 // slice sorted by dot: registers hold one value or a few. Value bytes are
@@ -99,10 +121,10 @@ func funsEqual(a, b dotFun) bool {
 	return slices.EqualFunc(a, b, func(x, y funEntry) bool { return x.d == y.d && bytes.Equal(x.v, y.v) })
 }
 
-func (f dotFun) filter(keep func(Dot) bool) store {
+func (f dotFun) filter(keep dotFilter) store {
 	var out dotFun
 	for i, e := range f {
-		if keep(e.d) {
+		if keep.keep(e.d) {
 			if out != nil {
 				out = append(out, e)
 			}
@@ -152,7 +174,7 @@ func (m dotMap) equal(o store) bool {
 	return ok && maps.EqualFunc(m, om, store.equal)
 }
 
-func (m dotMap) filter(keep func(Dot) bool) store {
+func (m dotMap) filter(keep dotFilter) store {
 	out := dotMap{}
 	for k, s := range m {
 		if f := s.filter(keep); f != nil {
@@ -224,7 +246,7 @@ func joinStores(a store, ca *Context, b store, cb *Context) (store, bool) {
 		if a == nil {
 			return nil, false
 		}
-		notInB := func(d Dot) bool { return !cb.Contains(d) }
+		notInB := unseenBy{cb}
 		if isSlice(a) {
 			if allDots(a, notInB) {
 				return a, false
@@ -235,7 +257,7 @@ func joinStores(a store, ca *Context, b store, cb *Context) (store, bool) {
 		return out, dotCount(out) != dotCount(a)
 	}
 	if a == nil {
-		notInA := func(d Dot) bool { return !ca.Contains(d) }
+		notInA := unseenBy{ca}
 		if isSlice(b) && allDots(b, notInA) {
 			return b, true
 		}
@@ -340,18 +362,18 @@ func isSlice(s store) bool {
 	return false
 }
 
-// allDots reports whether keep holds for every dot of a dot set or fun.
-func allDots(s store, keep func(Dot) bool) bool {
+// allDots reports whether keep keeps every dot of a dot set or fun.
+func allDots(s store, keep dotFilter) bool {
 	switch x := s.(type) {
 	case dotSet:
 		for _, d := range x {
-			if !keep(d) {
+			if !keep.keep(d) {
 				return false
 			}
 		}
 	case dotFun:
 		for _, e := range x {
-			if !keep(e.d) {
+			if !keep.keep(e.d) {
 				return false
 			}
 		}

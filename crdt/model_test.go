@@ -1167,7 +1167,7 @@ func irreducibles(v Value) []Value {
 		c.ctx.ForEach(func(d Dot) bool {
 			one := causal{ctx: contextOf([]Dot{d})}
 			if c.s != nil {
-				one.s = c.s.filter(func(x Dot) bool { return x == d })
+				one.s = c.s.filter(keepIf(func(x Dot) bool { return x == d }))
 			}
 			out = append(out, wrapCausal(v.Type(), one))
 			return true

@@ -466,13 +466,13 @@ func (c *causal) translate(m markers, ren renames) {
 				// A dot whose new name c's context already holds is gone
 				// under that name (c saw a remove of it, made by a
 				// replica that had seen the pruning): it goes here too.
-				s := c.s.filter(func(d Dot) bool {
+				s := c.s.filter(keepIf(func(d Dot) bool {
 					if d.Replica != r {
 						return true
 					}
 					to, ok := rn.lookup(d.Seq)
 					return ok && !c.ctx.Contains(Dot{into, to})
-				})
+				}))
 				if rn != nil {
 					s, _ = retag(s, r, func(old Dot) Dot {
 						to, _ := rn.lookup(old.Seq)
@@ -576,7 +576,7 @@ func (c *causal) drop(in func(ReplicaID) bool) {
 		return
 	}
 	if c.s != nil {
-		c.s = c.s.filter(func(d Dot) bool { return !in(d.Replica.ID()) })
+		c.s = c.s.filter(keepIf(func(d Dot) bool { return !in(d.Replica.ID()) }))
 		c.idx, c.order = nil, nil
 	}
 	maps.DeleteFunc(c.ctx.m, func(r replica, _ runs) bool { return in(r.ID()) })
