@@ -157,14 +157,14 @@ func TestContextBasics(t *testing.T) {
 		t.Fatalf("new context not empty")
 	}
 	for _, s := range []uint64{1, 2, 3, 7, 5, 6, 10} {
-		if !c.Add(MakeDot(ra, s)) {
+		if !c.Add(makeDot(ra, s)) {
 			t.Fatalf("Add(%d) reported not new", s)
 		}
 	}
-	if c.Add(MakeDot(ra, 2)) {
+	if c.Add(makeDot(ra, 2)) {
 		t.Fatalf("re-Add reported new")
 	}
-	c.Add(MakeDot(rb, 4))
+	c.Add(makeDot(rb, 4))
 	if want := (runs{{1, 3}, {5, 7}, {10, 10}}); !slices.Equal(c.m[intern(ra)], want) {
 		t.Fatalf("runs %v, want %v", c.m[intern(ra)], want)
 	}
@@ -174,12 +174,12 @@ func TestContextBasics(t *testing.T) {
 	if c.Count() != 8 || c.Runs() != 4 || c.Max(ra) != 10 || c.Max(rc) != 0 {
 		t.Fatalf("Count %d Runs %d Max %d", c.Count(), c.Runs(), c.Max(ra))
 	}
-	if c.next(ra) != (MakeDot(ra, 11)) || c.next(rc) != (MakeDot(rc, 1)) {
+	if c.next(ra) != (makeDot(ra, 11)) || c.next(rc) != (makeDot(rc, 1)) {
 		t.Fatalf("next")
 	}
 	var got []Dot
 	c.ForEach(func(d Dot) bool { got = append(got, d); return true })
-	if len(got) != 8 || got[0] != (MakeDot(ra, 1)) || got[7] != (MakeDot(rb, 4)) || !slices.IsSortedFunc(got, Dot.Compare) {
+	if len(got) != 8 || got[0] != (makeDot(ra, 1)) || got[7] != (makeDot(rb, 4)) || !slices.IsSortedFunc(got, Dot.Compare) {
 		t.Fatalf("ForEach %v", got)
 	}
 	n := 0
@@ -188,8 +188,8 @@ func TestContextBasics(t *testing.T) {
 		t.Fatalf("ForEach did not stop: %d", n)
 	}
 	cl := c.Clone()
-	cl.Add(MakeDot(rc, 1))
-	if c.Contains(MakeDot(rc, 1)) || c.Equal(cl) {
+	cl.Add(makeDot(rc, 1))
+	if c.Contains(makeDot(rc, 1)) || c.Equal(cl) {
 		t.Fatalf("Clone shares state")
 	}
 	// ForEach at the top of the range terminates
@@ -246,3 +246,6 @@ func TestHugeContextsStayCheap(t *testing.T) {
 		t.Fatalf("join/extract against a context of 2^64 dots did not finish")
 	}
 }
+
+// makeDot returns the dot (r, seq).
+func makeDot(r ReplicaID, seq uint64) Dot { return Dot{intern(r), seq} }

@@ -2,7 +2,6 @@ package crdt
 
 import (
 	"bytes"
-	"cmp"
 	"maps"
 	"slices"
 )
@@ -225,7 +224,7 @@ func holdsDot(s store, d Dot) bool {
 	case dotSet:
 		return slices.Contains(x, d)
 	case dotFun:
-		return slices.ContainsFunc(x, func(e funEntry) bool { return sameDot(e.d, d) })
+		return slices.ContainsFunc(x, func(e funEntry) bool { return e.d == d })
 	}
 	found := false
 	s.eachDot(func(e Dot) { found = found || e == d })
@@ -326,7 +325,7 @@ func joinSlices[S interface {
 // decides every case but one where both dots survive (concurrent writes),
 // and then reports !ok for the caller to merge.
 func joinSingle(a store, da Dot, ca *Context, b store, db Dot, cb *Context) (out store, changed, ok bool) {
-	if sameDot(da, db) {
+	if da == db {
 		return a, false, true
 	}
 	keepA, keepB := !cb.Contains(da), !ca.Contains(db)
@@ -339,19 +338,6 @@ func joinSingle(a store, da Dot, ca *Context, b store, db Dot, cb *Context) (out
 		return b, true, true // b replaced a: share it, as joinSorted does
 	}
 	return nil, true, true
-}
-
-// sameDot is x == y, comparing the sequence numbers first: they tell most
-// dots apart without reading the replicas' names.
-func sameDot(x, y Dot) bool { return x.Seq == y.Seq && x.Replica == y.Replica }
-
-// compareDots is x.Compare(y), without comparing names of one replica
-// (dots of one replica usually share their name's bytes).
-func compareDots(x, y Dot) int {
-	if x.Replica == y.Replica {
-		return cmp.Compare(x.Seq, y.Seq)
-	}
-	return x.Replica.compare(y.Replica)
 }
 
 func isSlice(s store) bool {
@@ -431,7 +417,7 @@ func mergeSorted[S ~[]E, E any](a S, ca *Context, b S, cb *Context, dot func(E) 
 		case i == len(a):
 			c = 1
 		case j < len(b):
-			c = compareDots(dot(a[i]), dot(b[j]))
+			c = dot(a[i]).Compare(dot(b[j]))
 		}
 		switch {
 		case c == 0:

@@ -662,7 +662,7 @@ func (c *causalRef) next(r ReplicaID) Dot {
 			m = max(m, d.Seq)
 		}
 	}
-	return MakeDot(r, m+1)
+	return makeDot(r, m+1)
 }
 
 // add records a new write by r at l that replaces the dots rm, and

@@ -56,9 +56,6 @@ type Dot struct {
 	Seq     uint64
 }
 
-// MakeDot returns the dot (r, seq).
-func MakeDot(r ReplicaID, seq uint64) Dot { return Dot{intern(r), seq} }
-
 func (d Dot) String() string { return fmt.Sprintf("%s:%d", d.Replica, d.Seq) }
 
 // Compare orders dots by replica, then sequence number.

@@ -642,14 +642,11 @@ func (e *Engine) states(keys []string) []KeyState {
 	out := make([]KeyState, 0, len(keys))
 	for _, k := range keys {
 		if v, ok := e.state[k]; ok {
-			ks := KeyState{Key: k, State: v.Clone(), Encoded: e.enc[k]}
-			if ks.Encoded == nil {
-				// Encoded when a message carrying it is: in state-based
-				// sync every peer gets this copy, and a measuring caller
-				// (the simulator) needs only the length.
-				ks.shared = newShared()
-			}
-			out = append(out, ks)
+			// The cached encoding if there is one, else encoded when a
+			// message carrying it is: in state-based sync every peer
+			// gets this copy, and a measuring caller (the simulator)
+			// needs only the length.
+			out = append(out, KeyState{Key: k, State: v.Clone(), shared: newShared(e.enc[k])})
 		} else if e.Deleted(k) {
 			out = append(out, KeyState{Key: k, Deleted: true})
 		}
@@ -806,7 +803,7 @@ func (iv *intervals) interval(p PeerID, from uint64) []KeyState {
 			ds = j.keyStates()
 			for i := range ds {
 				if !ds[i].Deleted {
-					ds[i].shared = newShared()
+					ds[i].shared = newShared(nil)
 				}
 			}
 			iv.shared[from] = ds

@@ -44,14 +44,11 @@ type KeyState struct {
 	State crdt.Value // nil when Deleted
 	// Deleted: the key was deleted; the deletion wins over every state.
 	Deleted bool
-	// Encoded is State's wire form when the sender already has it
-	// (crdt.Encode(State)); AppendMessage uses it instead of encoding
-	// again. Never set on decoded messages.
-	Encoded []byte
 	// shared, set by the engine on a KeyState that several messages
 	// carry (one interval or one copy of the state for every peer),
-	// computes State's wire form or its size once for all of them, and
-	// only when a message is encoded or measured.
+	// holds State's wire form, or computes it or its size once for all
+	// of them, and only when a message is encoded or measured. nil on
+	// decoded messages.
 	shared *sharedEncoding
 }
 
@@ -64,7 +61,9 @@ type sharedEncoding struct {
 	size int    // len(crdt.Encode(state)) once known, else 0
 }
 
-func newShared() *sharedEncoding { return &sharedEncoding{} }
+// newShared returns a shared encoding holding b, crdt.Encode of the
+// state when the engine has it cached, or to be computed when b is nil.
+func newShared(b []byte) *sharedEncoding { return &sharedEncoding{b: b, size: len(b)} }
 
 // encoding returns crdt.Encode(v), encoding v the first time.
 func (c *sharedEncoding) encoding(v crdt.Value) []byte {
@@ -151,7 +150,7 @@ var ErrDecode = errors.New("deltas: malformed message")
 func EncodeMessage(m Message) []byte { return AppendMessage(nil, m) }
 
 // MessageSize returns len(EncodeMessage(m)), computed without building
-// the message (a state with Encoded set is counted by its length).
+// the message (a state whose encoding is known is counted by its length).
 func MessageSize(m Message) int {
 	n := stringSize(1, string(m.From)) + uintSize(2, m.Session) + uintSize(3, m.AckSession) + uintSize(4, m.Ack)
 	switch body := m.Body.(type) {
@@ -188,8 +187,6 @@ func keyStatesSize(num protowire.Number, ks []KeyState) int {
 		switch {
 		case k.Deleted:
 			y += uintSize(3, 1)
-		case k.Encoded != nil:
-			y += fieldSize(2, len(k.Encoded))
 		case k.shared != nil:
 			y += fieldSize(2, k.shared.len(k.State))
 		default:
@@ -270,12 +267,10 @@ func appendKeyStates(b []byte, num protowire.Number, ks []KeyState) []byte {
 			b = appendField(b, num, y)
 			continue
 		}
-		enc := k.Encoded
-		switch {
-		case enc != nil:
-		case k.shared != nil:
+		var enc []byte
+		if k.shared != nil {
 			enc = k.shared.encoding(k.State)
-		default:
+		} else {
 			enc = crdt.Encode(k.State)
 		}
 		y = appendField(y, 2, enc)

@@ -79,14 +79,6 @@ func sampleStates(t testing.TB) []deltas.KeyState {
 
 func joinErr(x, d crdt.Value) error { _, err := crdt.Join(x, d); return err }
 
-func withEncoded(ks []deltas.KeyState) []deltas.KeyState {
-	out := slices.Clone(ks)
-	for i := range out {
-		out[i].Encoded = crdt.Encode(out[i].State)
-	}
-	return out
-}
-
 // sameMessage compares two messages field by field (To aside).
 func sameMessage(t testing.TB, got, want deltas.Message) {
 	t.Helper()
@@ -105,9 +97,6 @@ func sameMessage(t testing.TB, got, want deltas.Message) {
 		for i := range a {
 			if a[i].Key != b[i].Key || a[i].Deleted != b[i].Deleted || (!a[i].Deleted && !a[i].State.Equal(b[i].State)) {
 				t.Fatalf("state %d: %q differs from %q", i, a[i].Key, b[i].Key)
-			}
-			if a[i].Encoded != nil {
-				t.Fatalf("decoded state %q has Encoded set", a[i].Key)
 			}
 		}
 	}
@@ -199,31 +188,6 @@ func TestMessageRoundTrip(t *testing.T) {
 				t.Fatal("re-encoding the decoded message changes its bytes")
 			}
 		})
-	}
-	// Encoded, when set, replaces encoding the state and gives the same
-	// bytes.
-	for _, b := range []func([]deltas.KeyState) deltas.Body{
-		func(ks []deltas.KeyState) deltas.Body { return &deltas.Deltas{FromSeq: 1, ToSeq: 2, Deltas: ks} },
-		func(ks []deltas.KeyState) deltas.Body { return &deltas.DigestReply{Want: []string{"w"}, States: ks} },
-		func(ks []deltas.KeyState) deltas.Body { return &deltas.States{Seq: 5, States: ks} },
-	} {
-		plain, pre := with(b(states)), with(b(withEncoded(states)))
-		if !bytes.Equal(deltas.EncodeMessage(plain), deltas.EncodeMessage(pre)) {
-			t.Fatalf("%s: bytes with KeyState.Encoded differ from those without", kind(plain))
-		}
-		if deltas.MessageSize(pre) != len(deltas.EncodeMessage(plain)) {
-			t.Fatalf("%s: MessageSize with Encoded differs", kind(plain))
-		}
-	}
-	// Encoded is used as is: it is what goes on the wire.
-	fake := withEncoded(states[:1])
-	fake[0].Encoded = crdt.Encode(gset("other"))
-	got, err := deltas.DecodeMessage(deltas.EncodeMessage(with(&deltas.States{Seq: 1, States: fake})), deltas.DefaultLimits)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := got.Body.(*deltas.States).States[0].State; !s.Equal(gset("other")) {
-		t.Fatal("AppendMessage encoded State instead of using Encoded")
 	}
 }
 
@@ -509,8 +473,9 @@ func TestSimMessagesRoundTrip(t *testing.T) {
 				t.Fatalf("%s: %v", mode, err)
 			}
 			sameMessage(t, got, m)
-			// MessageSize counts without encoding, from Encoded when the
-			// engine set it (m) and from the states (got).
+			// MessageSize counts without encoding, from the shared
+			// encoding when the engine set one (m) and from the states
+			// (got).
 			if n, dn := deltas.MessageSize(m), deltas.MessageSize(got); n != len(enc) || dn != len(enc) {
 				t.Fatalf("%s: %s message of %d bytes, MessageSize %d (decoded: %d)", mode, k, len(enc), n, dn)
 			}

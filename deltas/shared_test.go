@@ -11,7 +11,7 @@ import (
 
 // A state whose encoding is shared between messages encodes and measures
 // exactly as one without, whichever is asked first and from however many
-// goroutines.
+// goroutines; an encoding the engine had cached is used as it is.
 func TestSharedEncoding(t *testing.T) {
 	m := crdt.NewORMap()
 	r := crdt.ReplicaID{Node: "a", Incarnation: 1}
@@ -31,7 +31,7 @@ func TestSharedEncoding(t *testing.T) {
 		t.Fatalf("MessageSize %d, encoding %d bytes", MessageSize(plain), len(want))
 	}
 	for _, sizeFirst := range []bool{true, false} {
-		sh := msg(KeyState{Key: "k", State: m, shared: newShared()})
+		sh := msg(KeyState{Key: "k", State: m, shared: newShared(nil)})
 		if sizeFirst && MessageSize(sh) != len(want) {
 			t.Fatalf("shared MessageSize %d before encoding, want %d", MessageSize(sh), len(want))
 		}
@@ -49,5 +49,20 @@ func TestSharedEncoding(t *testing.T) {
 		if MessageSize(sh) != len(want) {
 			t.Fatalf("shared MessageSize %d after encoding, want %d", MessageSize(sh), len(want))
 		}
+	}
+	// A cached encoding is what goes on the wire, and what is measured,
+	// without encoding State again.
+	other := crdt.NewGSet()
+	other.Add([]byte("other"))
+	cached := msg(KeyState{Key: "k", State: m, shared: newShared(crdt.Encode(other))})
+	got, err := DecodeMessage(EncodeMessage(cached), DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := got.Body.(*Deltas).Deltas[0].State; !s.Equal(other) {
+		t.Fatal("AppendMessage encoded State instead of using the cached encoding")
+	}
+	if MessageSize(cached) != len(EncodeMessage(cached)) {
+		t.Fatalf("MessageSize %d of a cached encoding, encoding %d bytes", MessageSize(cached), len(EncodeMessage(cached)))
 	}
 }
