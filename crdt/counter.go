@@ -4,64 +4,112 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"slices"
 )
 
+// gEntry is one replica's entry of a GCounter.
+type gEntry struct {
+	r ReplicaID
+	n uint64 // never zero
+}
+
 // GCounter is a grow-only counter: one monotonic entry per replica.
+//
+// The entries are a slice sorted by replica (ReplicaID.Compare), not a
+// map: a counter holds one entry per replica that ever incremented it, a
+// handful, so a search is a few comparisons, a join or an extract is a
+// merge of two sorted slices, a clone is one allocation, and the
+// canonical encoding (sorted by replica) needs no sort. Slices are never
+// shared between counters.
 type GCounter struct {
-	m      map[ReplicaID]uint64
+	es     []gEntry
 	pruned markers // see Prune; nil inside a PNCounter, which keeps its own
 }
 
 // NewGCounter returns a zero counter.
-func NewGCounter() *GCounter { return &GCounter{m: map[ReplicaID]uint64{}} }
+func NewGCounter() *GCounter { return &GCounter{} }
 
 func (c *GCounter) Type() Type { return TypeGCounter }
+
+// find returns the index of r's entry, or where it would be inserted.
+func (c *GCounter) find(r ReplicaID) (int, bool) {
+	return slices.BinarySearchFunc(c.es, r, func(e gEntry, r ReplicaID) int { return e.r.Compare(r) })
+}
+
+// set makes r's entry n (n > 0).
+func (c *GCounter) set(r ReplicaID, n uint64) {
+	i, ok := c.find(r)
+	if ok {
+		c.es[i].n = n
+		return
+	}
+	c.es = slices.Insert(c.es, i, gEntry{r, n})
+}
 
 // Increment adds n to r's entry and returns the delta. It fails, changing
 // nothing, if r's entry would overflow.
 func (c *GCounter) Increment(r ReplicaID, n uint64) (*GCounter, error) {
-	d := NewGCounter()
 	if c.pruned.has(r) {
 		return nil, fmt.Errorf("%w: replica %s was pruned from this counter", ErrInvalidArg, r)
 	}
 	if n == 0 {
-		return d, nil
+		return NewGCounter(), nil
 	}
-	cur := c.m[r]
+	i, ok := c.find(r)
+	var cur uint64
+	if ok {
+		cur = c.es[i].n
+	}
 	if cur > math.MaxUint64-n {
 		return nil, fmt.Errorf("%w: counter entry of %s overflows", ErrInvalidArg, r)
 	}
-	c.m[r] = cur + n
-	d.m[r] = cur + n
-	return d, nil
+	if ok {
+		c.es[i].n = cur + n
+	} else {
+		c.es = slices.Insert(c.es, i, gEntry{r, n})
+	}
+	return &GCounter{es: []gEntry{{r, cur + n}}}, nil
 }
 
 // Value returns the sum of all entries (modulo 2^64).
 func (c *GCounter) Value() uint64 {
 	var s uint64
-	for _, v := range c.m {
-		s += v
+	for _, e := range c.es {
+		s += e.n
 	}
 	return s
 }
 
 // Entry returns r's entry.
-func (c *GCounter) Entry(r ReplicaID) uint64 { return c.m[r] }
+func (c *GCounter) Entry(r ReplicaID) uint64 {
+	if i, ok := c.find(r); ok {
+		return c.es[i].n
+	}
+	return 0
+}
 
 // Entries returns a copy of all entries.
-func (c *GCounter) Entries() map[ReplicaID]uint64 { return maps.Clone(c.m) }
+func (c *GCounter) Entries() map[ReplicaID]uint64 {
+	m := make(map[ReplicaID]uint64, len(c.es))
+	for _, e := range c.es {
+		m[e.r] = e.n
+	}
+	return m
+}
 
 func (c *GCounter) Clone() Value { return c.clone() }
 
-func (c *GCounter) clone() *GCounter { return &GCounter{m: maps.Clone(c.m), pruned: c.pruned.clone()} }
+func (c *GCounter) clone() *GCounter {
+	return &GCounter{es: slices.Clone(c.es), pruned: c.pruned.clone()}
+}
 
 func (c *GCounter) Equal(o Value) bool {
 	oc, ok := o.(*GCounter)
-	return ok && maps.Equal(c.m, oc.m) && maps.Equal(c.pruned, oc.pruned)
+	return ok && slices.Equal(c.es, oc.es) && maps.Equal(c.pruned, oc.pruned)
 }
 
-func (c *GCounter) IsBottom() bool { return len(c.m) == 0 && len(c.pruned) == 0 }
-func (c *GCounter) Size() int      { return len(c.m) }
+func (c *GCounter) IsBottom() bool { return len(c.es) == 0 && len(c.pruned) == 0 }
+func (c *GCounter) Size() int      { return len(c.es) }
 
 func (c *GCounter) join(o Value) bool {
 	oc := o.(*GCounter)
@@ -74,19 +122,45 @@ func (c *GCounter) join(o Value) bool {
 
 // forget deletes the entries of the replicas for which in is true.
 func (c *GCounter) forget(in func(ReplicaID) bool) {
-	maps.DeleteFunc(c.m, func(r ReplicaID, _ uint64) bool { return in(r) })
+	c.es = slices.DeleteFunc(c.es, func(e gEntry) bool { return in(e.r) })
 }
 
-// joinEntries joins o's entries, but those of replicas in skip, into c.
+// joinEntries joins o's entries, but those of replicas in skip, into c:
+// in place when c has an entry for each of them (the usual case: a
+// counter's replicas are known early), else by merging into a new slice.
 func (c *GCounter) joinEntries(o *GCounter, skip markers) bool {
-	grew := false
-	for r, v := range o.m {
-		if v > c.m[r] && !skip.has(r) {
-			c.m[r] = v
-			grew = true
+	grew, missing := false, 0
+	i := 0
+	for _, oe := range o.es {
+		for i < len(c.es) && c.es[i].r.Compare(oe.r) < 0 {
+			i++
+		}
+		switch {
+		case i < len(c.es) && c.es[i].r == oe.r:
+			if oe.n > c.es[i].n && !skip.has(oe.r) {
+				c.es[i].n = oe.n
+				grew = true
+			}
+		case !skip.has(oe.r):
+			missing++
 		}
 	}
-	return grew
+	if missing == 0 {
+		return grew
+	}
+	out := make([]gEntry, 0, len(c.es)+missing)
+	i = 0
+	for _, oe := range o.es {
+		for i < len(c.es) && c.es[i].r.Compare(oe.r) < 0 {
+			out = append(out, c.es[i])
+			i++
+		}
+		if (i == len(c.es) || c.es[i].r != oe.r) && !skip.has(oe.r) {
+			out = append(out, oe)
+		}
+	}
+	c.es = append(out, c.es[i:]...)
+	return true
 }
 
 func (c *GCounter) extract(o Value) Value {
@@ -100,9 +174,17 @@ func (c *GCounter) extract(o Value) Value {
 // are above c's.
 func (c *GCounter) extractEntries(o *GCounter, skip markers) *GCounter {
 	d := NewGCounter()
-	for r, v := range o.m {
-		if v > c.m[r] && !skip.has(r) {
-			d.m[r] = v
+	i := 0
+	for _, oe := range o.es {
+		for i < len(c.es) && c.es[i].r.Compare(oe.r) < 0 {
+			i++
+		}
+		var cur uint64
+		if i < len(c.es) && c.es[i].r == oe.r {
+			cur = c.es[i].n
+		}
+		if oe.n > cur && !skip.has(oe.r) {
+			d.es = append(d.es, oe)
 		}
 	}
 	return d

@@ -276,6 +276,16 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		checkInvariants(t, v)
+		// Decode reads the wire format itself: the protobuf library must
+		// read the same bytes as a message that holds the same value
+		// (Decode may refuse what the library takes, never the reverse).
+		var st crdtpb.State
+		if err := proto.Unmarshal(b, &st); err != nil {
+			t.Fatalf("Decode took bytes the protobuf library refuses (%v)", err)
+		}
+		if u, err := FromProto(&st, DefaultLimits); err != nil || !u.Equal(v) {
+			t.Fatalf("the protobuf library reads another value: %v, %v", u, err)
+		}
 		// re-encode -> decode gives an Equal value, whose encoding is stable
 		b2 := Encode(v)
 		w, err := Decode(b2, DefaultLimits)

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/statemesh/statemesh/internal/hlc"
+	"github.com/statemesh/statemesh/internal/wire"
 	"github.com/statemesh/statemesh/protocol/crdtpb"
 )
 
@@ -234,13 +235,9 @@ func packed(b []byte, num protowire.Number, n int, at func(i int) uint64) []byte
 }
 
 func (e *encoder) gcounter(b []byte, c *GCounter) []byte {
-	rs := slices.SortedFunc(maps.Keys(c.m), ReplicaID.Compare)
-	idx := make([]uint64, len(rs))
-	for i, r := range rs {
-		idx[i] = e.rep(r)
-	}
-	b = packed(b, 1, len(rs), func(i int) uint64 { return idx[i] })
-	return packed(b, 2, len(rs), func(i int) uint64 { return c.m[rs[i]] })
+	// The entries are sorted by replica already: the canonical order.
+	b = packed(b, 1, len(c.es), func(i int) uint64 { return e.rep(c.es[i].r) })
+	return packed(b, 2, len(c.es), func(i int) uint64 { return c.es[i].n })
 }
 
 func (e *encoder) context(b []byte, c *Context) []byte {
@@ -466,30 +463,69 @@ func (v *Vote) encode(e *encoder, b []byte) []byte {
 // Decode parses and validates an encoded value from untrusted bytes. It
 // never panics; a malformed or oversized input yields an error wrapping
 // ErrDecode or ErrTooLarge.
+//
+// The envelope (replica table, value kind, pruning markers) and the
+// counters, the states the mesh's replication decodes most, are read
+// straight from the bytes (internal/wire); the other kinds go through
+// their generated message. Either way the value is built and checked by
+// the same code below. Decoding is stricter than the protobuf format in
+// one way: a singular field that our encoders write once (the value, the
+// markers, a counter half) may not come twice.
 func Decode(b []byte, lim Limits) (Value, error) {
-	if len(b) > lim.MaxBytes {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), lim.MaxBytes)
-	}
-	var st crdtpb.State
-	if err := proto.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrDecode, err)
-	}
-	return FromProto(&st, lim)
+	dc := Decoder{lim: lim}
+	return dc.Decode(b)
 }
 
-// FromProto validates a wire message and builds its value.
-func FromProto(st *crdtpb.State, lim Limits) (Value, error) {
-	d := &decoder{lim: lim}
-	v, err := d.state(st)
+// A Decoder decodes states one after another (those of one message, say)
+// and remembers the replica ids it has read: a replica named again, as
+// the states of one sender name the same few replicas over and over,
+// costs neither an allocation nor a validation. It is not safe for
+// concurrent use.
+type Decoder struct {
+	lim  Limits
+	seen []seenReplica // at most decoderReplicas
+}
+
+type seenReplica struct {
+	raw string // the Replica message's bytes
+	id  ReplicaID
+}
+
+// decoderReplicas bounds what a Decoder remembers (searched linearly).
+const decoderReplicas = 16
+
+// NewDecoder returns a Decoder that applies lim to each state.
+func NewDecoder(lim Limits) *Decoder { return &Decoder{lim: lim} }
+
+// Decode is the package's Decode.
+func (dc *Decoder) Decode(b []byte) (Value, error) {
+	if len(b) > dc.lim.MaxBytes {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), dc.lim.MaxBytes)
+	}
+	d := decoder{lim: dc.lim, known: dc}
+	d.reps = d.repBuf[:0]
+	v, err := d.state(b)
 	if err != nil {
-		return nil, err
+		return nil, err // not a typed nil
 	}
 	return v, nil
 }
 
+// FromProto validates a wire message and builds its value.
+func FromProto(st *crdtpb.State, lim Limits) (Value, error) {
+	b, err := proto.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrDecode, err)
+	}
+	lim.MaxBytes = len(b) // a message has no encoded size to bound
+	return Decode(b, lim)
+}
+
 type decoder struct {
-	lim  Limits
-	reps []ReplicaID
+	lim    Limits
+	known  *Decoder // replicas read before
+	reps   []ReplicaID
+	repBuf [4]ReplicaID // reps of a small table
 	// interned holds reps[i] interned once a dot or a context names it
 	// (zero until then).
 	interned []replica
@@ -499,6 +535,9 @@ type decoder struct {
 func errf(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrDecode}, args...)...)
 }
+
+// wireErr wraps an error of the wire reader.
+func wireErr(err error) error { return fmt.Errorf("%w: %w", ErrDecode, err) }
 
 func (d *decoder) spend(n int) error {
 	d.entries += n
@@ -537,27 +576,71 @@ func (d *decoder) replica(i uint32) (replica, error) {
 	return d.interned[i], nil
 }
 
-func (d *decoder) state(st *crdtpb.State) (Value, error) {
-	if len(st.Replicas) > d.lim.MaxReplicas {
-		return nil, fmt.Errorf("%w: %d replicas, limit %d", ErrTooLarge, len(st.Replicas), d.lim.MaxReplicas)
-	}
-	seen := make(map[ReplicaID]struct{}, len(st.Replicas))
-	for _, r := range st.Replicas {
-		id := ReplicaID{Node: r.GetNode(), Incarnation: r.GetIncarnation()}
-		if err := ValidateReplica(id); err != nil {
-			return nil, errf("%v", err)
+// State fields (crdt.proto).
+const (
+	stateReplicas  = 1
+	stateFirstKind = 2 // gcounter; the value's oneof runs to vote (11)
+	stateLastKind  = 11
+	statePruned    = 12
+)
+
+// state decodes a State message: its replica table, then its value, then
+// its pruning markers.
+func (d *decoder) state(b []byte) (Value, error) {
+	var (
+		kind   protowire.Number // the value's field; 0: none
+		val    []byte
+		pruned []byte // nil: none
+	)
+	for len(b) > 0 {
+		f, rest, err := wire.Next(b)
+		if err != nil {
+			return nil, wireErr(err)
 		}
-		if _, dup := seen[id]; dup {
-			return nil, errf("replica %s listed twice", id)
+		b = rest
+		switch {
+		case f.Num == stateReplicas:
+			if err := f.Want(protowire.BytesType); err != nil {
+				return nil, wireErr(err)
+			}
+			if len(d.reps) == d.lim.MaxReplicas {
+				return nil, fmt.Errorf("%w: more than %d replicas", ErrTooLarge, d.lim.MaxReplicas)
+			}
+			r, err := d.replicaID(f.B)
+			if err != nil {
+				return nil, err
+			}
+			d.reps = append(d.reps, r)
+		case f.Num >= stateFirstKind && f.Num <= stateLastKind:
+			if err := f.Want(protowire.BytesType); err != nil {
+				return nil, wireErr(err)
+			}
+			if kind != 0 {
+				return nil, errf("a state with two values (fields %d and %d)", kind, f.Num)
+			}
+			kind, val = f.Num, f.B
+		case f.Num == statePruned:
+			if err := f.Want(protowire.BytesType); err != nil {
+				return nil, wireErr(err)
+			}
+			if pruned != nil {
+				return nil, errf("pruning markers twice")
+			}
+			pruned = f.B
 		}
-		seen[id] = struct{}{}
-		d.reps = append(d.reps, id)
 	}
-	v, err := d.value(st)
-	if err != nil || st.GetPruned() == nil {
+	if err := checkReplicas(d.reps); err != nil {
+		return nil, err
+	}
+	v, err := d.value(kind, val)
+	if err != nil || len(pruned) == 0 {
 		return v, err
 	}
-	m, err := d.markers(st.GetPruned())
+	var pm crdtpb.Pruned
+	if err := proto.Unmarshal(pruned, &pm); err != nil {
+		return nil, errf("pruning markers: %v", err)
+	}
+	m, err := d.markers(&pm)
 	if err != nil || len(m) == 0 {
 		return v, err
 	}
@@ -570,7 +653,7 @@ func (d *decoder) state(st *crdtpb.State) (Value, error) {
 			return nil, errf("%s holds contributions of replica %s, which it marks pruned", v.Type(), r)
 		}
 	}
-	ren, err := d.renames(st.GetPruned())
+	ren, err := d.renames(&pm)
 	if err != nil {
 		return nil, err
 	}
@@ -583,6 +666,69 @@ func (d *decoder) state(st *crdtpb.State) (Value, error) {
 	}
 	*p.marks() = m
 	return v, nil
+}
+
+// replicaID decodes a Replica message, or finds it among those read
+// before.
+func (d *decoder) replicaID(b []byte) (ReplicaID, error) {
+	for _, s := range d.known.seen {
+		if s.raw == string(b) {
+			return s.id, nil
+		}
+	}
+	r, err := replicaID(b)
+	if err == nil && len(d.known.seen) < decoderReplicas {
+		d.known.seen = append(d.known.seen, seenReplica{string(b), r})
+	}
+	return r, err
+}
+
+// replicaID decodes a Replica message.
+func replicaID(b []byte) (ReplicaID, error) {
+	var r ReplicaID
+	for len(b) > 0 {
+		f, rest, err := wire.Next(b)
+		if err != nil {
+			return ReplicaID{}, wireErr(err)
+		}
+		b = rest
+		switch f.Num {
+		case 1:
+			if err := f.Want(protowire.BytesType); err != nil {
+				return ReplicaID{}, wireErr(err)
+			}
+			r.Node = string(f.B)
+		case 2:
+			if err := f.Want(protowire.VarintType); err != nil {
+				return ReplicaID{}, wireErr(err)
+			}
+			r.Incarnation = f.V
+		}
+	}
+	if err := ValidateReplica(r); err != nil {
+		return ReplicaID{}, errf("%v", err)
+	}
+	return r, nil
+}
+
+// checkReplicas rejects a replica table that lists a replica twice.
+func checkReplicas(rs []ReplicaID) error {
+	if len(rs) <= 16 { // a few comparisons cost less than a map
+		for i, r := range rs {
+			if slices.Contains(rs[:i], r) {
+				return errf("replica %s listed twice", r)
+			}
+		}
+		return nil
+	}
+	seen := make(map[ReplicaID]struct{}, len(rs))
+	for _, r := range rs {
+		if _, dup := seen[r]; dup {
+			return errf("replica %s listed twice", r)
+		}
+		seen[r] = struct{}{}
+	}
+	return nil
 }
 
 // renames decodes the renamings of pruned replicas: none, or one per
@@ -667,65 +813,127 @@ func (d *decoder) markers(pm *crdtpb.Pruned) (markers, error) {
 	return m, nil
 }
 
-// value decodes st's value (its replica table already read).
-func (d *decoder) value(st *crdtpb.State) (Value, error) {
-	switch x := st.Value.(type) {
-	case *crdtpb.State_Gcounter:
-		return d.gcounter(x.Gcounter)
-	case *crdtpb.State_Pncounter:
-		p, err := d.gcounter(x.Pncounter.GetP())
+// value decodes the value of a state (its replica table already read):
+// kind is its field in State's oneof, b its message.
+func (d *decoder) value(kind protowire.Number, b []byte) (Value, error) {
+	switch kind {
+	case 0:
+		return nil, errf("no value")
+	case 2:
+		return d.gcounter(b)
+	case 3:
+		var p, n []byte
+		for len(b) > 0 {
+			f, rest, err := wire.Next(b)
+			if err != nil {
+				return nil, wireErr(err)
+			}
+			b = rest
+			if f.Num != 1 && f.Num != 2 {
+				continue
+			}
+			if err := f.Want(protowire.BytesType); err != nil {
+				return nil, wireErr(err)
+			}
+			half := &p
+			if f.Num == 2 {
+				half = &n
+			}
+			if *half != nil {
+				return nil, errf("counter half %d twice", f.Num)
+			}
+			*half = f.B
+		}
+		pc, err := d.gcounter(p)
 		if err != nil {
 			return nil, err
 		}
-		n, err := d.gcounter(x.Pncounter.GetN())
+		nc, err := d.gcounter(n)
 		if err != nil {
 			return nil, err
 		}
-		return &PNCounter{p: p, n: n}, nil
-	case *crdtpb.State_Gset:
-		return d.gset(x.Gset)
-	case *crdtpb.State_Lwwregister:
-		return d.lww(x.Lwwregister)
-	case *crdtpb.State_Flag:
-		return &Flag{on: x.Flag.GetEnabled()}, nil
-	case *crdtpb.State_Vote:
-		return d.vote(x.Vote)
-	case *crdtpb.State_Orset:
-		c, err := d.causal(x.Orset.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
-			return d.setStore(x.Orset.GetEntries(), ctx, seen)
+		return &PNCounter{p: pc, n: nc}, nil
+	case 8:
+		on := false
+		for len(b) > 0 {
+			f, rest, err := wire.Next(b)
+			if err != nil {
+				return nil, wireErr(err)
+			}
+			b = rest
+			if f.Num == 1 {
+				if err := f.Want(protowire.VarintType); err != nil {
+					return nil, wireErr(err)
+				}
+				on = f.V != 0
+			}
+		}
+		return &Flag{on: on}, nil
+	}
+	// The other kinds: through their generated message.
+	var m proto.Message
+	switch kind {
+	case 4:
+		m = &crdtpb.GSet{}
+	case 5:
+		m = &crdtpb.ORSet{}
+	case 6:
+		m = &crdtpb.LWWRegister{}
+	case 7:
+		m = &crdtpb.MVRegister{}
+	case 9:
+		m = &crdtpb.EWFlag{}
+	case 10:
+		m = &crdtpb.ORMap{}
+	case 11:
+		m = &crdtpb.Vote{}
+	default:
+		return nil, errf("unknown value kind %d", kind)
+	}
+	if err := proto.Unmarshal(b, m); err != nil {
+		return nil, errf("%v", err)
+	}
+	switch x := m.(type) {
+	case *crdtpb.GSet:
+		return d.gset(x)
+	case *crdtpb.LWWRegister:
+		return d.lww(x)
+	case *crdtpb.Vote:
+		return d.vote(x)
+	case *crdtpb.ORSet:
+		c, err := d.causal(x.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
+			return d.setStore(x.GetEntries(), ctx, seen)
 		})
 		if err != nil {
 			return nil, err
 		}
 		return &ORSet{c: indexed(c)}, nil
-	case *crdtpb.State_Mvregister:
-		c, err := d.causal(x.Mvregister.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
-			return d.mvStore(x.Mvregister.GetEntries(), ctx, seen)
+	case *crdtpb.MVRegister:
+		c, err := d.causal(x.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
+			return d.mvStore(x.GetEntries(), ctx, seen)
 		})
 		if err != nil {
 			return nil, err
 		}
 		return &MVRegister{c: c}, nil
-	case *crdtpb.State_Ewflag:
-		c, err := d.causal(x.Ewflag.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
-			return d.dotSet(x.Ewflag.GetDots(), ctx, seen)
+	case *crdtpb.EWFlag:
+		c, err := d.causal(x.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
+			return d.dotSet(x.GetDots(), ctx, seen)
 		})
 		if err != nil {
 			return nil, err
 		}
 		return &EWFlag{c: c}, nil
-	case *crdtpb.State_Ormap:
-		c, err := d.causal(x.Ormap.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
-			return d.mapStore(x.Ormap.GetEntries(), ctx, seen, 1)
+	default:
+		om := m.(*crdtpb.ORMap)
+		c, err := d.causal(om.GetContext(), func(ctx *Context, seen map[Dot]struct{}) (store, error) {
+			return d.mapStore(om.GetEntries(), ctx, seen, 1)
 		})
 		if err != nil {
 			return nil, err
 		}
 		return &ORMap{c: indexed(c)}, nil
-	case nil:
-		return nil, errf("no value")
 	}
-	return nil, errf("unknown value kind %T", st.Value)
 }
 
 // ValidateReplica checks a replica id: a non-empty UTF-8 node name of at
@@ -742,26 +950,59 @@ func indexed(c causal) causal {
 	return c
 }
 
-func (d *decoder) gcounter(g *crdtpb.GCounter) (*GCounter, error) {
-	c := NewGCounter()
-	if len(g.GetReplica()) != len(g.GetCount()) {
-		return nil, errf("counter has %d replicas and %d counts", len(g.GetReplica()), len(g.GetCount()))
+// gcounter decodes a GCounter message (an absent one, b empty, is zero).
+func (d *decoder) gcounter(b []byte) (*GCounter, error) {
+	var (
+		rbuf [8]uint32
+		cbuf [8]uint64
+		reps = rbuf[:0]
+		cnts = cbuf[:0]
+	)
+	for len(b) > 0 {
+		f, rest, err := wire.Next(b)
+		if err != nil {
+			return nil, wireErr(err)
+		}
+		b = rest
+		switch f.Num {
+		case 1:
+			reps, err = wire.Varints(reps, f, wire.U32)
+		case 2:
+			cnts, err = wire.Varints(cnts, f, wire.U64)
+		}
+		if err != nil {
+			return nil, wireErr(err)
+		}
 	}
-	if err := d.spend(len(g.GetReplica())); err != nil {
+	if len(reps) != len(cnts) {
+		return nil, errf("counter has %d replicas and %d counts", len(reps), len(cnts))
+	}
+	if err := d.spend(len(reps)); err != nil {
 		return nil, err
 	}
-	for i, ri := range g.GetReplica() {
+	c := &GCounter{}
+	if len(reps) == 0 {
+		return c, nil
+	}
+	c.es = make([]gEntry, len(reps))
+	for i, ri := range reps {
 		r, err := d.rep(ri)
 		if err != nil {
 			return nil, err
 		}
-		if _, dup := c.m[r]; dup {
-			return nil, errf("counter entry for %s twice", r)
-		}
-		if g.Count[i] == 0 {
+		if cnts[i] == 0 {
 			return nil, errf("zero counter entry for %s", r)
 		}
-		c.m[r] = g.Count[i]
+		c.es[i] = gEntry{r, cnts[i]}
+	}
+	cmp := func(a, b gEntry) int { return a.r.Compare(b.r) }
+	if !slices.IsSortedFunc(c.es, cmp) { // our encoders sort them
+		slices.SortFunc(c.es, cmp)
+	}
+	for i := 1; i < len(c.es); i++ {
+		if c.es[i].r == c.es[i-1].r {
+			return nil, errf("counter entry for %s twice", c.es[i].r)
+		}
 	}
 	return c, nil
 }

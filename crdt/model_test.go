@@ -202,7 +202,8 @@ var gcounterSpec = &spec{
 	},
 	restrict: func(rf refModel, e Value) refModel {
 		g, out := rf.(*gcRef), newGCRef()
-		for r := range e.(*GCounter).m {
+		for _, en := range e.(*GCounter).es {
+			r := en.r
 			out.join(g.of(r))
 		}
 		return out
@@ -289,11 +290,11 @@ var pncounterSpec = &spec{
 	},
 	restrict: func(rf refModel, e Value) refModel {
 		p, out, pe := rf.(*pnRef), newPNRef(), e.(*PNCounter)
-		for r := range pe.p.m {
-			out.join(p.part(r, true))
+		for _, en := range pe.p.es {
+			out.join(p.part(en.r, true))
 		}
-		for r := range pe.n.m {
-			out.join(p.part(r, false))
+		for _, en := range pe.n.es {
+			out.join(p.part(en.r, false))
 		}
 		return out
 	},
@@ -1034,9 +1035,12 @@ func checkInvariants(t tb, v Value) {
 
 func checkCounter(t tb, c *GCounter) {
 	t.Helper()
-	for r, n := range c.m {
-		if n == 0 {
-			t.Fatalf("zero counter entry for %v", r)
+	for i, e := range c.es {
+		if e.n == 0 {
+			t.Fatalf("zero counter entry for %v", e.r)
+		}
+		if i > 0 && c.es[i-1].r.Compare(e.r) >= 0 {
+			t.Fatalf("counter entries out of order or repeated: %v then %v", c.es[i-1].r, e.r)
 		}
 	}
 }
@@ -1124,21 +1128,21 @@ func irreducibles(v Value) []Value {
 	var out []Value
 	switch x := v.(type) {
 	case *GCounter:
-		for r, n := range x.m {
-			out = append(out, &GCounter{m: map[ReplicaID]uint64{r: n}})
+		for _, e := range x.es {
+			out = append(out, &GCounter{es: []gEntry{e}})
 		}
 		for r, at := range x.pruned {
-			out = append(out, &GCounter{m: map[ReplicaID]uint64{}, pruned: markers{r: at}})
+			out = append(out, &GCounter{pruned: markers{r: at}})
 		}
 	case *PNCounter:
 		for r, at := range x.pruned {
 			out = append(out, &PNCounter{p: NewGCounter(), n: NewGCounter(), pruned: markers{r: at}})
 		}
-		for r, n := range x.p.m {
-			out = append(out, &PNCounter{p: &GCounter{m: map[ReplicaID]uint64{r: n}}, n: NewGCounter()})
+		for _, e := range x.p.es {
+			out = append(out, &PNCounter{p: &GCounter{es: []gEntry{e}}, n: NewGCounter()})
 		}
-		for r, n := range x.n.m {
-			out = append(out, &PNCounter{p: NewGCounter(), n: &GCounter{m: map[ReplicaID]uint64{r: n}}})
+		for _, e := range x.n.es {
+			out = append(out, &PNCounter{p: NewGCounter(), n: &GCounter{es: []gEntry{e}}})
 		}
 	case *GSet:
 		for e := range x.m {

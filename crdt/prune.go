@@ -257,36 +257,29 @@ func (c *GCounter) prune(removed, into ReplicaID, at int64) (Value, error) {
 // fold moves removed's entry into into's, recording into's new entry in
 // d. It fails, changing nothing, if into's entry would overflow.
 func (c *GCounter) fold(d *GCounter, removed, into ReplicaID) error {
-	n, ok := c.m[removed]
-	if !ok {
+	n := c.Entry(removed)
+	if n == 0 {
 		return nil
 	}
-	if c.m[into] > ^uint64(0)-n {
+	if c.Entry(into) > ^uint64(0)-n {
 		return fmt.Errorf("%w: counter entry of %s overflows when pruning %s", ErrInvalidArg, into, removed)
 	}
-	delete(c.m, removed)
-	if n > 0 {
-		c.m[into] += n
-		d.m[into] = c.m[into]
-	}
+	c.forget(func(r ReplicaID) bool { return r == removed })
+	c.set(into, c.Entry(into)+n)
+	d.set(into, c.Entry(into))
 	return nil
 }
 
-func (c *GCounter) holds(r ReplicaID) bool { _, ok := c.m[r]; return ok }
+func (c *GCounter) holds(r ReplicaID) bool { _, ok := c.find(r); return ok }
 func (c *GCounter) holdsAny(in func(ReplicaID) bool) bool {
-	for r := range c.m {
-		if in(r) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(c.es, func(e gEntry) bool { return in(e.r) })
 }
 func (c *GCounter) marks() *markers { return &c.pruned }
 
 // A PNCounter folds both halves.
 func (c *PNCounter) prune(removed, into ReplicaID, at int64) (Value, error) {
-	np, nn := c.p.m[removed], c.n.m[removed]
-	if c.p.m[into] > ^uint64(0)-np || c.n.m[into] > ^uint64(0)-nn {
+	np, nn := c.p.Entry(removed), c.n.Entry(removed)
+	if c.p.Entry(into) > ^uint64(0)-np || c.n.Entry(into) > ^uint64(0)-nn {
 		return nil, fmt.Errorf("%w: counter entry of %s overflows when pruning %s", ErrInvalidArg, into, removed)
 	}
 	d := NewPNCounter()

@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/statemesh/statemesh/crdt"
-	"github.com/statemesh/statemesh/protocol/syncpb"
+	"github.com/statemesh/statemesh/internal/wire"
 )
 
 // PeerID names a peer engine (the mesh uses node names).
@@ -310,106 +310,328 @@ func decErr(format string, args ...any) error {
 
 // DecodeMessage parses and validates a message from untrusted bytes. It
 // never panics. The caller sets To.
+//
+// It reads the wire format itself (internal/wire) and each state with
+// crdt.Decode, without building the generated messages first: the mesh
+// decodes every message it receives. As crdt.Decode, it refuses a
+// singular field (the body, a key state's state) that comes twice.
 func DecodeMessage(b []byte, lim Limits) (Message, error) {
 	if len(b) > lim.MaxBytes {
 		return Message{}, decErr("%d bytes, limit %d", len(b), lim.MaxBytes)
 	}
-	var pm syncpb.Message
-	if err := proto.Unmarshal(b, &pm); err != nil {
-		return Message{}, decErr("%v", err)
+	md := msgDecoder{lim: lim, crdt: crdt.NewDecoder(lim.CRDT)}
+	m, err := md.message(b)
+	if err != nil {
+		return Message{}, err
 	}
-	m := Message{From: PeerID(pm.From), Session: pm.Session, AckSession: pm.AckSession, Ack: pm.Ack}
-	if m.From == "" || len(m.From) > lim.MaxKeyBytes {
-		return Message{}, decErr("sender id of %d bytes", len(m.From))
+	return m, nil
+}
+
+// msgDecoder holds what the checks of one message share.
+type msgDecoder struct {
+	lim  Limits
+	keys int           // keys read so far
+	crdt *crdt.Decoder // shared by the message's states
+}
+
+// each calls fn with every field of message b.
+func each(b []byte, fn func(f wire.Field) error) error {
+	for len(b) > 0 {
+		f, rest, err := wire.Next(b)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrDecode, err)
+		}
+		b = rest
+		if err := fn(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// want checks f's wire type.
+func want(f wire.Field, t protowire.Type) error {
+	if err := f.Want(t); err != nil {
+		return fmt.Errorf("%w: %w", ErrDecode, err)
+	}
+	return nil
+}
+
+func (md *msgDecoder) message(b []byte) (Message, error) {
+	var (
+		m    Message
+		body []byte
+		kind protowire.Number
+	)
+	err := each(b, func(f wire.Field) error {
+		switch f.Num {
+		case 1:
+			if err := want(f, protowire.BytesType); err != nil {
+				return err
+			}
+			if len(f.B) > md.lim.MaxKeyBytes || !utf8.Valid(f.B) {
+				return decErr("sender id of %d bytes, or not UTF-8", len(f.B))
+			}
+			m.From = PeerID(f.B)
+		case 2, 3, 4:
+			if err := want(f, protowire.VarintType); err != nil {
+				return err
+			}
+			switch f.Num {
+			case 2:
+				m.Session = f.V
+			case 3:
+				m.AckSession = f.V
+			default:
+				m.Ack = f.V
+			}
+		case 5, 6, 7, 8:
+			if err := want(f, protowire.BytesType); err != nil {
+				return err
+			}
+			if kind != 0 {
+				return decErr("two bodies (fields %d and %d)", kind, f.Num)
+			}
+			kind, body = f.Num, f.B
+		}
+		return nil
+	})
+	if err != nil {
+		return Message{}, err
+	}
+	if m.From == "" {
+		return Message{}, decErr("no sender id")
 	}
 	if m.Session == 0 {
 		return Message{}, decErr("session 0")
 	}
-	// key checks one key against the limits and against the other keys of
-	// its list (seen), which must be distinct.
-	keys := 0
-	key := func(k []byte, seen map[string]struct{}) (string, error) {
-		keys++
-		if keys > lim.MaxKeys {
-			return "", decErr("more than %d keys", lim.MaxKeys)
-		}
-		if len(k) > lim.MaxKeyBytes {
-			return "", decErr("key of %d bytes, limit %d", len(k), lim.MaxKeyBytes)
-		}
-		if _, dup := seen[string(k)]; dup {
-			return "", decErr("key %q twice in one list", k)
-		}
-		seen[string(k)] = struct{}{}
-		return string(k), nil
+	switch kind {
+	case 5:
+		m.Body, err = md.deltas(body)
+	case 6:
+		m.Body, err = md.digest(body)
+	case 7:
+		m.Body, err = md.digestReply(body)
+	case 8:
+		m.Body, err = md.states(body)
 	}
-	states := func(in []*syncpb.KeyState) ([]KeyState, error) {
-		out := make([]KeyState, 0, len(in))
-		seen := make(map[string]struct{}, len(in))
-		for _, ks := range in {
-			k, err := key(ks.GetKey(), seen)
-			if err != nil {
-				return nil, err
-			}
-			if ks.GetDeleted() {
-				if ks.GetState() != nil {
-					return nil, decErr("deleted key %q with a state", k)
-				}
-				out = append(out, KeyState{Key: k, Deleted: true})
-				continue
-			}
-			if ks.GetState() == nil {
-				return nil, decErr("key %q without a state", k)
-			}
-			v, err := crdt.FromProto(ks.GetState(), lim.CRDT)
-			if err != nil {
-				return nil, fmt.Errorf("%w: key %q: %w", ErrDecode, k, err)
-			}
-			out = append(out, KeyState{Key: k, State: v})
-		}
-		return out, nil
-	}
-	var err error
-	switch b := pm.Body.(type) {
-	case *syncpb.Message_Deltas:
-		d := &Deltas{FromSeq: b.Deltas.GetFromSeq(), ToSeq: b.Deltas.GetToSeq()}
-		if d.FromSeq > d.ToSeq {
-			return Message{}, decErr("delta interval [%d, %d)", d.FromSeq, d.ToSeq)
-		}
-		if d.Deltas, err = states(b.Deltas.GetDeltas()); err != nil {
-			return Message{}, err
-		}
-		m.Body = d
-	case *syncpb.Message_Digest:
-		d := &Digest{Seq: b.Digest.GetSeq()}
-		seen := map[string]struct{}{}
-		for _, kd := range b.Digest.GetDigests() {
-			k, err := key(kd.GetKey(), seen)
-			if err != nil {
-				return Message{}, err
-			}
-			d.Digests = append(d.Digests, KeyDigest{Key: k, Hash: kd.GetHash()})
-		}
-		m.Body = d
-	case *syncpb.Message_DigestReply:
-		r := &DigestReply{Seq: b.DigestReply.GetSeq()}
-		seen := map[string]struct{}{}
-		for _, w := range b.DigestReply.GetWant() {
-			k, err := key(w, seen)
-			if err != nil {
-				return Message{}, err
-			}
-			r.Want = append(r.Want, k)
-		}
-		if r.States, err = states(b.DigestReply.GetStates()); err != nil {
-			return Message{}, err
-		}
-		m.Body = r
-	case *syncpb.Message_States:
-		s := &States{Seq: b.States.GetSeq()}
-		if s.States, err = states(b.States.GetStates()); err != nil {
-			return Message{}, err
-		}
-		m.Body = s
+	if err != nil {
+		return Message{}, err
 	}
 	return m, nil
+}
+
+// key checks one key against the limits and against the other keys of
+// its list (seen), which must be distinct.
+func (md *msgDecoder) key(k []byte, seen map[string]struct{}) (string, error) {
+	md.keys++
+	if md.keys > md.lim.MaxKeys {
+		return "", decErr("more than %d keys", md.lim.MaxKeys)
+	}
+	if len(k) > md.lim.MaxKeyBytes {
+		return "", decErr("key of %d bytes, limit %d", len(k), md.lim.MaxKeyBytes)
+	}
+	if _, dup := seen[string(k)]; dup {
+		return "", decErr("key %q twice in one list", k)
+	}
+	s := string(k)
+	seen[s] = struct{}{}
+	return s, nil
+}
+
+// keyState decodes a KeyState message.
+func (md *msgDecoder) keyState(b []byte, seen map[string]struct{}) (KeyState, error) {
+	var (
+		key, state []byte
+		hasState   bool
+		deleted    bool
+	)
+	err := each(b, func(f wire.Field) error {
+		switch f.Num {
+		case 1:
+			if err := want(f, protowire.BytesType); err != nil {
+				return err
+			}
+			key = f.B
+		case 2:
+			if err := want(f, protowire.BytesType); err != nil {
+				return err
+			}
+			if hasState {
+				return decErr("a key state with two states")
+			}
+			state, hasState = f.B, true
+		case 3:
+			if err := want(f, protowire.VarintType); err != nil {
+				return err
+			}
+			deleted = f.V != 0
+		}
+		return nil
+	})
+	if err != nil {
+		return KeyState{}, err
+	}
+	k, err := md.key(key, seen)
+	if err != nil {
+		return KeyState{}, err
+	}
+	if deleted {
+		if hasState {
+			return KeyState{}, decErr("deleted key %q with a state", k)
+		}
+		return KeyState{Key: k, Deleted: true}, nil
+	}
+	if !hasState {
+		return KeyState{}, decErr("key %q without a state", k)
+	}
+	v, err := md.crdt.Decode(state)
+	if err != nil {
+		return KeyState{}, fmt.Errorf("%w: key %q: %w", ErrDecode, k, err)
+	}
+	return KeyState{Key: k, State: v}, nil
+}
+
+// keyStates decodes the KeyStates of repeated field num of message b.
+func (md *msgDecoder) keyStates(b []byte, num protowire.Number) ([]KeyState, error) {
+	var out []KeyState
+	seen := map[string]struct{}{}
+	err := each(b, func(f wire.Field) error {
+		if f.Num != num {
+			return nil
+		}
+		if err := want(f, protowire.BytesType); err != nil {
+			return err
+		}
+		ks, err := md.keyState(f.B, seen)
+		if err != nil {
+			return err
+		}
+		out = append(out, ks)
+		return nil
+	})
+	return out, err
+}
+
+// seqField reads uint64 field num of message b (0 when absent).
+func seqField(b []byte, num protowire.Number) (uint64, error) {
+	var v uint64
+	err := each(b, func(f wire.Field) error {
+		if f.Num != num {
+			return nil
+		}
+		if err := want(f, protowire.VarintType); err != nil {
+			return err
+		}
+		v = f.V
+		return nil
+	})
+	return v, err
+}
+
+func (md *msgDecoder) deltas(b []byte) (*Deltas, error) {
+	d := &Deltas{}
+	var err error
+	if d.FromSeq, err = seqField(b, 1); err != nil {
+		return nil, err
+	}
+	if d.ToSeq, err = seqField(b, 2); err != nil {
+		return nil, err
+	}
+	if d.FromSeq > d.ToSeq {
+		return nil, decErr("delta interval [%d, %d)", d.FromSeq, d.ToSeq)
+	}
+	if d.Deltas, err = md.keyStates(b, 3); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (md *msgDecoder) digest(b []byte) (*Digest, error) {
+	d := &Digest{}
+	var err error
+	if d.Seq, err = seqField(b, 2); err != nil {
+		return nil, err
+	}
+	seen := map[string]struct{}{}
+	err = each(b, func(f wire.Field) error {
+		if f.Num != 1 {
+			return nil
+		}
+		if err := want(f, protowire.BytesType); err != nil {
+			return err
+		}
+		var key []byte
+		var hash uint64
+		err := each(f.B, func(f wire.Field) error {
+			switch f.Num {
+			case 1:
+				if err := want(f, protowire.BytesType); err != nil {
+					return err
+				}
+				key = f.B
+			case 2:
+				if err := want(f, protowire.Fixed64Type); err != nil {
+					return err
+				}
+				hash = f.V
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		k, err := md.key(key, seen)
+		if err != nil {
+			return err
+		}
+		d.Digests = append(d.Digests, KeyDigest{Key: k, Hash: hash})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (md *msgDecoder) digestReply(b []byte) (*DigestReply, error) {
+	r := &DigestReply{}
+	var err error
+	if r.Seq, err = seqField(b, 3); err != nil {
+		return nil, err
+	}
+	seen := map[string]struct{}{}
+	err = each(b, func(f wire.Field) error {
+		if f.Num != 1 {
+			return nil
+		}
+		if err := want(f, protowire.BytesType); err != nil {
+			return err
+		}
+		k, err := md.key(f.B, seen)
+		if err != nil {
+			return err
+		}
+		r.Want = append(r.Want, k)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if r.States, err = md.keyStates(b, 2); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (md *msgDecoder) states(b []byte) (*States, error) {
+	s := &States{}
+	var err error
+	if s.Seq, err = seqField(b, 1); err != nil {
+		return nil, err
+	}
+	if s.States, err = md.keyStates(b, 2); err != nil {
+		return nil, err
+	}
+	return s, nil
 }

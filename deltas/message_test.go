@@ -543,6 +543,21 @@ func FuzzDecodeMessage(f *testing.F) {
 			return
 		}
 		enc := deltas.EncodeMessage(m)
+		// DecodeMessage reads the wire format itself: the protobuf
+		// library must take the same bytes and read the same message
+		// (DecodeMessage may refuse what the library takes, never the
+		// reverse).
+		var pm syncpb.Message
+		if err := proto.Unmarshal(b, &pm); err != nil {
+			t.Fatalf("DecodeMessage took bytes the protobuf library refuses (%v)", err)
+		}
+		pb, err := proto.Marshal(&pm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mp, err := deltas.DecodeMessage(pb, deltas.DefaultLimits); err != nil || !bytes.Equal(deltas.EncodeMessage(mp), enc) {
+			t.Fatalf("the protobuf library reads another message (%v)", err)
+		}
 		m2, err := deltas.DecodeMessage(enc, deltas.DefaultLimits)
 		if err != nil {
 			t.Fatalf("re-decoding a decoded message: %v", err)
