@@ -57,6 +57,7 @@ func AppendEncode(b []byte, v Value) []byte { return appendEncode(b, v, false) }
 
 func appendEncode(b []byte, v Value, sizeOnly bool) []byte {
 	e := &encoder{sizeOnly: sizeOnly}
+	e.order = e.orderBuf[:0]
 	b = v.encode(e, b)
 	if p, ok := v.(prunable); ok && len(*p.marks()) > 0 {
 		m := *p.marks()
@@ -126,8 +127,9 @@ func ToProto(v Value) *crdtpb.State {
 type encoder struct {
 	// order lists the replicas in order of first use; idx indexes it once
 	// it is too long to search (nil until then).
-	order []ReplicaID
-	idx   map[ReplicaID]uint32
+	order    []ReplicaID
+	orderBuf [4]ReplicaID // order's first array: most values name few replicas
+	idx      map[ReplicaID]uint32
 	// sizeOnly lets map entries come in any order (EncodedSize reads
 	// only the length). The order changes no byte count: each entry is
 	// a message of its own, and every replica an entry names already has
@@ -177,23 +179,7 @@ func (e *encoder) message(b []byte, num protowire.Number, body func([]byte) []by
 		b = body(b)
 		return append(b, make([]byte, protowire.SizeVarint(uint64(len(b)-at)))...)
 	}
-	return appendLengthPrefixed(b, body)
-}
-
-func appendLengthPrefixed(b []byte, body func([]byte) []byte) []byte {
-	at := len(b)
-	b = append(b, 0)
-	b = body(b)
-	n := len(b) - at - 1
-	if n < 0x80 {
-		b[at] = byte(n)
-		return b
-	}
-	w := protowire.SizeVarint(uint64(n))
-	b = append(b, make([]byte, w-1)...)
-	copy(b[at+w:], b[at+1:at+1+n])
-	protowire.AppendVarint(b[at:at], uint64(n))
-	return b
+	return wire.AppendLengthPrefixed(b, body)
 }
 
 func appendUint(b []byte, num protowire.Number, v uint64) []byte {
@@ -226,7 +212,7 @@ func packed(b []byte, num protowire.Number, n int, at func(i int) uint64) []byte
 		return b
 	}
 	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return appendLengthPrefixed(b, func(b []byte) []byte {
+	return wire.AppendLengthPrefixed(b, func(b []byte) []byte {
 		for i := range n {
 			b = protowire.AppendVarint(b, at(i))
 		}

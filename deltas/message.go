@@ -215,7 +215,8 @@ func uintSize(num protowire.Number, v uint64) int {
 	return protowire.SizeTag(num) + protowire.SizeVarint(v)
 }
 
-// AppendMessage appends the wire form of m to b.
+// AppendMessage appends the wire form of m to b. Nested messages are
+// written in place (wire.AppendLengthPrefixed), states too.
 func AppendMessage(b []byte, m Message) []byte {
 	b = appendString(b, 1, string(m.From))
 	b = appendUint(b, 2, m.Session)
@@ -223,58 +224,61 @@ func AppendMessage(b []byte, m Message) []byte {
 	b = appendUint(b, 4, m.Ack)
 	switch body := m.Body.(type) {
 	case *Deltas:
-		var x []byte
-		x = appendUint(x, 1, body.FromSeq)
-		x = appendUint(x, 2, body.ToSeq)
-		x = appendKeyStates(x, 3, body.Deltas)
-		b = appendField(b, 5, x)
+		b = appendMessageField(b, 5, func(b []byte) []byte {
+			b = appendUint(b, 1, body.FromSeq)
+			b = appendUint(b, 2, body.ToSeq)
+			return appendKeyStates(b, 3, body.Deltas)
+		})
 	case *Digest:
-		var x []byte
-		for _, kd := range body.Digests {
-			var y []byte
-			y = appendBytes(y, 1, []byte(kd.Key))
-			if kd.Hash != 0 {
-				y = protowire.AppendTag(y, 2, protowire.Fixed64Type)
-				y = protowire.AppendFixed64(y, kd.Hash)
+		b = appendMessageField(b, 6, func(b []byte) []byte {
+			for _, kd := range body.Digests {
+				b = appendMessageField(b, 1, func(b []byte) []byte {
+					b = appendString(b, 1, kd.Key)
+					if kd.Hash != 0 {
+						b = protowire.AppendTag(b, 2, protowire.Fixed64Type)
+						b = protowire.AppendFixed64(b, kd.Hash)
+					}
+					return b
+				})
 			}
-			x = appendField(x, 1, y)
-		}
-		x = appendUint(x, 2, body.Seq)
-		b = appendField(b, 6, x)
+			return appendUint(b, 2, body.Seq)
+		})
 	case *DigestReply:
-		var x []byte
-		for _, k := range body.Want {
-			x = appendField(x, 1, []byte(k))
-		}
-		x = appendKeyStates(x, 2, body.States)
-		x = appendUint(x, 3, body.Seq)
-		b = appendField(b, 7, x)
+		b = appendMessageField(b, 7, func(b []byte) []byte {
+			for _, k := range body.Want {
+				b = protowire.AppendTag(b, 1, protowire.BytesType)
+				b = protowire.AppendString(b, k)
+			}
+			b = appendKeyStates(b, 2, body.States)
+			return appendUint(b, 3, body.Seq)
+		})
 	case *States:
-		var x []byte
-		x = appendUint(x, 1, body.Seq)
-		x = appendKeyStates(x, 2, body.States)
-		b = appendField(b, 8, x)
+		b = appendMessageField(b, 8, func(b []byte) []byte {
+			b = appendUint(b, 1, body.Seq)
+			return appendKeyStates(b, 2, body.States)
+		})
 	}
 	return b
 }
 
+// appendMessageField appends field num holding the message body appends.
+func appendMessageField(b []byte, num protowire.Number, body func([]byte) []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return wire.AppendLengthPrefixed(b, body)
+}
+
 func appendKeyStates(b []byte, num protowire.Number, ks []KeyState) []byte {
 	for _, k := range ks {
-		var y []byte
-		y = appendBytes(y, 1, []byte(k.Key))
-		if k.Deleted {
-			y = appendUint(y, 3, 1)
-			b = appendField(b, num, y)
-			continue
-		}
-		var enc []byte
-		if k.shared != nil {
-			enc = k.shared.encoding(k.State)
-		} else {
-			enc = crdt.Encode(k.State)
-		}
-		y = appendField(y, 2, enc)
-		b = appendField(b, num, y)
+		b = appendMessageField(b, num, func(b []byte) []byte {
+			b = appendString(b, 1, k.Key)
+			if k.Deleted {
+				return appendUint(b, 3, 1)
+			}
+			if k.shared != nil {
+				return appendField(b, 2, k.shared.encoding(k.State))
+			}
+			return appendMessageField(b, 2, func(b []byte) []byte { return crdt.AppendEncode(b, k.State) })
+		})
 	}
 	return b
 }
@@ -285,15 +289,12 @@ func appendField(b []byte, num protowire.Number, v []byte) []byte {
 	return protowire.AppendBytes(b, v)
 }
 
-func appendBytes(b []byte, num protowire.Number, v []byte) []byte {
-	if len(v) == 0 {
+func appendString(b []byte, num protowire.Number, v string) []byte {
+	if v == "" {
 		return b
 	}
-	return appendField(b, num, v)
-}
-
-func appendString(b []byte, num protowire.Number, v string) []byte {
-	return appendBytes(b, num, []byte(v))
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, v)
 }
 
 func appendUint(b []byte, num protowire.Number, v uint64) []byte {

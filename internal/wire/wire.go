@@ -7,7 +7,8 @@
 // protowire and adds only what those decoders share: one field at a time
 // with its value, wire-type checks with clear errors, and repeated varint
 // fields in either encoding (packed, as our encoders write them, or one
-// value per field, which the format allows).
+// value per field, which the format allows). For the encoders, which
+// write nested messages in place, it has AppendLengthPrefixed.
 package wire
 
 import (
@@ -114,3 +115,23 @@ func U32(v uint64) uint32 { return uint32(v) }
 
 // U64: see U32.
 func U64(v uint64) uint64 { return v }
+
+// AppendLengthPrefixed appends the length-prefixed bytes that body
+// appends: a nested message written in place, without a buffer of its
+// own. The prefix is reserved as one byte and widened (the body moved)
+// when the body is 128 bytes or longer.
+func AppendLengthPrefixed(b []byte, body func([]byte) []byte) []byte {
+	at := len(b)
+	b = append(b, 0)
+	b = body(b)
+	n := len(b) - at - 1
+	if n < 0x80 {
+		b[at] = byte(n)
+		return b
+	}
+	w := protowire.SizeVarint(uint64(n))
+	b = append(b, make([]byte, w-1)...)
+	copy(b[at+w:], b[at+1:at+1+n])
+	protowire.AppendVarint(b[at:at], uint64(n))
+	return b
+}
