@@ -198,11 +198,15 @@ type Engine struct {
 	// to date from the buffer alone.
 	covers bool
 
-	peers     map[PeerID]*peer
-	tick      uint64
-	out       []Message
-	dirty     map[string]struct{}
-	transfers uint64 // full-state transfers started
+	peers map[PeerID]*peer
+	tick  uint64
+	out   []Message
+	// dirty holds the keys changed since Ready, in order of first
+	// change (dirtyOrder), so that Ready's output is deterministic
+	// without a sort.
+	dirty      map[string]struct{}
+	dirtyOrder []string
+	transfers  uint64 // full-state transfers started
 }
 
 // New returns an engine with no state.
@@ -377,7 +381,10 @@ func (e *Engine) Update(key string, t crdt.Type, fn func(v crdt.Value) (crdt.Val
 func (e *Engine) changed(key string) {
 	delete(e.hash, key)
 	delete(e.enc, key)
-	e.dirty[key] = struct{}{}
+	if _, ok := e.dirty[key]; !ok {
+		e.dirty[key] = struct{}{}
+		e.dirtyOrder = append(e.dirtyOrder, key)
+	}
 }
 
 func (e *Engine) buffer(key string, d crdt.Value, origin PeerID) {
@@ -1030,7 +1037,7 @@ type Ready struct {
 	// Messages to send, in order.
 	Messages []Message
 	// Persist holds every key whose state changed, with its current state
-	// (or Deleted).
+	// (or Deleted), in order of first change.
 	// The values are the engine's own: encode or copy them before calling
 	// the engine again.
 	Persist []KeyState
@@ -1040,22 +1047,18 @@ type Ready struct {
 func (e *Engine) Ready() Ready {
 	rd := Ready{Messages: e.out}
 	e.out = nil
-	if len(e.dirty) > 0 {
-		keys := make([]string, 0, len(e.dirty))
-		for k := range e.dirty {
-			keys = append(keys, k)
-		}
-		if len(keys) > 1 {
-			slices.Sort(keys)
-		}
-		for _, k := range keys {
+	if len(e.dirtyOrder) > 0 {
+		rd.Persist = make([]KeyState, 0, len(e.dirtyOrder))
+		for _, k := range e.dirtyOrder {
 			if e.Deleted(k) {
 				rd.Persist = append(rd.Persist, KeyState{Key: k, Deleted: true})
 			} else {
 				rd.Persist = append(rd.Persist, KeyState{Key: k, State: e.state[k]})
 			}
+			delete(e.dirty, k) // not clear: that costs the map's capacity, not its size
 		}
-		clear(e.dirty)
+		clear(e.dirtyOrder)
+		e.dirtyOrder = e.dirtyOrder[:0]
 	}
 	return rd
 }
