@@ -470,6 +470,7 @@ func Decode(b []byte, lim Limits) (Value, error) {
 type Decoder struct {
 	lim  Limits
 	seen []seenReplica // at most decoderReplicas
+	d    decoder       // reused for each state
 }
 
 type seenReplica struct {
@@ -488,7 +489,8 @@ func (dc *Decoder) Decode(b []byte) (Value, error) {
 	if len(b) > dc.lim.MaxBytes {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), dc.lim.MaxBytes)
 	}
-	d := decoder{lim: dc.lim, known: dc}
+	d := &dc.d
+	*d = decoder{lim: dc.lim, known: dc, interned: d.interned[:0]}
 	d.reps = d.repBuf[:0]
 	v, err := d.state(b)
 	if err != nil {
@@ -553,8 +555,8 @@ func (d *decoder) replica(i uint32) (replica, error) {
 	if err != nil {
 		return replica{}, err
 	}
-	if d.interned == nil {
-		d.interned = make([]replica, len(d.reps))
+	for len(d.interned) < len(d.reps) { // zero: none interned yet
+		d.interned = append(d.interned, replica{})
 	}
 	if d.interned[i] == (replica{}) {
 		d.interned[i] = intern(r)

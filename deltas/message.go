@@ -495,8 +495,23 @@ func (md *msgDecoder) keyState(b []byte, seen map[string]struct{}) (KeyState, er
 
 // keyStates decodes the KeyStates of repeated field num of message b.
 func (md *msgDecoder) keyStates(b []byte, num protowire.Number) ([]KeyState, error) {
-	var out []KeyState
-	seen := map[string]struct{}{}
+	// Count them first: the list and the set of keys are made once, at
+	// their size (growing a set of hundreds of keys costs more than this
+	// pass over the tags).
+	n := 0
+	if err := each(b, func(f wire.Field) error {
+		if f.Num == num {
+			n++
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	out := make([]KeyState, 0, min(n, md.lim.MaxKeys))
+	seen := make(map[string]struct{}, min(n, md.lim.MaxKeys))
 	err := each(b, func(f wire.Field) error {
 		if f.Num != num {
 			return nil
