@@ -715,54 +715,68 @@ func (e *Engine) send(pr *peer, to PeerID, b Body) {
 // buffered value (message values are read-only); only keys with several
 // are copied and joined.
 type keyJoin struct {
-	vals  map[string]crdt.Value // nil for a deleted key
-	owned map[string]bool       // vals[k] is a copy of ours, joined into in place
+	idx map[string]int // key -> its index in ks
+	ks  []joined       // in order of first delta
 }
 
-func newKeyJoin() *keyJoin {
-	return &keyJoin{vals: map[string]crdt.Value{}, owned: map[string]bool{}}
+type joined struct {
+	key   string
+	v     crdt.Value // nil for a deleted key
+	owned bool       // v is a copy of ours, joined into in place
 }
+
+func newKeyJoin() *keyJoin { return &keyJoin{idx: map[string]int{}} }
 
 // add joins d, a delta of key or its deletion (nil), in.
 func (j *keyJoin) add(key string, d crdt.Value) {
-	v, ok := j.vals[key]
+	i, ok := j.idx[key]
+	if !ok {
+		j.idx[key] = len(j.ks)
+		j.ks = append(j.ks, joined{key: key, v: d})
+		return
+	}
+	x := &j.ks[i]
 	switch {
-	case ok && v == nil: // deleted
-	case d == nil || !ok:
-		j.vals[key] = d
+	case x.v == nil: // deleted
+	case d == nil:
+		x.v, x.owned = nil, false
 	default:
-		if !j.owned[key] {
+		if !x.owned {
 			// Join the smaller value into a copy of the larger (joins
 			// commute): copying a map costs much less than inserting its
 			// entries one by one.
+			v := x.v
 			if d.Size() > v.Size() {
 				v, d = d, v
 			}
-			v = v.Clone()
-			j.vals[key] = v
-			j.owned[key] = true
+			x.v, x.owned = v.Clone(), true
 		}
-		_, _ = crdt.Join(v, d) // one key, one type
+		_, _ = crdt.Join(x.v, d) // one key, one type
 	}
 }
 
 // union returns the join of j and o, sharing their values.
 func (j *keyJoin) union(o *keyJoin) *keyJoin {
-	out := &keyJoin{vals: maps.Clone(j.vals), owned: map[string]bool{}}
-	for k, v := range o.vals {
-		out.add(k, v)
+	out := &keyJoin{idx: make(map[string]int, len(j.ks)+len(o.ks)), ks: make([]joined, len(j.ks), len(j.ks)+len(o.ks))}
+	for i, x := range j.ks {
+		out.idx[x.key] = i
+		out.ks[i] = joined{key: x.key, v: x.v}
+	}
+	for _, x := range o.ks {
+		out.add(x.key, x.v)
 	}
 	return out
 }
 
-// keyStates returns the joins in key order.
+// keyStates returns the joins in order of first delta: deterministic,
+// given the buffer, without a sort.
 func (j *keyJoin) keyStates() []KeyState {
-	out := make([]KeyState, 0, len(j.vals))
-	for _, k := range slices.Sorted(maps.Keys(j.vals)) {
-		if v := j.vals[k]; v == nil {
-			out = append(out, KeyState{Key: k, Deleted: true})
+	out := make([]KeyState, 0, len(j.ks))
+	for _, x := range j.ks {
+		if x.v == nil {
+			out = append(out, KeyState{Key: x.key, Deleted: true})
 		} else {
-			out = append(out, KeyState{Key: k, State: v})
+			out = append(out, KeyState{Key: x.key, State: x.v})
 		}
 	}
 	return out
