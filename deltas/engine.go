@@ -379,8 +379,12 @@ func (e *Engine) Update(key string, t crdt.Type, fn func(v crdt.Value) (crdt.Val
 }
 
 func (e *Engine) changed(key string) {
-	delete(e.hash, key)
-	delete(e.enc, key)
+	if len(e.hash) > 0 { // the caches are often empty: no hashing then
+		delete(e.hash, key)
+	}
+	if len(e.enc) > 0 {
+		delete(e.enc, key)
+	}
 	if _, ok := e.dirty[key]; !ok {
 		e.dirty[key] = struct{}{}
 		e.dirtyOrder = append(e.dirtyOrder, key)
@@ -630,6 +634,22 @@ const tombHash = 0x5f1a64a6b0ed1a0b
 // Encoding returns key's current state as crdt.Encode writes it, or nil if
 // the key is absent. The bytes are cached and shared: read-only.
 func (e *Engine) Encoding(key string) []byte { return e.encoding(key) }
+
+// AppendEncoding appends key's current state as crdt.Encode writes it to
+// b, and reports whether the key is present. Unlike Encoding it caches
+// nothing: for a caller that encodes each change once (persistence),
+// caching would only cost a map insertion now and a deletion at the next
+// change.
+func (e *Engine) AppendEncoding(b []byte, key string) ([]byte, bool) {
+	if enc, ok := e.enc[key]; ok {
+		return append(b, enc...), true
+	}
+	v, ok := e.state[key]
+	if !ok {
+		return b, false
+	}
+	return crdt.AppendEncode(b, v), true
+}
 
 // encoding returns key's wire form (nil if absent), cached.
 func (e *Engine) encoding(key string) []byte {

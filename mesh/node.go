@@ -783,11 +783,19 @@ func (n *Node) takeDirty() (persistBatch, error) {
 
 func (n *Node) cutBatch() persistBatch {
 	b := persistBatch{id: n.batch}
+	// The encodings share one buffer: one allocation (and its growth)
+	// per batch, not one per key. A value keeps the array it was written
+	// in when the buffer grows.
+	var buf []byte
 	for _, k := range slices.Sorted(maps.Keys(n.dirty)) {
 		if n.eng.Deleted(k) {
 			b.puts = append(b.puts, eventlog.Put{Key: k, Value: []byte(tombstone)})
-		} else if enc := n.eng.Encoding(k); enc != nil {
-			b.puts = append(b.puts, eventlog.Put{Key: k, Value: enc})
+			continue
+		}
+		at := len(buf)
+		var ok bool
+		if buf, ok = n.eng.AppendEncoding(buf, k); ok {
+			b.puts = append(b.puts, eventlog.Put{Key: k, Value: buf[at:len(buf):len(buf)]})
 		}
 	}
 	clear(n.dirty)
