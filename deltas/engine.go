@@ -452,8 +452,8 @@ func (e *Engine) receiveKS(p PeerID, ks KeyState, immutable bool) bool {
 		crdt.Forget(d, e.forgotten)
 		immutable = true // a copy of our own
 	}
-	x, ok := e.state[key]
-	if !ok {
+	x, known := e.state[key]
+	if !known {
 		x, _ = crdt.New(d.Type()) // d.Type() is valid: it was decoded or built by crdt
 	}
 	var inflation crdt.Value
@@ -476,7 +476,9 @@ func (e *Engine) receiveKS(p PeerID, ks KeyState, immutable bool) bool {
 			}
 		}
 	}
-	e.state[key] = x
+	if !known { // else x was joined into in place
+		e.state[key] = x
+	}
 	e.changed(key)
 	e.buffer(key, inflation, p)
 	return true

@@ -18,7 +18,8 @@ type metrics struct {
 	bufferEntries  prometheus.Gauge
 	keys           prometheus.Gauge
 	pendingPersist prometheus.Gauge
-	writes         *prometheus.CounterVec // consistency, result
+	writes         *prometheus.CounterVec      // consistency, result
+	writesOK       [All + 1]prometheus.Counter // writes{consistency, "ok"}, looked up once
 	lagSeq         prometheus.Gauge
 	parked         prometheus.Gauge
 }
@@ -63,7 +64,20 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		m.dropped, m.refused, m.transfers, m.pruned, m.pruneFailures, m.bufferEntries, m.keys, m.pendingPersist, m.writes, m.lagSeq, m.parked} {
 		f(c)
 	}
+	for c := Local; c <= All; c++ {
+		m.writesOK[c] = m.writes.WithLabelValues(c.String(), "ok")
+	}
 	return m
+}
+
+// wrote counts a local write: a successful one, the usual case, without
+// looking its labels up again.
+func (m *metrics) wrote(c Consistency, err error) {
+	if err == nil && int(c) < len(m.writesOK) {
+		m.writesOK[c].Inc()
+		return
+	}
+	m.writes.WithLabelValues(c.String(), resultLabel(err)).Inc()
 }
 
 func (m *metrics) sent(peer string, n int) {

@@ -370,11 +370,15 @@ func (n *Node) doWrite(ctx context.Context, fn func()) (uint64, error) {
 
 func (n *Node) run(ctx context.Context, o *op) (uint64, error) {
 	select {
-	case n.ops <- o:
-	case <-n.stopc:
-		return 0, ErrClosed
-	case <-ctx.Done():
-		return 0, ctx.Err()
+	case n.ops <- o: // the usual case, without a blocking select's cost
+	default:
+		select {
+		case n.ops <- o:
+		case <-n.stopc:
+			return 0, ErrClosed
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
 	}
 	select {
 	case <-o.done:

@@ -140,7 +140,7 @@ func (n *Node) write(ctx context.Context, key string, o Options, apply func(remo
 			return n.tr.write(ctx, m, req)
 		})
 	}
-	n.met.writes.WithLabelValues(o.Consistency.String(), resultLabel(err)).Inc()
+	n.met.wrote(o.Consistency, err)
 	return err
 }
 

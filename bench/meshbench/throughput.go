@@ -52,7 +52,7 @@ func DefaultThroughputOptions() ThroughputOptions {
 	db.InMemory = true
 	db.GCInterval = -1
 	return ThroughputOptions{
-		Nodes: 3, Keys: 1000, Writers: 4, Rates: []float64{0, 10000, 20000, 25000, 30000, 40000}, Duration: 10 * time.Second,
+		Nodes: 3, Keys: 1000, Writers: 4, Rates: []float64{0, 10000, 20000, 30000, 40000, 50000, 60000, 80000}, Duration: 10 * time.Second,
 		Preset: mesh.PresetLocal, Tick: 100 * time.Millisecond, KeepUpTicks: 5,
 		AgreeTimeout: 60 * time.Second, Seed: 1, DB: db,
 	}
