@@ -173,10 +173,19 @@ func (c *cluster) waitValue(k Key, want uint64, names ...string) {
 func TestLocalWriteReachesEveryNode(t *testing.T) {
 	c := newCluster(t, 3, nil)
 	n1 := c.nodes["n1"]
-	if _, err := n1.Update(context.Background(), counterKey, crdt.TypeGCounter, increment(n1, 5), Options{}); err != nil {
+	v, err := n1.Update(context.Background(), counterKey, crdt.TypeGCounter, increment(n1, 5), Options{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	c.waitValue(counterKey, 5)
+	if got := v.(*crdt.GCounter).Value(); got != 5 {
+		t.Fatalf("Update returned a counter of %d, want 5", got)
+	}
+	// With DiscardState the write is the same; only the copy is left out.
+	v, err = n1.Update(context.Background(), counterKey, crdt.TypeGCounter, increment(n1, 2), Options{DiscardState: true})
+	if err != nil || v != nil {
+		t.Fatalf("Update with DiscardState = %v, %v; want nil, nil", v, err)
+	}
+	c.waitValue(counterKey, 7)
 }
 
 func (c *cluster) update(name string, k Key, by uint64, o Options) error {

@@ -58,6 +58,10 @@ type Options struct {
 	// Timeout bounds the wait for other replicas; default
 	// Config.WriteTimeout. A deadline on the context also bounds it.
 	Timeout time.Duration
+	// DiscardState makes Update return nil instead of a copy of the new
+	// state, for callers that do not read it (copying a large state on
+	// every write costs more than the write).
+	DiscardState bool
 }
 
 // Mutator changes a CRDT through its delta mutators and returns the delta.
@@ -66,7 +70,7 @@ type Options struct {
 type Mutator func(v crdt.Value) (delta crdt.Value, err error)
 
 // Update applies fn to key's CRDT of type t (created empty if absent) and
-// returns a copy of the new state. The write is acknowledged according to
+// returns a copy of the new state (nil with o.DiscardState). The write is acknowledged according to
 // o.Consistency:
 //   - ErrUnavailable: too few replicas are reachable; nothing was applied.
 //   - ErrTimeout: applied here, not acknowledged by enough replicas in
@@ -82,7 +86,9 @@ func (n *Node) Update(ctx context.Context, k Key, t crdt.Type, fn Mutator, o Opt
 		if err != nil {
 			return nil, err
 		}
-		state = n.eng.Get(key)
+		if !o.DiscardState {
+			state = n.eng.Get(key)
+		}
 		if !remote {
 			return nil, nil
 		}

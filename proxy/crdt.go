@@ -309,7 +309,7 @@ func (p *Proxy) prepareCRDT(ctx context.Context, store CRDTStore, sl *slot[*crdt
 // state the function's copy held before the command (whose view is
 // st.view). The slot's lock is held.
 func (p *Proxy) applyCRDTAction(ctx context.Context, store CRDTStore, sl *slot[*crdtStream], st *crdtStream, key mesh.Key, cur crdt.Value, sa *functionpb.CrdtStateAction) error {
-	opts := mesh.Options{Consistency: consistencyOf(sa.GetWriteConsistency())}
+	opts := mesh.Options{Consistency: consistencyOf(sa.GetWriteConsistency()), DiscardState: true}
 	switch a := sa.GetAction().(type) {
 	case nil:
 	case *functionpb.CrdtStateAction_Delete:

@@ -269,7 +269,7 @@ func throughputOne(ctx context.Context, o ThroughputOptions, rate float64, progr
 					if !pace.wait(wctx) {
 						return
 					}
-					_, err := n.Update(wctx, keys[rng.IntN(len(keys))], crdt.TypeGCounter, inc, mesh.Options{})
+					_, err := n.Update(wctx, keys[rng.IntN(len(keys))], crdt.TypeGCounter, inc, mesh.Options{DiscardState: true})
 					if err != nil {
 						if wctx.Err() == nil {
 							errOnce.Do(func() { firstErr = fmt.Errorf("meshbench: update on %s: %w", n.Name(), err) })
