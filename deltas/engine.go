@@ -371,7 +371,9 @@ func (e *Engine) Update(key string, t crdt.Type, fn func(v crdt.Value) (crdt.Val
 		return nil, fmt.Errorf("%w: update of %q returned a %v delta", ErrTypeMismatch, key, d)
 	}
 	if !d.IsBottom() {
-		e.state[key] = v
+		if !ok { // else fn mutated v in place
+			e.state[key] = v
+		}
 		e.changed(key)
 		e.buffer(key, d.Clone(), "")
 	}
