@@ -358,6 +358,20 @@ func want(f wire.Field, t protowire.Type) error {
 	return nil
 }
 
+// eachBytes calls fn with every occurrence of length-delimited field num
+// of message b.
+func eachBytes(b []byte, num protowire.Number, fn func(v []byte) error) error {
+	return each(b, func(f wire.Field) error {
+		if f.Num != num {
+			return nil
+		}
+		if err := want(f, protowire.BytesType); err != nil {
+			return err
+		}
+		return fn(f.B)
+	})
+}
+
 func (md *msgDecoder) message(b []byte) (Message, error) {
 	var (
 		m    Message
@@ -499,12 +513,7 @@ func (md *msgDecoder) keyStates(b []byte, num protowire.Number) ([]KeyState, err
 	// their size (growing a set of hundreds of keys costs more than this
 	// pass over the tags).
 	n := 0
-	if err := each(b, func(f wire.Field) error {
-		if f.Num == num {
-			n++
-		}
-		return nil
-	}); err != nil {
+	if err := eachBytes(b, num, func([]byte) error { n++; return nil }); err != nil {
 		return nil, err
 	}
 	if n == 0 {
@@ -512,14 +521,8 @@ func (md *msgDecoder) keyStates(b []byte, num protowire.Number) ([]KeyState, err
 	}
 	out := make([]KeyState, 0, min(n, md.lim.MaxKeys))
 	seen := make(map[string]struct{}, min(n, md.lim.MaxKeys))
-	err := each(b, func(f wire.Field) error {
-		if f.Num != num {
-			return nil
-		}
-		if err := want(f, protowire.BytesType); err != nil {
-			return err
-		}
-		ks, err := md.keyState(f.B, seen)
+	err := eachBytes(b, num, func(v []byte) error {
+		ks, err := md.keyState(v, seen)
 		if err != nil {
 			return err
 		}
@@ -570,16 +573,10 @@ func (md *msgDecoder) digest(b []byte) (*Digest, error) {
 		return nil, err
 	}
 	seen := map[string]struct{}{}
-	err = each(b, func(f wire.Field) error {
-		if f.Num != 1 {
-			return nil
-		}
-		if err := want(f, protowire.BytesType); err != nil {
-			return err
-		}
+	err = eachBytes(b, 1, func(v []byte) error {
 		var key []byte
 		var hash uint64
-		err := each(f.B, func(f wire.Field) error {
+		err := each(v, func(f wire.Field) error {
 			switch f.Num {
 			case 1:
 				if err := want(f, protowire.BytesType); err != nil {
@@ -617,14 +614,8 @@ func (md *msgDecoder) digestReply(b []byte) (*DigestReply, error) {
 		return nil, err
 	}
 	seen := map[string]struct{}{}
-	err = each(b, func(f wire.Field) error {
-		if f.Num != 1 {
-			return nil
-		}
-		if err := want(f, protowire.BytesType); err != nil {
-			return err
-		}
-		k, err := md.key(f.B, seen)
+	err = eachBytes(b, 1, func(v []byte) error {
+		k, err := md.key(v, seen)
 		if err != nil {
 			return err
 		}
