@@ -29,6 +29,20 @@ type GCounter struct {
 // NewGCounter returns a zero counter.
 func NewGCounter() *GCounter { return &GCounter{} }
 
+// gcounterOne is a counter allocated together with its one entry: the
+// delta of an increment, the commonest counter on the wire.
+type gcounterOne struct {
+	c GCounter
+	e [1]gEntry
+}
+
+// oneEntry returns a counter holding only e, in one allocation.
+func oneEntry(e gEntry) *GCounter {
+	x := &gcounterOne{e: [1]gEntry{e}}
+	x.c.es = x.e[:]
+	return &x.c
+}
+
 func (c *GCounter) Type() Type { return TypeGCounter }
 
 // find returns the index of r's entry, or where it would be inserted.
@@ -68,7 +82,7 @@ func (c *GCounter) Increment(r ReplicaID, n uint64) (*GCounter, error) {
 	} else {
 		c.es = slices.Insert(c.es, i, gEntry{r, n})
 	}
-	return &GCounter{es: []gEntry{{r, cur + n}}}, nil
+	return oneEntry(gEntry{r, cur + n}), nil
 }
 
 // Value returns the sum of all entries (modulo 2^64).
@@ -100,7 +114,14 @@ func (c *GCounter) Entries() map[ReplicaID]uint64 {
 func (c *GCounter) Clone() Value { return c.clone() }
 
 func (c *GCounter) clone() *GCounter {
-	return &GCounter{es: slices.Clone(c.es), pruned: c.pruned.clone()}
+	var d *GCounter
+	if len(c.es) == 1 {
+		d = oneEntry(c.es[0])
+	} else {
+		d = &GCounter{es: slices.Clone(c.es)}
+	}
+	d.pruned = c.pruned.clone()
+	return d
 }
 
 func (c *GCounter) Equal(o Value) bool {

@@ -968,11 +968,15 @@ func (d *decoder) gcounter(b []byte) (*GCounter, error) {
 	if err := d.spend(len(reps)); err != nil {
 		return nil, err
 	}
-	c := &GCounter{}
-	if len(reps) == 0 {
-		return c, nil
+	var c *GCounter
+	switch len(reps) {
+	case 0:
+		return &GCounter{}, nil
+	case 1: // a delta, usually: one allocation
+		c = oneEntry(gEntry{})
+	default:
+		c = &GCounter{es: make([]gEntry, len(reps))}
 	}
-	c.es = make([]gEntry, len(reps))
 	for i, ri := range reps {
 		r, err := d.rep(ri)
 		if err != nil {

@@ -121,22 +121,25 @@ func (n *Node) Delete(ctx context.Context, k Key, o Options) error {
 // disk in sync durability, then sends the request apply returned to the
 // other replicas and waits for enough acknowledgements.
 func (n *Node) write(ctx context.Context, key string, o Options, apply func(remote bool) (*peerpb.WriteRequest, error)) error {
-	var (
+	// What the loop sets, in one variable: the closure then holds one
+	// pointer (one allocation per write, not one per variable).
+	var w struct {
 		targets []Member
 		need    int
 		req     *peerpb.WriteRequest
-		aerr    error
-	)
+		err     error
+	}
 	batch, err := n.doWrite(ctx, func() {
-		targets, need = n.replicasFor(o.Consistency)
-		if len(targets) < need {
-			aerr = unavailable(o.Consistency, need, len(targets))
+		w.targets, w.need = n.replicasFor(o.Consistency)
+		if len(w.targets) < w.need {
+			w.err = unavailable(o.Consistency, w.need, len(w.targets))
 			return
 		}
-		req, aerr = apply(need > 0)
+		w.req, w.err = apply(w.need > 0)
 	})
+	targets, need, req := w.targets, w.need, w.req
 	if err == nil {
-		err = aerr
+		err = w.err
 	}
 	if err == nil && n.cfg.Durability == Sync && !brokenAckBeforePersist {
 		err = n.dur.wait(ctx, batch, n.stopc)
