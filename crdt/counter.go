@@ -69,19 +69,11 @@ func (c *GCounter) Increment(r ReplicaID, n uint64) (*GCounter, error) {
 	if n == 0 {
 		return NewGCounter(), nil
 	}
-	i, ok := c.find(r)
-	var cur uint64
-	if ok {
-		cur = c.es[i].n
-	}
+	cur := c.Entry(r)
 	if cur > math.MaxUint64-n {
 		return nil, fmt.Errorf("%w: counter entry of %s overflows", ErrInvalidArg, r)
 	}
-	if ok {
-		c.es[i].n = cur + n
-	} else {
-		c.es = slices.Insert(c.es, i, gEntry{r, n})
-	}
+	c.set(r, cur+n)
 	return oneEntry(gEntry{r, cur + n}), nil
 }
 

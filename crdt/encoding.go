@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -494,7 +495,7 @@ func (dc *Decoder) Decode(b []byte) (Value, error) {
 	d.reps = d.repBuf[:0]
 	v, err := d.state(b)
 	if err != nil {
-		return nil, err // not a typed nil
+		return nil, decodeErr(err) // and not a typed nil
 	}
 	return v, nil
 }
@@ -524,8 +525,14 @@ func errf(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrDecode}, args...)...)
 }
 
-// wireErr wraps an error of the wire reader.
-func wireErr(err error) error { return fmt.Errorf("%w: %w", ErrDecode, err) }
+// decodeErr is err as Decode returns it: the wire reader's errors (the
+// decoder returns them as they are) wrapped in ErrDecode.
+func decodeErr(err error) error {
+	if errors.Is(err, wire.ErrMalformed) {
+		return fmt.Errorf("%w: %w", ErrDecode, err)
+	}
+	return err
+}
 
 func (d *decoder) spend(n int) error {
 	d.entries += n
@@ -564,12 +571,11 @@ func (d *decoder) replica(i uint32) (replica, error) {
 	return d.interned[i], nil
 }
 
-// State fields (crdt.proto).
+// State fields (crdt.proto): the replicas, then the value's oneof
+// (gcounter = 2 to vote = 11), then the pruning markers.
 const (
-	stateReplicas  = 1
-	stateFirstKind = 2 // gcounter; the value's oneof runs to vote (11)
-	stateLastKind  = 11
-	statePruned    = 12
+	stateReplicas = 1
+	statePruned   = 12
 )
 
 // state decodes a State message: its replica table, then its value, then
@@ -580,42 +586,38 @@ func (d *decoder) state(b []byte) (Value, error) {
 		val    []byte
 		pruned []byte // nil: none
 	)
-	for len(b) > 0 {
-		f, rest, err := wire.Next(b)
-		if err != nil {
-			return nil, wireErr(err)
+	err := wire.Each(b, func(f wire.Field) error {
+		if f.Num < stateReplicas || f.Num > statePruned {
+			return nil
 		}
-		b = rest
+		if err := f.Want(protowire.BytesType); err != nil {
+			return err
+		}
 		switch {
 		case f.Num == stateReplicas:
-			if err := f.Want(protowire.BytesType); err != nil {
-				return nil, wireErr(err)
-			}
 			if len(d.reps) == d.lim.MaxReplicas {
-				return nil, fmt.Errorf("%w: more than %d replicas", ErrTooLarge, d.lim.MaxReplicas)
+				return fmt.Errorf("%w: more than %d replicas", ErrTooLarge, d.lim.MaxReplicas)
 			}
 			r, err := d.replicaID(f.B)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			d.reps = append(d.reps, r)
-		case f.Num >= stateFirstKind && f.Num <= stateLastKind:
-			if err := f.Want(protowire.BytesType); err != nil {
-				return nil, wireErr(err)
-			}
-			if kind != 0 {
-				return nil, errf("a state with two values (fields %d and %d)", kind, f.Num)
-			}
-			kind, val = f.Num, f.B
 		case f.Num == statePruned:
-			if err := f.Want(protowire.BytesType); err != nil {
-				return nil, wireErr(err)
-			}
 			if pruned != nil {
-				return nil, errf("pruning markers twice")
+				return errf("pruning markers twice")
 			}
 			pruned = f.B
+		default: // the value's oneof
+			if kind != 0 {
+				return errf("a state with two values (fields %d and %d)", kind, f.Num)
+			}
+			kind, val = f.Num, f.B
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if err := checkReplicas(d.reps); err != nil {
 		return nil, err
@@ -674,24 +676,23 @@ func (d *decoder) replicaID(b []byte) (ReplicaID, error) {
 // replicaID decodes a Replica message.
 func replicaID(b []byte) (ReplicaID, error) {
 	var r ReplicaID
-	for len(b) > 0 {
-		f, rest, err := wire.Next(b)
-		if err != nil {
-			return ReplicaID{}, wireErr(err)
-		}
-		b = rest
+	err := wire.Each(b, func(f wire.Field) error {
 		switch f.Num {
 		case 1:
 			if err := f.Want(protowire.BytesType); err != nil {
-				return ReplicaID{}, wireErr(err)
+				return err
 			}
 			r.Node = string(f.B)
 		case 2:
 			if err := f.Want(protowire.VarintType); err != nil {
-				return ReplicaID{}, wireErr(err)
+				return err
 			}
 			r.Incarnation = f.V
 		}
+		return nil
+	})
+	if err != nil {
+		return ReplicaID{}, err
 	}
 	if err := ValidateReplica(r); err != nil {
 		return ReplicaID{}, errf("%v", err)
@@ -811,26 +812,25 @@ func (d *decoder) value(kind protowire.Number, b []byte) (Value, error) {
 		return d.gcounter(b)
 	case 3:
 		var p, n []byte
-		for len(b) > 0 {
-			f, rest, err := wire.Next(b)
-			if err != nil {
-				return nil, wireErr(err)
-			}
-			b = rest
+		err := wire.Each(b, func(f wire.Field) error {
 			if f.Num != 1 && f.Num != 2 {
-				continue
+				return nil
 			}
 			if err := f.Want(protowire.BytesType); err != nil {
-				return nil, wireErr(err)
+				return err
 			}
 			half := &p
 			if f.Num == 2 {
 				half = &n
 			}
 			if *half != nil {
-				return nil, errf("counter half %d twice", f.Num)
+				return errf("counter half %d twice", f.Num)
 			}
 			*half = f.B
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
 		pc, err := d.gcounter(p)
 		if err != nil {
@@ -843,18 +843,15 @@ func (d *decoder) value(kind protowire.Number, b []byte) (Value, error) {
 		return &PNCounter{p: pc, n: nc}, nil
 	case 8:
 		on := false
-		for len(b) > 0 {
-			f, rest, err := wire.Next(b)
-			if err != nil {
-				return nil, wireErr(err)
+		err := wire.Each(b, func(f wire.Field) error {
+			if f.Num != 1 {
+				return nil
 			}
-			b = rest
-			if f.Num == 1 {
-				if err := f.Want(protowire.VarintType); err != nil {
-					return nil, wireErr(err)
-				}
-				on = f.V != 0
-			}
+			on = f.V != 0
+			return f.Want(protowire.VarintType)
+		})
+		if err != nil {
+			return nil, err
 		}
 		return &Flag{on: on}, nil
 	}
@@ -946,21 +943,17 @@ func (d *decoder) gcounter(b []byte) (*GCounter, error) {
 		reps = rbuf[:0]
 		cnts = cbuf[:0]
 	)
-	for len(b) > 0 {
-		f, rest, err := wire.Next(b)
-		if err != nil {
-			return nil, wireErr(err)
-		}
-		b = rest
+	err := wire.Each(b, func(f wire.Field) (err error) {
 		switch f.Num {
 		case 1:
 			reps, err = wire.Varints(reps, f, wire.U32)
 		case 2:
 			cnts, err = wire.Varints(cnts, f, wire.U64)
 		}
-		if err != nil {
-			return nil, wireErr(err)
-		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(reps) != len(cnts) {
 		return nil, errf("counter has %d replicas and %d counts", len(reps), len(cnts))

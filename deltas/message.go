@@ -323,6 +323,9 @@ func DecodeMessage(b []byte, lim Limits) (Message, error) {
 	md := msgDecoder{lim: lim, crdt: crdt.NewDecoder(lim.CRDT)}
 	m, err := md.message(b)
 	if err != nil {
+		if errors.Is(err, wire.ErrMalformed) && !errors.Is(err, ErrDecode) {
+			err = fmt.Errorf("%w: %w", ErrDecode, err) // once, here
+		}
 		return Message{}, err
 	}
 	return m, nil
@@ -335,53 +338,16 @@ type msgDecoder struct {
 	crdt *crdt.Decoder // shared by the message's states
 }
 
-// each calls fn with every field of message b.
-func each(b []byte, fn func(f wire.Field) error) error {
-	for len(b) > 0 {
-		f, rest, err := wire.Next(b)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrDecode, err)
-		}
-		b = rest
-		if err := fn(f); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// want checks f's wire type.
-func want(f wire.Field, t protowire.Type) error {
-	if err := f.Want(t); err != nil {
-		return fmt.Errorf("%w: %w", ErrDecode, err)
-	}
-	return nil
-}
-
-// eachBytes calls fn with every occurrence of length-delimited field num
-// of message b.
-func eachBytes(b []byte, num protowire.Number, fn func(v []byte) error) error {
-	return each(b, func(f wire.Field) error {
-		if f.Num != num {
-			return nil
-		}
-		if err := want(f, protowire.BytesType); err != nil {
-			return err
-		}
-		return fn(f.B)
-	})
-}
-
 func (md *msgDecoder) message(b []byte) (Message, error) {
 	var (
 		m    Message
 		body []byte
 		kind protowire.Number
 	)
-	err := each(b, func(f wire.Field) error {
+	err := wire.Each(b, func(f wire.Field) error {
 		switch f.Num {
 		case 1:
-			if err := want(f, protowire.BytesType); err != nil {
+			if err := f.Want(protowire.BytesType); err != nil {
 				return err
 			}
 			if len(f.B) > md.lim.MaxKeyBytes || !utf8.Valid(f.B) {
@@ -389,7 +355,7 @@ func (md *msgDecoder) message(b []byte) (Message, error) {
 			}
 			m.From = PeerID(f.B)
 		case 2, 3, 4:
-			if err := want(f, protowire.VarintType); err != nil {
+			if err := f.Want(protowire.VarintType); err != nil {
 				return err
 			}
 			switch f.Num {
@@ -401,7 +367,7 @@ func (md *msgDecoder) message(b []byte) (Message, error) {
 				m.Ack = f.V
 			}
 		case 5, 6, 7, 8:
-			if err := want(f, protowire.BytesType); err != nil {
+			if err := f.Want(protowire.BytesType); err != nil {
 				return err
 			}
 			if kind != 0 {
@@ -461,15 +427,15 @@ func (md *msgDecoder) keyState(b []byte, seen map[string]struct{}) (KeyState, er
 		hasState   bool
 		deleted    bool
 	)
-	err := each(b, func(f wire.Field) error {
+	err := wire.Each(b, func(f wire.Field) error {
 		switch f.Num {
 		case 1:
-			if err := want(f, protowire.BytesType); err != nil {
+			if err := f.Want(protowire.BytesType); err != nil {
 				return err
 			}
 			key = f.B
 		case 2:
-			if err := want(f, protowire.BytesType); err != nil {
+			if err := f.Want(protowire.BytesType); err != nil {
 				return err
 			}
 			if hasState {
@@ -477,7 +443,7 @@ func (md *msgDecoder) keyState(b []byte, seen map[string]struct{}) (KeyState, er
 			}
 			state, hasState = f.B, true
 		case 3:
-			if err := want(f, protowire.VarintType); err != nil {
+			if err := f.Want(protowire.VarintType); err != nil {
 				return err
 			}
 			deleted = f.V != 0
@@ -513,7 +479,7 @@ func (md *msgDecoder) keyStates(b []byte, num protowire.Number) ([]KeyState, err
 	// their size (growing a set of hundreds of keys costs more than this
 	// pass over the tags).
 	n := 0
-	if err := eachBytes(b, num, func([]byte) error { n++; return nil }); err != nil {
+	if err := wire.EachBytes(b, num, func([]byte) error { n++; return nil }); err != nil {
 		return nil, err
 	}
 	if n == 0 {
@@ -521,7 +487,7 @@ func (md *msgDecoder) keyStates(b []byte, num protowire.Number) ([]KeyState, err
 	}
 	out := make([]KeyState, 0, min(n, md.lim.MaxKeys))
 	seen := make(map[string]struct{}, min(n, md.lim.MaxKeys))
-	err := eachBytes(b, num, func(v []byte) error {
+	err := wire.EachBytes(b, num, func(v []byte) error {
 		ks, err := md.keyState(v, seen)
 		if err != nil {
 			return err
@@ -535,11 +501,11 @@ func (md *msgDecoder) keyStates(b []byte, num protowire.Number) ([]KeyState, err
 // seqField reads uint64 field num of message b (0 when absent).
 func seqField(b []byte, num protowire.Number) (uint64, error) {
 	var v uint64
-	err := each(b, func(f wire.Field) error {
+	err := wire.Each(b, func(f wire.Field) error {
 		if f.Num != num {
 			return nil
 		}
-		if err := want(f, protowire.VarintType); err != nil {
+		if err := f.Want(protowire.VarintType); err != nil {
 			return err
 		}
 		v = f.V
@@ -573,18 +539,18 @@ func (md *msgDecoder) digest(b []byte) (*Digest, error) {
 		return nil, err
 	}
 	seen := map[string]struct{}{}
-	err = eachBytes(b, 1, func(v []byte) error {
+	err = wire.EachBytes(b, 1, func(v []byte) error {
 		var key []byte
 		var hash uint64
-		err := each(v, func(f wire.Field) error {
+		err := wire.Each(v, func(f wire.Field) error {
 			switch f.Num {
 			case 1:
-				if err := want(f, protowire.BytesType); err != nil {
+				if err := f.Want(protowire.BytesType); err != nil {
 					return err
 				}
 				key = f.B
 			case 2:
-				if err := want(f, protowire.Fixed64Type); err != nil {
+				if err := f.Want(protowire.Fixed64Type); err != nil {
 					return err
 				}
 				hash = f.V
@@ -614,7 +580,7 @@ func (md *msgDecoder) digestReply(b []byte) (*DigestReply, error) {
 		return nil, err
 	}
 	seen := map[string]struct{}{}
-	err = eachBytes(b, 1, func(v []byte) error {
+	err = wire.EachBytes(b, 1, func(v []byte) error {
 		k, err := md.key(v, seen)
 		if err != nil {
 			return err

@@ -7,8 +7,10 @@
 // protowire and adds only what those decoders share: one field at a time
 // with its value, wire-type checks with clear errors, and repeated varint
 // fields in either encoding (packed, as our encoders write them, or one
-// value per field, which the format allows). For the encoders, which
-// write nested messages in place, it has AppendLengthPrefixed.
+// value per field, which the format allows). Its errors wrap
+// ErrMalformed; a decoder wraps them in its own error once, where it
+// returns. For the encoders, which write nested messages in place, it has
+// AppendLengthPrefixed.
 package wire
 
 import (
@@ -78,6 +80,36 @@ func next(b []byte) (Field, []byte, error) {
 		return Field{}, nil, fmt.Errorf("%w: field %d: %v", ErrMalformed, num, protowire.ParseError(n))
 	}
 	return f, b[n:], nil
+}
+
+// Each calls fn with every field of message b, in order. It stops at the
+// first error: a malformed field (wrapping ErrMalformed) or fn's, as is.
+func Each(b []byte, fn func(f Field) error) error {
+	for len(b) > 0 {
+		f, rest, err := Next(b)
+		if err != nil {
+			return err
+		}
+		b = rest
+		if err := fn(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// EachBytes calls fn with the value of every occurrence of
+// length-delimited field num of message b.
+func EachBytes(b []byte, num protowire.Number, fn func(v []byte) error) error {
+	return Each(b, func(f Field) error {
+		if f.Num != num {
+			return nil
+		}
+		if err := f.Want(protowire.BytesType); err != nil {
+			return err
+		}
+		return fn(f.B)
+	})
 }
 
 // Want checks that f has wire type t.

@@ -85,3 +85,28 @@ func TestVarints(t *testing.T) {
 		t.Fatalf("Want: %v", err)
 	}
 }
+
+func TestEach(t *testing.T) {
+	var b []byte
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendBytes(b, []byte("a"))
+	b = protowire.AppendTag(b, 2, protowire.VarintType)
+	b = protowire.AppendVarint(b, 7)
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendBytes(b, []byte("b"))
+	var got []string
+	if err := EachBytes(b, 1, func(v []byte) error { got = append(got, string(v)); return nil }); err != nil || !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("EachBytes: %v, %v", got, err)
+	}
+	if err := EachBytes(b, 2, func([]byte) error { return nil }); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("EachBytes over a varint field: %v", err)
+	}
+	stop := errors.New("stop")
+	n := 0
+	if err := Each(b, func(Field) error { n++; return stop }); err != stop || n != 1 {
+		t.Fatalf("Each did not stop at fn's error: %v after %d fields", err, n)
+	}
+	if err := Each(append(b, 0x08), func(Field) error { return nil }); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Each over a truncated field: %v", err)
+	}
+}
