@@ -97,7 +97,8 @@ type Node struct {
 	rng        *rand.Rand
 }
 
-// maxBurst bounds the ops the loop runs before it drains the engine.
+// maxBurst bounds the ops, and the received messages, the loop takes in
+// one turn before it drains the engine; it is also the ops queue length.
 const maxBurst = 256
 
 type op struct {
@@ -127,7 +128,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name),
-		ops: make(chan *op), recv: make(chan inbound, 64), stopc: make(chan struct{}),
+		ops: make(chan *op, maxBurst), recv: make(chan inbound, 64), stopc: make(chan struct{}),
 		loopDone: make(chan struct{}), persistDone: make(chan struct{}), reconnectDone: make(chan struct{}), pruneDone: make(chan struct{}), flushNow: make(chan struct{}, 1),
 		members: map[string]*Member{}, neighbours: map[string]bool{}, peers: map[string]bool{},
 		deadSince: map[string]time.Time{}, removed: map[crdt.ReplicaID]bool{},
@@ -455,6 +456,39 @@ func (n *Node) finishBurst() {
 	n.burst = n.burst[:0]
 }
 
+// turn takes whatever else is queued, writes and received messages alike
+// (up to maxBurst of each), before draining the engine once: under load,
+// one Ready and one encoding per peer for a whole burst, not per write or
+// per message, and one wake-up of the loop for both queues. stepped says
+// whether a received message was taken already.
+func (n *Node) turn(stepped bool) {
+	msgs := 0
+	for more := true; more; {
+		more = false
+		if len(n.burst) < maxBurst {
+			select {
+			case o := <-n.ops:
+				n.take(o)
+				more = true
+			default:
+			}
+		}
+		if msgs < maxBurst {
+			select {
+			case in := <-n.recv:
+				n.step(in)
+				msgs++
+				stepped, more = true, true
+			default:
+			}
+		}
+	}
+	n.finishBurst()
+	if stepped {
+		n.release() // acknowledgements may have brought the lag down
+	}
+}
+
 // loop owns the engine.
 func (n *Node) loop() {
 	defer close(n.loopDone)
@@ -474,32 +508,11 @@ func (n *Node) loop() {
 		case <-n.stopc:
 			return
 		case o := <-n.ops:
-			// Run every op already queued (up to a bound) before one
-			// drain: under load, one engine Ready per burst, not per write.
 			n.take(o)
-			for more := true; more && len(n.burst) < maxBurst; {
-				select {
-				case o := <-n.ops:
-					n.take(o)
-				default:
-					more = false
-				}
-			}
-			n.finishBurst()
+			n.turn(false)
 		case in := <-n.recv:
 			n.step(in)
-			// Take what else has arrived before draining: one drain per
-			// burst.
-			for more := true; more; {
-				select {
-				case in := <-n.recv:
-					n.step(in)
-				default:
-					more = false
-				}
-			}
-			n.drain()
-			n.release() // acknowledgements may have brought the lag down
+			n.turn(true)
 		case <-n.mb.signal:
 			n.membershipChanged()
 			n.drain()
