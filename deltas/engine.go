@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/statemesh/statemesh/crdt"
 )
@@ -85,6 +86,16 @@ type Config struct {
 	// SyncTimeoutTicks: a full-state transfer that makes no progress for
 	// this many ticks is started again. Default 10.
 	SyncTimeoutTicks int
+	// RelayHoldTicks, when positive, holds back the relay of deltas
+	// received in delta sync while every other peer due them gets them
+	// from their origin directly: such a delta is dropped, never relayed,
+	// once every one of those peers says it holds it (Message.Marks), and
+	// relayed as before (buffered) after this many ticks otherwise. In a
+	// mesh where each origin pushes to every peer (three nodes, say), BP+RR
+	// relays every delta to peers that already have it; the receiver finds
+	// it redundant only after decoding it. 0 (the default): relay at once,
+	// as in Enes et al.
+	RelayHoldTicks int
 }
 
 func (c Config) withDefaults() Config {
@@ -160,6 +171,25 @@ type peer struct {
 	// one may be lost, or refused by a peer that does not know us yet).
 	introduce  bool
 	introduced uint64 // tick of the last introduction sent
+	// marks: what the peer said it holds of third peers' deltas (their
+	// latest session's); marksSent: what we last told it of ours.
+	marks, marksSent map[PeerID]mark
+}
+
+// mark is a Mark without its peer: every delta below seq of session.
+type mark struct{ session, seq uint64 }
+
+// holds reports whether the mark covers the deltas below seq of session.
+func (mk mark) holds(session, seq uint64) bool { return mk.session == session && mk.seq >= seq }
+
+// heldGroup is the inflation one Deltas message brought, held back from
+// the buffer (Config.RelayHoldTicks): a peer holds all of it once it
+// holds origin's deltas below seq of session.
+type heldGroup struct {
+	origin       PeerID
+	session, seq uint64
+	tick         uint64 // when it arrived
+	entries      []entry
 }
 
 type entry struct {
@@ -207,6 +237,10 @@ type Engine struct {
 	dirty      map[string]struct{}
 	dirtyOrder []string
 	transfers  uint64 // full-state transfers started
+	// held: per origin, in order of arrival, received inflations not
+	// buffered yet (Config.RelayHoldTicks); nHeld counts their entries.
+	held  map[PeerID][]*heldGroup
+	nHeld int
 }
 
 // New returns an engine with no state.
@@ -293,7 +327,7 @@ func (e *Engine) restored(key string) {
 // written again (Update fails with ErrDeleted). It reports whether the key
 // was not deleted before. Deleting a key that never existed works too.
 func (e *Engine) Delete(key string) bool {
-	return e.receiveKS("", KeyState{Key: key, Deleted: true}, true)
+	return e.receiveKS("", KeyState{Key: key, Deleted: true}, true, nil)
 }
 
 // Deleted reports whether key was deleted.
@@ -433,10 +467,11 @@ func (e *Engine) PeerDown(p PeerID) {
 func (e *Engine) RemovePeer(p PeerID) { delete(e.peers, p) }
 
 // receiveKS joins a state, delta or deletion from peer p into key's state,
-// buffering what inflated it, and reports whether the state grew. Without
-// RR the whole of ks.State is buffered: shared if immutable (a message
-// value, see Message), else copied.
-func (e *Engine) receiveKS(p PeerID, ks KeyState, immutable bool) bool {
+// buffering what inflated it (or adding it to g, when the message's
+// relay is held back), and reports whether the state grew. Without RR the
+// whole of ks.State is buffered: shared if immutable (a message value,
+// see Message), else copied.
+func (e *Engine) receiveKS(p PeerID, ks KeyState, immutable bool, g *heldGroup) bool {
 	key := ks.Key
 	if e.Deleted(key) {
 		return false // the deletion absorbs everything
@@ -445,7 +480,7 @@ func (e *Engine) receiveKS(p PeerID, ks KeyState, immutable bool) bool {
 		delete(e.state, key)
 		e.tomb[key] = struct{}{}
 		e.changed(key)
-		e.buffer(key, nil, p)
+		e.bufferOrHold(key, nil, p, g)
 		return true
 	}
 	d := ks.State
@@ -482,8 +517,17 @@ func (e *Engine) receiveKS(p PeerID, ks KeyState, immutable bool) bool {
 		e.state[key] = x
 	}
 	e.changed(key)
-	e.buffer(key, inflation, p)
+	e.bufferOrHold(key, inflation, p, g)
 	return true
+}
+
+func (e *Engine) bufferOrHold(key string, d crdt.Value, origin PeerID, g *heldGroup) {
+	if g == nil || e.cfg.Mode == ModeState {
+		e.buffer(key, d, origin)
+		return
+	}
+	g.entries = append(g.entries, entry{key: key, delta: d, origin: origin})
+	e.nHeld++
 }
 
 // checkTypes verifies that every state in ks matches the local type of its
@@ -558,6 +602,7 @@ func (e *Engine) Step(m Message) error {
 		}
 		pr.theirSession = m.Session
 		pr.received = 0
+		pr.marks, pr.marksSent = nil, nil // it knows nothing of its own past
 	}
 	if pr.phase == phaseEvicted {
 		pr.heard = true
@@ -566,10 +611,18 @@ func (e *Engine) Step(m Message) error {
 	if m.AckSession == e.cfg.Session {
 		e.ack(pr, m.Ack)
 	}
+	e.takeMarks(pr, m)
 	switch b := m.Body.(type) {
 	case *Deltas:
+		g := e.holdGroup(m.From, pr, b)
 		for _, k := range b.Deltas {
-			e.receiveKS(m.From, k, true)
+			e.receiveKS(m.From, k, true, g)
+		}
+		if g != nil && len(g.entries) > 0 {
+			if e.held == nil {
+				e.held = map[PeerID][]*heldGroup{}
+			}
+			e.held[m.From] = append(e.held[m.From], g)
 		}
 		if b.FromSeq <= pr.received && b.ToSeq > pr.received {
 			pr.received = b.ToSeq
@@ -577,7 +630,7 @@ func (e *Engine) Step(m Message) error {
 		pr.ackOwed = true
 	case *States:
 		for _, k := range b.States {
-			e.receiveKS(m.From, k, true)
+			e.receiveKS(m.From, k, true, nil)
 		}
 		if b.Seq > 0 {
 			pr.received = max(pr.received, b.Seq)
@@ -587,7 +640,7 @@ func (e *Engine) Step(m Message) error {
 		e.answerDigest(pr, m.From, b)
 	case *DigestReply:
 		for _, k := range b.States {
-			e.receiveKS(m.From, k, true)
+			e.receiveKS(m.From, k, true, nil)
 		}
 		// A reply to an earlier digest (one that timed out) does not say
 		// what the peer lacks relative to the current one.
@@ -596,6 +649,97 @@ func (e *Engine) Step(m Message) error {
 		}
 	}
 	return nil
+}
+
+// takeMarks records what the sender of m says it holds of third peers.
+func (e *Engine) takeMarks(pr *peer, m Message) {
+	for _, mk := range m.Marks {
+		if mk.Peer == e.cfg.ID || mk.Peer == m.From {
+			continue
+		}
+		old, ok := pr.marks[mk.Peer]
+		if ok && (mk.Session < old.session || (mk.Session == old.session && mk.Seq <= old.seq)) {
+			continue
+		}
+		if pr.marks == nil {
+			pr.marks = map[PeerID]mark{}
+		}
+		pr.marks[mk.Peer] = mark{session: mk.Session, seq: mk.Seq}
+	}
+}
+
+// holdGroup returns the group that holds back the relay of what the
+// Deltas message b from origin brings, or nil to buffer it at once: it
+// is held only when every other peer due it (not evicted: an evicted peer
+// gets a full-state transfer) has told us it gets origin's deltas of
+// this session directly, so that only their acknowledgements to origin
+// are awaited.
+func (e *Engine) holdGroup(origin PeerID, from *peer, b *Deltas) *heldGroup {
+	if e.cfg.RelayHoldTicks <= 0 || e.cfg.Mode == ModeState || len(b.Deltas) == 0 {
+		return nil
+	}
+	others := 0
+	for id, pr := range e.peers {
+		if id == origin || pr.phase == phaseEvicted {
+			continue
+		}
+		if pr.marks[origin].session != from.theirSession {
+			return nil
+		}
+		others++
+	}
+	if others == 0 {
+		return nil
+	}
+	return &heldGroup{origin: origin, session: from.theirSession, seq: b.ToSeq, tick: e.tick}
+}
+
+// relayHeld drops each held group every peer due it holds, and buffers
+// those held for RelayHoldTicks (in order of arrival per origin).
+func (e *Engine) relayHeld() {
+	if len(e.held) == 0 {
+		return
+	}
+	origins := slices.Collect(maps.Keys(e.held))
+	if len(origins) > 1 {
+		slices.Sort(origins) // the buffer's order does not depend on the map's
+	}
+	for _, origin := range origins {
+		gs := e.held[origin]
+		i := 0
+		for ; i < len(gs); i++ {
+			g := gs[i]
+			if e.heldByAll(g) {
+				e.covers = false // no longer every change is in the buffer
+			} else if e.tick >= g.tick+uint64(e.cfg.RelayHoldTicks) {
+				e.buf = append(e.buf, g.entries...)
+				e.seq += uint64(len(g.entries))
+			} else {
+				break
+			}
+			e.nHeld -= len(g.entries)
+			gs[i] = nil
+		}
+		if i == len(gs) {
+			delete(e.held, origin)
+		} else {
+			e.held[origin] = gs[i:]
+		}
+	}
+}
+
+// heldByAll reports whether every peer due g (all but its origin and the
+// evicted) holds it.
+func (e *Engine) heldByAll(g *heldGroup) bool {
+	for id, pr := range e.peers {
+		if id == g.origin || pr.phase == phaseEvicted {
+			continue
+		}
+		if !pr.marks[g.origin].holds(g.session, g.seq) {
+			return false
+		}
+	}
+	return true
 }
 
 func (e *Engine) ack(pr *peer, n uint64) {
@@ -731,7 +875,53 @@ func (e *Engine) send(pr *peer, to PeerID, b Body) {
 		m.AckSession, m.Ack = pr.theirSession, pr.received
 		pr.ackOwed = false
 	}
+	if e.cfg.RelayHoldTicks > 0 {
+		m.Marks = e.marksFor(to, pr)
+	}
 	e.out = append(e.out, m)
+}
+
+// marksOwed reports whether we hold more of an origin that peer to
+// hears directly (it told us its own mark for it) than we have told to:
+// to may be holding back that origin's deltas from us, and waits for our
+// mark to drop them instead of relaying them (Config.RelayHoldTicks).
+func (e *Engine) marksOwed(to PeerID, pr *peer) bool {
+	if e.cfg.RelayHoldTicks <= 0 || len(pr.marks) == 0 {
+		return false
+	}
+	for id, q := range e.peers {
+		if _, hears := pr.marks[id]; !hears || id == to || q.theirSession == 0 || q.received == 0 {
+			continue
+		}
+		if pr.marksSent[id] != (mark{session: q.theirSession, seq: q.received}) {
+			return true
+		}
+	}
+	return false
+}
+
+// marksFor returns what we hold of the peers other than to that we have
+// not told to yet, in order of peer id.
+func (e *Engine) marksFor(to PeerID, pr *peer) []Mark {
+	var ms []Mark
+	for id, q := range e.peers {
+		if id == to || q.theirSession == 0 || q.received == 0 {
+			continue
+		}
+		mk := mark{session: q.theirSession, seq: q.received}
+		if pr.marksSent[id] == mk {
+			continue
+		}
+		if pr.marksSent == nil {
+			pr.marksSent = map[PeerID]mark{}
+		}
+		pr.marksSent[id] = mk
+		ms = append(ms, Mark{Peer: id, Session: mk.session, Seq: mk.seq})
+	}
+	if len(ms) > 1 {
+		slices.SortFunc(ms, func(a, b Mark) int { return strings.Compare(string(a.Peer), string(b.Peer)) })
+	}
+	return ms
 }
 
 // keyJoin is, per key, the join of some buffered deltas, or the key's
@@ -932,6 +1122,7 @@ func (e *Engine) Tick() {
 		}
 		return
 	}
+	e.relayHeld()
 	iv := e.newIntervals()
 	for _, id := range ids {
 		e.tickPeer(id, e.peers[id], iv)
@@ -987,12 +1178,13 @@ func (e *Engine) tickPeer(id PeerID, pr *peer, iv *intervals) {
 		}
 		if since >= next {
 			pr.sent = pr.acked
+			pr.marksSent = nil // the marks may have been lost too
 			pr.rto = min(2*rto, max(e.cfg.RetransmitTicks, e.cfg.EvictTicks/2))
 			pr.rtoNext = since + pr.rto
 		}
 	}
 	introduce := pr.introduce && (pr.introduced == 0 || e.tick-pr.introduced >= uint64(e.cfg.RetransmitTicks))
-	if !e.sendDue(id, pr, iv) && (pr.ackOwed || introduce) {
+	if !e.sendDue(id, pr, iv) && (pr.ackOwed || introduce || e.marksOwed(id, pr)) {
 		e.send(pr, id, nil)
 	}
 }
@@ -1027,6 +1219,7 @@ func (e *Engine) Flush() {
 	if e.cfg.Mode == ModeState {
 		return
 	}
+	e.relayHeld()
 	iv := e.newIntervals()
 	for _, id := range slices.Sorted(maps.Keys(e.peers)) {
 		if pr := e.peers[id]; pr.up && pr.phase == phaseDelta {
@@ -1047,7 +1240,7 @@ func (e *Engine) Merge(key string, v crdt.Value) (bool, error) {
 	if err := e.checkTypes(ks); err != nil {
 		return false, err
 	}
-	return e.receiveKS("", ks[0], false), nil
+	return e.receiveKS("", ks[0], false, nil), nil
 }
 
 // collect drops buffered deltas every peer in the horizon has acknowledged.
@@ -1103,7 +1296,7 @@ func (e *Engine) Ready() Ready {
 
 // Stats describes the engine's memory.
 type Stats struct {
-	BufferEntries  int // buffered deltas
+	BufferEntries  int // buffered deltas, held ones (Config.RelayHoldTicks) included
 	BufferElements int // their elements (crdt.Value.Size)
 	StateElements  int // elements of the whole state
 	Keys           int
@@ -1114,12 +1307,13 @@ type Stats struct {
 
 // Stats returns the engine's current sizes.
 func (e *Engine) Stats() Stats {
-	s := Stats{BufferEntries: len(e.buf), Keys: len(e.state)}
-	for _, en := range e.buf {
+	s := Stats{BufferEntries: e.Buffered(), Keys: len(e.state)}
+	e.eachBuffered(func(en entry) bool {
 		if en.delta != nil {
 			s.BufferElements += en.delta.Size()
 		}
-	}
+		return false
+	})
 	for _, v := range e.state {
 		s.StateElements += v.Size()
 	}
@@ -1139,8 +1333,28 @@ func (e *Engine) Lag() uint64 {
 	return lag
 }
 
-// Buffered returns the number of buffered deltas.
-func (e *Engine) Buffered() int { return len(e.buf) }
+// Buffered returns the number of buffered deltas, held ones included.
+func (e *Engine) Buffered() int { return len(e.buf) + e.nHeld }
+
+// eachBuffered calls fn for every buffered or held delta until it
+// returns true, and reports whether it did.
+func (e *Engine) eachBuffered(fn func(entry) bool) bool {
+	for _, en := range e.buf {
+		if fn(en) {
+			return true
+		}
+	}
+	for _, gs := range e.held {
+		for _, g := range gs {
+			for _, en := range g.entries {
+				if fn(en) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
 
 // BufferHolds reports whether a delta the engine still buffers (one not
 // yet acknowledged by every peer it is due to) satisfies pred. The mesh
@@ -1148,12 +1362,7 @@ func (e *Engine) Buffered() int { return len(e.buf) }
 // delta from before the pruning, delivered after, must still be
 // translated by the pruning's marker.
 func (e *Engine) BufferHolds(pred func(crdt.Value) bool) bool {
-	for _, en := range e.buf {
-		if en.delta != nil && pred(en.delta) {
-			return true
-		}
-	}
-	return false
+	return e.eachBuffered(func(en entry) bool { return en.delta != nil && pred(en.delta) })
 }
 
 // Len returns the number of keys.

@@ -33,6 +33,18 @@ type Message struct {
 	// Body is *Deltas, *Digest, *DigestReply, *States, or nil for a bare
 	// acknowledgement.
 	Body Body
+	// Marks say what the sender holds of third peers' deltas (see Mark).
+	Marks []Mark
+}
+
+// Mark says that the sender of a message holds every delta below Seq of
+// Peer's buffer in Peer's session Session, as its acknowledgements to
+// Peer say. An engine that holds back the deltas it received from Peer
+// (Config.RelayHoldTicks) need not relay them to the sender of the mark.
+type Mark struct {
+	Peer    PeerID
+	Session uint64
+	Seq     uint64
 }
 
 // Body is the payload of a Message.
@@ -175,6 +187,9 @@ func MessageSize(m Message) int {
 	case *States:
 		n += fieldSize(8, uintSize(1, body.Seq)+keyStatesSize(2, body.States))
 	}
+	for _, mk := range m.Marks {
+		n += fieldSize(9, stringSize(1, string(mk.Peer))+uintSize(2, mk.Session)+uintSize(3, mk.Seq))
+	}
 	return n
 }
 
@@ -222,6 +237,15 @@ func AppendMessage(b []byte, m Message) []byte {
 	b = appendUint(b, 2, m.Session)
 	b = appendUint(b, 3, m.AckSession)
 	b = appendUint(b, 4, m.Ack)
+	// The marks before the body, where the protobuf library writes them
+	// (a oneof last).
+	for _, mk := range m.Marks {
+		b = appendMessageField(b, 9, func(b []byte) []byte {
+			b = appendString(b, 1, string(mk.Peer))
+			b = appendUint(b, 2, mk.Session)
+			return appendUint(b, 3, mk.Seq)
+		})
+	}
 	switch body := m.Body.(type) {
 	case *Deltas:
 		b = appendMessageField(b, 5, func(b []byte) []byte {
@@ -374,6 +398,18 @@ func (md *msgDecoder) message(b []byte) (Message, error) {
 				return decErr("two bodies (fields %d and %d)", kind, f.Num)
 			}
 			kind, body = f.Num, f.B
+		case 9:
+			if err := f.Want(protowire.BytesType); err != nil {
+				return err
+			}
+			if len(m.Marks) >= md.lim.MaxKeys {
+				return decErr("more than %d marks", md.lim.MaxKeys)
+			}
+			mk, err := md.mark(f.B)
+			if err != nil {
+				return err
+			}
+			m.Marks = append(m.Marks, mk)
 		}
 		return nil
 	})
@@ -400,6 +436,40 @@ func (md *msgDecoder) message(b []byte) (Message, error) {
 		return Message{}, err
 	}
 	return m, nil
+}
+
+// mark decodes a Mark message.
+func (md *msgDecoder) mark(b []byte) (Mark, error) {
+	var mk Mark
+	err := wire.Each(b, func(f wire.Field) error {
+		switch f.Num {
+		case 1:
+			if err := f.Want(protowire.BytesType); err != nil {
+				return err
+			}
+			if len(f.B) > md.lim.MaxKeyBytes || !utf8.Valid(f.B) {
+				return decErr("mark peer id of %d bytes, or not UTF-8", len(f.B))
+			}
+			mk.Peer = PeerID(f.B)
+		case 2, 3:
+			if err := f.Want(protowire.VarintType); err != nil {
+				return err
+			}
+			if f.Num == 2 {
+				mk.Session = f.V
+			} else {
+				mk.Seq = f.V
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Mark{}, err
+	}
+	if mk.Peer == "" || mk.Session == 0 {
+		return Mark{}, decErr("mark without a peer id or session")
+	}
+	return mk, nil
 }
 
 // key checks one key against the limits and against the other keys of

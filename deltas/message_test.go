@@ -89,6 +89,9 @@ func sameMessage(t testing.TB, got, want deltas.Message) {
 	if kind(got) != kind(want) {
 		t.Fatalf("body %s, want %s", kind(got), kind(want))
 	}
+	if !slices.Equal(got.Marks, want.Marks) {
+		t.Fatalf("marks %v, want %v", got.Marks, want.Marks)
+	}
 	sameStates := func(a, b []deltas.KeyState) {
 		t.Helper()
 		if len(a) != len(b) {
@@ -158,6 +161,16 @@ func TestMessageRoundTrip(t *testing.T) {
 		{"states, empty", with(&deltas.States{})},
 		{"deltas with a deletion", with(&deltas.Deltas{FromSeq: 1, ToSeq: 3, Deltas: append([]deltas.KeyState{{Key: "gone", Deleted: true}}, states[:2]...)})},
 		{"transfer of a deletion", with(&deltas.States{Seq: 5, States: []deltas.KeyState{{Key: "gone", Deleted: true}}})},
+		{"deltas with marks", func() deltas.Message {
+			m := with(&deltas.Deltas{FromSeq: 2, ToSeq: 5, Deltas: states[:3]})
+			m.Marks = []deltas.Mark{{Peer: "n3", Session: 1 << 40, Seq: 77}, {Peer: "n4", Session: 9}}
+			return m
+		}()},
+		{"bare ack with a mark", func() deltas.Message {
+			m := head
+			m.Marks = []deltas.Mark{{Peer: "n3", Session: 5, Seq: 1}}
+			return m
+		}()},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -296,6 +309,25 @@ func TestDecodeMessageMalformed(t *testing.T) {
 		{name: "corrupt state in digest reply", pm: replyOf(nil, []*syncpb.KeyState{{Key: []byte("k"), State: &crdtpb.State{}}}), lim: lim},
 		{name: "over MaxBytes", pm: valid(), lim: small},
 		{name: "exactly MaxBytes", pm: valid(), lim: exact, ok: true},
+		{name: "marks", pm: func() *syncpb.Message {
+			m := valid()
+			m.Marks = []*syncpb.Mark{{Peer: []byte("n3"), Session: 4, Seq: 9}, {Peer: []byte("n4"), Session: 1}}
+			return m
+		}(), lim: lim, ok: true},
+		{name: "mark without a peer", pm: func() *syncpb.Message { m := valid(); m.Marks = []*syncpb.Mark{{Session: 4, Seq: 9}}; return m }(), lim: lim},
+		{name: "mark without a session", pm: func() *syncpb.Message { m := valid(); m.Marks = []*syncpb.Mark{{Peer: []byte("n3"), Seq: 9}}; return m }(), lim: lim},
+		{name: "mark peer over MaxKeyBytes", pm: func() *syncpb.Message {
+			m := valid()
+			m.Marks = []*syncpb.Mark{{Peer: []byte(long + "x"), Session: 1}}
+			return m
+		}(), lim: lim},
+		{name: "more than MaxKeys marks", pm: func() *syncpb.Message {
+			m := valid()
+			for _, p := range []string{"a", "b", "c", "d"} {
+				m.Marks = append(m.Marks, &syncpb.Mark{Peer: []byte(p), Session: 1})
+			}
+			return m
+		}(), lim: three},
 		{name: "not protobuf", raw: []byte{0xff, 0xff, 0xff}, lim: lim},
 		{name: "truncated", raw: validBytes[:len(validBytes)-2], lim: lim},
 		{name: "empty input", raw: []byte{}, lim: lim},
@@ -534,6 +566,9 @@ func FuzzDecodeMessage(f *testing.F) {
 		}
 	}
 	f.Add([]byte{})
+	f.Add(deltas.EncodeMessage(deltas.Message{From: "n1", Session: 2, AckSession: 3, Ack: 4,
+		Body:  &deltas.Deltas{FromSeq: 1, ToSeq: 2, Deltas: []deltas.KeyState{{Key: "k", Deleted: true}}},
+		Marks: []deltas.Mark{{Peer: "n2", Session: 5, Seq: 6}, {Peer: "n3", Session: 7}}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := deltas.DecodeMessage(b, deltas.DefaultLimits)
 		if err != nil {

@@ -131,7 +131,12 @@ type Config struct {
 	// when there are any. Default 1.
 	CrossRegion int
 	// Engine configures the anti-entropy engine (ID and Session are set by
-	// the node). Its tick counts are in units of TickInterval.
+	// the node). Its tick counts are in units of TickInterval. The node
+	// defaults Engine.RelayHoldTicks to 2 (a delta received from a peer
+	// that every other neighbour hears directly is relayed only if one of
+	// them has not acknowledged it to its origin within 1 to 2 ticks);
+	// negative turns the hold off (every received inflation is relayed at
+	// once).
 	Engine deltas.Config
 
 	// DB is the node's store. If nil, Start opens DataDir with
@@ -237,6 +242,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxLag == 0 {
 		c.MaxLag = 20000
+	}
+	if c.Engine.RelayHoldTicks == 0 {
+		c.Engine.RelayHoldTicks = 2
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 5 * time.Second

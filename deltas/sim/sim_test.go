@@ -60,14 +60,25 @@ func randomOp(t *testing.T, s *Sim, rng *rand.Rand, i int) {
 
 func TestConvergenceUnderFaults(t *testing.T) {
 	topos := []Topology{PartialMesh(7, 4), Tree(7, 3), FullMesh(5)}
+	engines := []deltas.Config{}
 	for _, mode := range deltas.Modes {
+		engines = append(engines, deltas.Config{Mode: mode, EvictTicks: 8})
+	}
+	// The mesh's configuration: relays held back while the other peers
+	// hear the origin directly.
+	engines = append(engines, deltas.Config{Mode: deltas.ModeDeltaBPRR, EvictTicks: 8, RelayHoldTicks: 2})
+	for _, ecfg := range engines {
+		name := ecfg.Mode.String()
+		if ecfg.RelayHoldTicks > 0 {
+			name += "+hold"
+		}
 		for _, topo := range topos {
 			for seed := uint64(1); seed <= 3; seed++ {
-				t.Run(fmt.Sprintf("%s/%s/seed%d", mode, topo.Name, seed), func(t *testing.T) {
+				t.Run(fmt.Sprintf("%s/%s/seed%d", name, topo.Name, seed), func(t *testing.T) {
 					s, err := New(Config{
 						Topology: topo, Seed: seed, Wire: seed == 1,
 						Faults: Faults{Loss: 0.2, Duplicate: 0.1, MaxDelay: 3},
-						Engine: deltas.Config{Mode: mode, EvictTicks: 8},
+						Engine: ecfg,
 					})
 					if err != nil {
 						t.Fatal(err)

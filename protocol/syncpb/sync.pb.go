@@ -42,7 +42,12 @@ type Message struct {
 	//	*Message_Digest
 	//	*Message_DigestReply
 	//	*Message_States
-	Body          isMessage_Body `protobuf_oneof:"body"`
+	Body isMessage_Body `protobuf_oneof:"body"`
+	// What the sender holds of third peers' deltas: for each, every delta
+	// below seq of that peer's session. A receiver that holds a delta it
+	// got from that peer need not relay it to the sender (see Mark). Sent
+	// when it changed since the sender last told the receiver.
+	Marks         []*Mark `protobuf:"bytes,9,rep,name=marks,proto3" json:"marks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -148,6 +153,13 @@ func (x *Message) GetStates() *States {
 	return nil
 }
 
+func (x *Message) GetMarks() []*Mark {
+	if x != nil {
+		return x.Marks
+	}
+	return nil
+}
+
 type isMessage_Body interface {
 	isMessage_Body()
 }
@@ -176,6 +188,68 @@ func (*Message_DigestReply) isMessage_Body() {}
 
 func (*Message_States) isMessage_Body() {}
 
+// Mark says that the sender of the message holds every delta below seq
+// from the buffer of the engine peer, in that engine's session session.
+type Mark struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          []byte                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	Session       uint64                 `protobuf:"varint,2,opt,name=session,proto3" json:"session,omitempty"`
+	Seq           uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mark) Reset() {
+	*x = Mark{}
+	mi := &file_sync_v1_sync_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mark) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mark) ProtoMessage() {}
+
+func (x *Mark) ProtoReflect() protoreflect.Message {
+	mi := &file_sync_v1_sync_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mark.ProtoReflect.Descriptor instead.
+func (*Mark) Descriptor() ([]byte, []int) {
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Mark) GetPeer() []byte {
+	if x != nil {
+		return x.Peer
+	}
+	return nil
+}
+
+func (x *Mark) GetSession() uint64 {
+	if x != nil {
+		return x.Session
+	}
+	return 0
+}
+
+func (x *Mark) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 type KeyState struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -190,7 +264,7 @@ type KeyState struct {
 
 func (x *KeyState) Reset() {
 	*x = KeyState{}
-	mi := &file_sync_v1_sync_proto_msgTypes[1]
+	mi := &file_sync_v1_sync_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +276,7 @@ func (x *KeyState) String() string {
 func (*KeyState) ProtoMessage() {}
 
 func (x *KeyState) ProtoReflect() protoreflect.Message {
-	mi := &file_sync_v1_sync_proto_msgTypes[1]
+	mi := &file_sync_v1_sync_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +289,7 @@ func (x *KeyState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyState.ProtoReflect.Descriptor instead.
 func (*KeyState) Descriptor() ([]byte, []int) {
-	return file_sync_v1_sync_proto_rawDescGZIP(), []int{1}
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *KeyState) GetKey() []byte {
@@ -252,7 +326,7 @@ type Deltas struct {
 
 func (x *Deltas) Reset() {
 	*x = Deltas{}
-	mi := &file_sync_v1_sync_proto_msgTypes[2]
+	mi := &file_sync_v1_sync_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +338,7 @@ func (x *Deltas) String() string {
 func (*Deltas) ProtoMessage() {}
 
 func (x *Deltas) ProtoReflect() protoreflect.Message {
-	mi := &file_sync_v1_sync_proto_msgTypes[2]
+	mi := &file_sync_v1_sync_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +351,7 @@ func (x *Deltas) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deltas.ProtoReflect.Descriptor instead.
 func (*Deltas) Descriptor() ([]byte, []int) {
-	return file_sync_v1_sync_proto_rawDescGZIP(), []int{2}
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Deltas) GetFromSeq() uint64 {
@@ -311,7 +385,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_sync_v1_sync_proto_msgTypes[3]
+	mi := &file_sync_v1_sync_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +397,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_sync_v1_sync_proto_msgTypes[3]
+	mi := &file_sync_v1_sync_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +410,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_sync_v1_sync_proto_rawDescGZIP(), []int{3}
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -365,7 +439,7 @@ type Digest struct {
 
 func (x *Digest) Reset() {
 	*x = Digest{}
-	mi := &file_sync_v1_sync_proto_msgTypes[4]
+	mi := &file_sync_v1_sync_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -377,7 +451,7 @@ func (x *Digest) String() string {
 func (*Digest) ProtoMessage() {}
 
 func (x *Digest) ProtoReflect() protoreflect.Message {
-	mi := &file_sync_v1_sync_proto_msgTypes[4]
+	mi := &file_sync_v1_sync_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -390,7 +464,7 @@ func (x *Digest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Digest.ProtoReflect.Descriptor instead.
 func (*Digest) Descriptor() ([]byte, []int) {
-	return file_sync_v1_sync_proto_rawDescGZIP(), []int{4}
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Digest) GetDigests() []*KeyDigest {
@@ -423,7 +497,7 @@ type DigestReply struct {
 
 func (x *DigestReply) Reset() {
 	*x = DigestReply{}
-	mi := &file_sync_v1_sync_proto_msgTypes[5]
+	mi := &file_sync_v1_sync_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -435,7 +509,7 @@ func (x *DigestReply) String() string {
 func (*DigestReply) ProtoMessage() {}
 
 func (x *DigestReply) ProtoReflect() protoreflect.Message {
-	mi := &file_sync_v1_sync_proto_msgTypes[5]
+	mi := &file_sync_v1_sync_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -448,7 +522,7 @@ func (x *DigestReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestReply.ProtoReflect.Descriptor instead.
 func (*DigestReply) Descriptor() ([]byte, []int) {
-	return file_sync_v1_sync_proto_rawDescGZIP(), []int{5}
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DigestReply) GetWant() [][]byte {
@@ -484,7 +558,7 @@ type States struct {
 
 func (x *States) Reset() {
 	*x = States{}
-	mi := &file_sync_v1_sync_proto_msgTypes[6]
+	mi := &file_sync_v1_sync_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +570,7 @@ func (x *States) String() string {
 func (*States) ProtoMessage() {}
 
 func (x *States) ProtoReflect() protoreflect.Message {
-	mi := &file_sync_v1_sync_proto_msgTypes[6]
+	mi := &file_sync_v1_sync_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +583,7 @@ func (x *States) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use States.ProtoReflect.Descriptor instead.
 func (*States) Descriptor() ([]byte, []int) {
-	return file_sync_v1_sync_proto_rawDescGZIP(), []int{6}
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *States) GetSeq() uint64 {
@@ -530,7 +604,7 @@ var File_sync_v1_sync_proto protoreflect.FileDescriptor
 
 const file_sync_v1_sync_proto_rawDesc = "" +
 	"\n" +
-	"\x12sync/v1/sync.proto\x12\x11statemesh.sync.v1\x1a\x12crdt/v1/crdt.proto\"\xd6\x02\n" +
+	"\x12sync/v1/sync.proto\x12\x11statemesh.sync.v1\x1a\x12crdt/v1/crdt.proto\"\x85\x03\n" +
 	"\aMessage\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x18\n" +
 	"\asession\x18\x02 \x01(\x04R\asession\x12\x1f\n" +
@@ -540,8 +614,13 @@ const file_sync_v1_sync_proto_rawDesc = "" +
 	"\x06deltas\x18\x05 \x01(\v2\x19.statemesh.sync.v1.DeltasH\x00R\x06deltas\x123\n" +
 	"\x06digest\x18\x06 \x01(\v2\x19.statemesh.sync.v1.DigestH\x00R\x06digest\x12C\n" +
 	"\fdigest_reply\x18\a \x01(\v2\x1e.statemesh.sync.v1.DigestReplyH\x00R\vdigestReply\x123\n" +
-	"\x06states\x18\b \x01(\v2\x19.statemesh.sync.v1.StatesH\x00R\x06statesB\x06\n" +
-	"\x04body\"f\n" +
+	"\x06states\x18\b \x01(\v2\x19.statemesh.sync.v1.StatesH\x00R\x06states\x12-\n" +
+	"\x05marks\x18\t \x03(\v2\x17.statemesh.sync.v1.MarkR\x05marksB\x06\n" +
+	"\x04body\"F\n" +
+	"\x04Mark\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\fR\x04peer\x12\x18\n" +
+	"\asession\x18\x02 \x01(\x04R\asession\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"f\n" +
 	"\bKeyState\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12.\n" +
 	"\x05state\x18\x02 \x01(\v2\x18.statemesh.crdt.v1.StateR\x05state\x12\x18\n" +
@@ -576,32 +655,34 @@ func file_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_sync_v1_sync_proto_rawDescData
 }
 
-var file_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_sync_v1_sync_proto_goTypes = []any{
 	(*Message)(nil),      // 0: statemesh.sync.v1.Message
-	(*KeyState)(nil),     // 1: statemesh.sync.v1.KeyState
-	(*Deltas)(nil),       // 2: statemesh.sync.v1.Deltas
-	(*KeyDigest)(nil),    // 3: statemesh.sync.v1.KeyDigest
-	(*Digest)(nil),       // 4: statemesh.sync.v1.Digest
-	(*DigestReply)(nil),  // 5: statemesh.sync.v1.DigestReply
-	(*States)(nil),       // 6: statemesh.sync.v1.States
-	(*crdtpb.State)(nil), // 7: statemesh.crdt.v1.State
+	(*Mark)(nil),         // 1: statemesh.sync.v1.Mark
+	(*KeyState)(nil),     // 2: statemesh.sync.v1.KeyState
+	(*Deltas)(nil),       // 3: statemesh.sync.v1.Deltas
+	(*KeyDigest)(nil),    // 4: statemesh.sync.v1.KeyDigest
+	(*Digest)(nil),       // 5: statemesh.sync.v1.Digest
+	(*DigestReply)(nil),  // 6: statemesh.sync.v1.DigestReply
+	(*States)(nil),       // 7: statemesh.sync.v1.States
+	(*crdtpb.State)(nil), // 8: statemesh.crdt.v1.State
 }
 var file_sync_v1_sync_proto_depIdxs = []int32{
-	2, // 0: statemesh.sync.v1.Message.deltas:type_name -> statemesh.sync.v1.Deltas
-	4, // 1: statemesh.sync.v1.Message.digest:type_name -> statemesh.sync.v1.Digest
-	5, // 2: statemesh.sync.v1.Message.digest_reply:type_name -> statemesh.sync.v1.DigestReply
-	6, // 3: statemesh.sync.v1.Message.states:type_name -> statemesh.sync.v1.States
-	7, // 4: statemesh.sync.v1.KeyState.state:type_name -> statemesh.crdt.v1.State
-	1, // 5: statemesh.sync.v1.Deltas.deltas:type_name -> statemesh.sync.v1.KeyState
-	3, // 6: statemesh.sync.v1.Digest.digests:type_name -> statemesh.sync.v1.KeyDigest
-	1, // 7: statemesh.sync.v1.DigestReply.states:type_name -> statemesh.sync.v1.KeyState
-	1, // 8: statemesh.sync.v1.States.states:type_name -> statemesh.sync.v1.KeyState
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	3,  // 0: statemesh.sync.v1.Message.deltas:type_name -> statemesh.sync.v1.Deltas
+	5,  // 1: statemesh.sync.v1.Message.digest:type_name -> statemesh.sync.v1.Digest
+	6,  // 2: statemesh.sync.v1.Message.digest_reply:type_name -> statemesh.sync.v1.DigestReply
+	7,  // 3: statemesh.sync.v1.Message.states:type_name -> statemesh.sync.v1.States
+	1,  // 4: statemesh.sync.v1.Message.marks:type_name -> statemesh.sync.v1.Mark
+	8,  // 5: statemesh.sync.v1.KeyState.state:type_name -> statemesh.crdt.v1.State
+	2,  // 6: statemesh.sync.v1.Deltas.deltas:type_name -> statemesh.sync.v1.KeyState
+	4,  // 7: statemesh.sync.v1.Digest.digests:type_name -> statemesh.sync.v1.KeyDigest
+	2,  // 8: statemesh.sync.v1.DigestReply.states:type_name -> statemesh.sync.v1.KeyState
+	2,  // 9: statemesh.sync.v1.States.states:type_name -> statemesh.sync.v1.KeyState
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_sync_v1_sync_proto_init() }
@@ -621,7 +702,7 @@ func file_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sync_v1_sync_proto_rawDesc), len(file_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
