@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -489,6 +490,25 @@ func (n *Node) turn(stepped bool) {
 	}
 }
 
+// turnsPerWake bounds the turns the loop takes per wake-up, so that its
+// timers and membership changes are not starved.
+const turnsPerWake = 8
+
+// turns runs turn, then yields and runs it again while work is queued:
+// the writers whose ops just completed are runnable, and yielding lets
+// them queue their next ops before the loop parks in its select, which
+// is costly with six channels, two of them timers.
+func (n *Node) turns(stepped bool) {
+	n.turn(stepped)
+	for i := 1; i < turnsPerWake; i++ {
+		runtime.Gosched()
+		if len(n.ops) == 0 && len(n.recv) == 0 {
+			return
+		}
+		n.turn(false)
+	}
+}
+
 // loop owns the engine.
 func (n *Node) loop() {
 	defer close(n.loopDone)
@@ -509,10 +529,10 @@ func (n *Node) loop() {
 			return
 		case o := <-n.ops:
 			n.take(o)
-			n.turn(false)
+			n.turns(false)
 		case in := <-n.recv:
 			n.step(in)
-			n.turn(true)
+			n.turns(true)
 		case <-n.mb.signal:
 			n.membershipChanged()
 			n.drain()
