@@ -30,6 +30,22 @@
 // reordering cost nothing (joins are idempotent and commutative). Flush
 // sends the due intervals between ticks (the mesh's eager push).
 //
+// Relay hold (Config.RelayHoldTicks, on in the mesh): with BP+RR every
+// received inflation is relayed to the other peers, which in a mesh where
+// each origin pushes to every peer only repeats what they got from the
+// origin. Messages carry marks (Message.Marks: the sender holds every
+// delta below Seq of peer P's buffer, in P's session), as piggybacked
+// acknowledgements of third peers. An engine holds back the inflation of
+// a Deltas message from P while every other peer due it has told a mark
+// for P's current session; it drops the held inflation once their marks
+// reach the message's ToSeq (they hold it, so relaying it sends nothing
+// they lack), and buffers it, relaying as before, after RelayHoldTicks
+// otherwise (a cut link to P, or P crashed after reaching this engine
+// only). Relays to a peer that never heard P go out at once. A dropped
+// inflation is in no buffer, so a new peer gets a full-state transfer.
+// Marks cost bytes in every message, so HoldRelays turns the hold off
+// where it seldom pays: the mesh keeps it on only in a full mesh.
+//
 // A peer learns of an engine, or of its restart, only from a message: until
 // a new peer has answered, the engine sends it a bare message every
 // RetransmitTicks even when it has nothing else to say.

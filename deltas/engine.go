@@ -239,8 +239,9 @@ type Engine struct {
 	transfers  uint64 // full-state transfers started
 	// held: per origin, in order of arrival, received inflations not
 	// buffered yet (Config.RelayHoldTicks); nHeld counts their entries.
-	held  map[PeerID][]*heldGroup
-	nHeld int
+	held   map[PeerID][]*heldGroup
+	nHeld  int
+	holdOn bool // see HoldRelays
 }
 
 // New returns an engine with no state.
@@ -257,8 +258,17 @@ func New(cfg Config) (*Engine, error) {
 		covers: true,
 		peers:  map[PeerID]*peer{},
 		dirty:  map[string]struct{}{},
+		holdOn: cfg.RelayHoldTicks > 0,
 	}, nil
 }
+
+// HoldRelays turns the relay hold (Config.RelayHoldTicks, which must be
+// positive for it) on or off; it starts on. Off, the engine neither holds
+// back new relays nor sends marks; what it holds already is still
+// dropped or relayed as before. Marks cost bytes in every message and
+// pay off only where every origin reaches every peer directly: the mesh
+// turns the hold on while every live member is the node's peer.
+func (e *Engine) HoldRelays(on bool) { e.holdOn = on && e.cfg.RelayHoldTicks > 0 }
 
 // ID returns the engine's peer id.
 func (e *Engine) ID() PeerID { return e.cfg.ID }
@@ -675,7 +685,7 @@ func (e *Engine) takeMarks(pr *peer, m Message) {
 // this session directly, so that only their acknowledgements to origin
 // are awaited.
 func (e *Engine) holdGroup(origin PeerID, from *peer, b *Deltas) *heldGroup {
-	if e.cfg.RelayHoldTicks <= 0 || e.cfg.Mode == ModeState || len(b.Deltas) == 0 {
+	if !e.holdOn || e.cfg.Mode == ModeState || len(b.Deltas) == 0 {
 		return nil
 	}
 	others := 0
@@ -875,7 +885,7 @@ func (e *Engine) send(pr *peer, to PeerID, b Body) {
 		m.AckSession, m.Ack = pr.theirSession, pr.received
 		pr.ackOwed = false
 	}
-	if e.cfg.RelayHoldTicks > 0 {
+	if e.holdOn {
 		m.Marks = e.marksFor(to, pr)
 	}
 	e.out = append(e.out, m)
@@ -886,7 +896,7 @@ func (e *Engine) send(pr *peer, to PeerID, b Body) {
 // to may be holding back that origin's deltas from us, and waits for our
 // mark to drop them instead of relaying them (Config.RelayHoldTicks).
 func (e *Engine) marksOwed(to PeerID, pr *peer) bool {
-	if e.cfg.RelayHoldTicks <= 0 || len(pr.marks) == 0 {
+	if !e.holdOn || len(pr.marks) == 0 {
 		return false
 	}
 	for id, q := range e.peers {

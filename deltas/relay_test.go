@@ -51,13 +51,20 @@ func TestRelayHeldWhilePeersHearTheOrigin(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		tune   []func(*deltas.Config)
+		off    bool // HoldRelays(false) after the warm-up
 		relays bool
 	}{
-		{"without hold (BP+RR)", nil, true},
-		{"hold 2 ticks", []func(*deltas.Config){hold(2)}, false},
+		{"without hold (BP+RR)", nil, false, true},
+		{"hold 2 ticks", []func(*deltas.Config){hold(2)}, false, false},
+		{"hold 2 ticks, turned off", []func(*deltas.Config){hold(2)}, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := fullMesh(t, tc.tune...)
+			for _, e := range n.eng {
+				if tc.off {
+					e.HoldRelays(false)
+				}
+			}
 			start := len(n.log)
 			for i := range 5 {
 				incr(t, n.eng["a"], "k", uint64(i+1))
@@ -70,6 +77,11 @@ func TestRelayHeldWhilePeersHearTheOrigin(t *testing.T) {
 			}
 			if !tc.relays && len(got) > 0 {
 				t.Fatalf("a's deltas relayed although every peer hears a directly:%s", describe(got))
+			}
+			for _, m := range n.log[start:] {
+				if len(m.Marks) > 0 && (tc.off || len(tc.tune) == 0) {
+					t.Fatalf("%s sent marks with the hold off: %v", m.From, m.Marks)
+				}
 			}
 			if v := n.eng["c"].Get("k").(*crdt.GCounter).Value(); v != 15 {
 				t.Fatalf("c reads %d, want 15", v)

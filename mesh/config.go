@@ -132,11 +132,11 @@ type Config struct {
 	CrossRegion int
 	// Engine configures the anti-entropy engine (ID and Session are set by
 	// the node). Its tick counts are in units of TickInterval. The node
-	// defaults Engine.RelayHoldTicks to 2 (a delta received from a peer
-	// that every other neighbour hears directly is relayed only if one of
-	// them has not acknowledged it to its origin within 1 to 2 ticks);
-	// negative turns the hold off (every received inflation is relayed at
-	// once).
+	// defaults Engine.RelayHoldTicks to 2 and holds relays only while
+	// every live member is its peer (a full mesh): a delta received from
+	// a peer is relayed only if another peer has not acknowledged it to
+	// its origin within 1 to 2 ticks. Negative turns the hold off (every
+	// received inflation is relayed at once, as in a sparse mesh).
 	Engine deltas.Config
 
 	// DB is the node's store. If nil, Start opens DataDir with

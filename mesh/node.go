@@ -574,6 +574,7 @@ func (n *Node) step(in inbound) {
 		if !m.Alive {
 			n.eng.PeerDown(in.msg.From)
 		}
+		n.updateRelayHold()
 	}
 }
 
@@ -669,6 +670,23 @@ func (n *Node) membershipChanged() {
 		}
 	}
 	n.topUp()
+	n.updateRelayHold()
+}
+
+// updateRelayHold lets the engine hold back relays (and send the marks
+// that let its peers do so) only while every live member is its peer:
+// then every origin pushes to every node itself and relays are
+// redundant, while in a sparse mesh the marks would cost bytes in every
+// message for holds that seldom happen.
+func (n *Node) updateRelayHold() {
+	full := true
+	for name, m := range n.members {
+		if m.Alive && !n.peers[name] {
+			full = false
+			break
+		}
+	}
+	n.eng.HoldRelays(full)
 }
 
 // forget drops a member that left or was removed: it no longer counts
