@@ -371,13 +371,9 @@ func (md *msgDecoder) message(b []byte) (Message, error) {
 	err := wire.Each(b, func(f wire.Field) error {
 		switch f.Num {
 		case 1:
-			if err := f.Want(protowire.BytesType); err != nil {
-				return err
-			}
-			if len(f.B) > md.lim.MaxKeyBytes || !utf8.Valid(f.B) {
-				return decErr("sender id of %d bytes, or not UTF-8", len(f.B))
-			}
-			m.From = PeerID(f.B)
+			id, err := md.peerID(f, "sender")
+			m.From = id
+			return err
 		case 2, 3, 4:
 			if err := f.Want(protowire.VarintType); err != nil {
 				return err
@@ -438,19 +434,26 @@ func (md *msgDecoder) message(b []byte) (Message, error) {
 	return m, nil
 }
 
+// peerID reads a peer id field: UTF-8, at most MaxKeyBytes.
+func (md *msgDecoder) peerID(f wire.Field, what string) (PeerID, error) {
+	if err := f.Want(protowire.BytesType); err != nil {
+		return "", err
+	}
+	if len(f.B) > md.lim.MaxKeyBytes || !utf8.Valid(f.B) {
+		return "", decErr("%s id of %d bytes, or not UTF-8", what, len(f.B))
+	}
+	return PeerID(f.B), nil
+}
+
 // mark decodes a Mark message.
 func (md *msgDecoder) mark(b []byte) (Mark, error) {
 	var mk Mark
 	err := wire.Each(b, func(f wire.Field) error {
 		switch f.Num {
 		case 1:
-			if err := f.Want(protowire.BytesType); err != nil {
-				return err
-			}
-			if len(f.B) > md.lim.MaxKeyBytes || !utf8.Valid(f.B) {
-				return decErr("mark peer id of %d bytes, or not UTF-8", len(f.B))
-			}
-			mk.Peer = PeerID(f.B)
+			id, err := md.peerID(f, "mark peer")
+			mk.Peer = id
+			return err
 		case 2, 3:
 			if err := f.Want(protowire.VarintType); err != nil {
 				return err
