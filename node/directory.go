@@ -6,42 +6,70 @@ import (
 	"time"
 
 	"github.com/statemesh/statemesh/consensus"
+	"github.com/statemesh/statemesh/crdt"
 	"github.com/statemesh/statemesh/mesh"
 )
+
+// meshView is what the directory reads of the mesh (*mesh.Node).
+type meshView interface {
+	Members(ctx context.Context) ([]mesh.Member, error)
+	RemovedReplicas(ctx context.Context) ([]crdt.ReplicaID, error)
+}
 
 // directory is the consensus Directory over the mesh's membership. It
 // keeps a copy refreshed every refreshInterval (the consensus host asks on
 // every operation; the mesh answers through its loop) and remembers the
-// Raft replica id of every member it has seen, so that a member the mesh
-// removed for good (and then forgot) is still known to be removed.
+// Raft replica id of every member incarnation it has seen, so that a
+// member the mesh removed for good (and then forgot) is still known to be
+// removed.
+//
+// A mesh replica (name, incarnation) removed for good removes its Raft
+// replica only once, for removalGrace, no member of another incarnation
+// has advertised the same Raft replica id. A node restarted after a crash
+// keeps its data directory, hence its Raft replica id, under a new mesh
+// incarnation, and removes its previous incarnation itself as it starts;
+// that removal may reach this node before the new incarnation's metadata
+// does, and must not cost the node its Raft replicas.
 type directory struct {
-	m    *mesh.Node
-	self consensus.Member
+	m     meshView
+	self  consensus.Member
+	now   func() time.Time
+	grace time.Duration
 
 	mu struct {
 		sync.Mutex
 		members []consensus.Member
-		seen    map[string]seenMember // name -> last metadata seen
-		removed map[uint64]bool       // Raft replica ids of removed members
+		seen    map[string]map[uint64]uint64 // name -> incarnation -> Raft replica id
+		pending map[uint64]time.Time         // Raft replica id -> since when it looks removed
+		removed map[uint64]bool              // Raft replica ids of removed members
 	}
 	stop chan struct{}
 	done chan struct{}
 }
 
-type seenMember struct {
-	incarnation uint64
-	raftID      uint64
-}
+const (
+	refreshInterval = 200 * time.Millisecond
+	// removalGrace is how long a removed incarnation's Raft replica id
+	// must go unclaimed by another incarnation before it counts as
+	// removed: much longer than gossip takes to spread a restarted
+	// node's metadata.
+	removalGrace = 5 * time.Second
+)
 
-const refreshInterval = 200 * time.Millisecond
-
-func newDirectory(m *mesh.Node, self consensus.Member) *directory {
-	d := &directory{m: m, self: self, stop: make(chan struct{}), done: make(chan struct{})}
-	d.mu.seen = map[string]seenMember{}
-	d.mu.removed = map[uint64]bool{}
-	d.mu.members = []consensus.Member{self}
+func newDirectory(m meshView, self consensus.Member) *directory {
+	d := newDirectoryAt(m, self, time.Now, removalGrace)
 	d.refresh()
 	go d.run()
+	return d
+}
+
+// newDirectoryAt returns a directory that neither refreshes nor runs.
+func newDirectoryAt(m meshView, self consensus.Member, now func() time.Time, grace time.Duration) *directory {
+	d := &directory{m: m, self: self, now: now, grace: grace, stop: make(chan struct{}), done: make(chan struct{})}
+	d.mu.seen = map[string]map[uint64]uint64{}
+	d.mu.pending = map[uint64]time.Time{}
+	d.mu.removed = map[uint64]bool{}
+	d.mu.members = []consensus.Member{self}
 	return d
 }
 
@@ -75,19 +103,51 @@ func (d *directory) refresh() {
 	if err != nil {
 		return
 	}
+	now := d.now()
 	members := []consensus.Member{d.self}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, m := range ms {
 		if m.RaftReplicaID != 0 {
-			d.mu.seen[m.Name] = seenMember{incarnation: m.Incarnation, raftID: m.RaftReplicaID}
+			if d.mu.seen[m.Name] == nil {
+				d.mu.seen[m.Name] = map[uint64]uint64{}
+			}
+			d.mu.seen[m.Name][m.Incarnation] = m.RaftReplicaID
 		}
 		members = append(members, consensus.Member{Name: m.Name, ReplicaID: m.RaftReplicaID,
 			RaftAddress: m.RaftAddr, PeerAddress: m.PeerAddr, Alive: m.Alive})
 	}
+	isRemoved := make(map[crdt.ReplicaID]bool, len(removed))
 	for _, r := range removed {
-		if s, ok := d.mu.seen[r.Node]; ok && s.incarnation == r.Incarnation {
-			d.mu.removed[s.raftID] = true
+		isRemoved[r] = true
+	}
+	gone := map[uint64]bool{} // Raft ids of removed incarnations that no live one claims
+	for _, r := range removed {
+		id, ok := d.mu.seen[r.Node][r.Incarnation]
+		if !ok || d.mu.removed[id] {
+			continue
+		}
+		claimed := false
+		for inc, other := range d.mu.seen[r.Node] {
+			if other == id && !isRemoved[crdt.ReplicaID{Node: r.Node, Incarnation: inc}] {
+				claimed = true
+			}
+		}
+		if !claimed {
+			gone[id] = true
+		}
+	}
+	for id, since := range d.mu.pending {
+		if !gone[id] {
+			delete(d.mu.pending, id)
+		} else if now.Sub(since) >= d.grace {
+			d.mu.removed[id] = true
+			delete(d.mu.pending, id)
+		}
+	}
+	for id := range gone {
+		if _, ok := d.mu.pending[id]; !ok && !d.mu.removed[id] {
+			d.mu.pending[id] = now
 		}
 	}
 	d.mu.members = members

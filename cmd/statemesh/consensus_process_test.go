@@ -109,6 +109,12 @@ func TestKill9ShardLeaderDuringCommands(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	var reference map[string][]string
+	disagreement := ""
+	t.Cleanup(func() {
+		if t.Failed() && disagreement != "" {
+			t.Logf("last disagreement seen: %s", disagreement)
+		}
+	})
 	waitFor(t, 30*time.Second, "all replicas agree", func() bool {
 		reference = map[string][]string{}
 		for _, p := range procs {
@@ -117,6 +123,7 @@ func TestKill9ShardLeaderDuringCommands(t *testing.T) {
 				r, err := p.client.Events(ectx, &adminpb.EventsRequest{Type: node.LogType, Id: id})
 				ecancel()
 				if err != nil || r.SnapshotSeq != 0 || r.Seq != uint64(len(r.Events)) {
+					disagreement = fmt.Sprintf("%s's events of %s: err %v, snapshot seq %d, seq %d, %d events", p.name, id, err, r.GetSnapshotSeq(), r.GetSeq(), len(r.GetEvents()))
 					return false
 				}
 				var evs []string
@@ -124,6 +131,7 @@ func TestKill9ShardLeaderDuringCommands(t *testing.T) {
 					evs = append(evs, string(e))
 				}
 				if ref, ok := reference[id]; ok && !slices.Equal(ref, evs) {
+					disagreement = fmt.Sprintf("%s holds %d events of %s, another replica %d", p.name, len(evs), id, len(ref))
 					return false
 				}
 				reference[id] = evs

@@ -142,6 +142,19 @@ func startProcs(t *testing.T, prefix string, n int, extra ...string) []*proc {
 	t.Helper()
 	dir := t.TempDir()
 	var procs []*proc
+	t.Cleanup(func() { // runs last: the processes have stopped
+		if !t.Failed() {
+			return
+		}
+		for _, p := range procs {
+			b, err := os.ReadFile(p.log.Name())
+			if err != nil {
+				continue
+			}
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			t.Logf("last lines of %s's log:\n%s", p.name, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+		}
+	})
 	for i := range n {
 		name := fmt.Sprintf("%s%d", prefix, i+1)
 		lf, err := os.Create(filepath.Join(dir, name+".log"))
