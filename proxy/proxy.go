@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -120,6 +121,11 @@ func New(ctx context.Context, cfg Config) (*Proxy, error) {
 		grpc.ForceServerCodecV2(frameCodec{encoding.GetCodecV2(protoCodecName)}),
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
 		grpc.MaxSendMsgSize(cfg.MaxRequestBytes),
+		// Every client call is an RPC of its own: a fixed set of
+		// workers runs them instead of a new goroutine (and stack) per
+		// call. gRPC marks the option experimental; it changes no
+		// behaviour, and a busy worker set falls back to goroutines.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	)
 	p.health = health.NewServer()
 	healthpb.RegisterHealthServer(p.grpcSrv, p.health)
