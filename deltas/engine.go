@@ -182,6 +182,19 @@ type mark struct{ session, seq uint64 }
 // holds reports whether the mark covers the deltas below seq of session.
 func (mk mark) holds(session, seq uint64) bool { return mk.session == session && mk.seq >= seq }
 
+// receivedMark is our mark for the peer: what we hold of its deltas;
+// false before we hold any.
+func (pr *peer) receivedMark() (mark, bool) {
+	return mark{session: pr.theirSession, seq: pr.received}, pr.theirSession != 0 && pr.received != 0
+}
+
+// dueRelay reports whether peer id (pr) is due the relay of deltas from
+// origin: every peer but the origin, unless evicted (an evicted peer
+// gets a full-state transfer).
+func dueRelay(id PeerID, pr *peer, origin PeerID) bool {
+	return id != origin && pr.phase != phaseEvicted
+}
+
 // heldGroup is the inflation one Deltas message brought, held back from
 // the buffer (Config.RelayHoldTicks): a peer holds all of it once it
 // holds origin's deltas below seq of session.
@@ -532,7 +545,7 @@ func (e *Engine) receiveKS(p PeerID, ks KeyState, immutable bool, g *heldGroup) 
 }
 
 func (e *Engine) bufferOrHold(key string, d crdt.Value, origin PeerID, g *heldGroup) {
-	if g == nil || e.cfg.Mode == ModeState {
+	if g == nil {
 		e.buffer(key, d, origin)
 		return
 	}
@@ -680,17 +693,16 @@ func (e *Engine) takeMarks(pr *peer, m Message) {
 
 // holdGroup returns the group that holds back the relay of what the
 // Deltas message b from origin brings, or nil to buffer it at once: it
-// is held only when every other peer due it (not evicted: an evicted peer
-// gets a full-state transfer) has told us it gets origin's deltas of
-// this session directly, so that only their acknowledgements to origin
-// are awaited.
+// is held only when every peer due it has told us it gets origin's
+// deltas of this session directly, so that only their acknowledgements
+// to origin are awaited.
 func (e *Engine) holdGroup(origin PeerID, from *peer, b *Deltas) *heldGroup {
 	if !e.holdOn || e.cfg.Mode == ModeState || len(b.Deltas) == 0 {
 		return nil
 	}
 	others := 0
 	for id, pr := range e.peers {
-		if id == origin || pr.phase == phaseEvicted {
+		if !dueRelay(id, pr, origin) {
 			continue
 		}
 		if pr.marks[origin].session != from.theirSession {
@@ -738,14 +750,10 @@ func (e *Engine) relayHeld() {
 	}
 }
 
-// heldByAll reports whether every peer due g (all but its origin and the
-// evicted) holds it.
+// heldByAll reports whether every peer due g holds it.
 func (e *Engine) heldByAll(g *heldGroup) bool {
 	for id, pr := range e.peers {
-		if id == g.origin || pr.phase == phaseEvicted {
-			continue
-		}
-		if !pr.marks[g.origin].holds(g.session, g.seq) {
+		if dueRelay(id, pr, g.origin) && !pr.marks[g.origin].holds(g.session, g.seq) {
 			return false
 		}
 	}
@@ -900,10 +908,10 @@ func (e *Engine) marksOwed(to PeerID, pr *peer) bool {
 		return false
 	}
 	for id, q := range e.peers {
-		if _, hears := pr.marks[id]; !hears || id == to || q.theirSession == 0 || q.received == 0 {
+		if _, hears := pr.marks[id]; !hears || id == to {
 			continue
 		}
-		if pr.marksSent[id] != (mark{session: q.theirSession, seq: q.received}) {
+		if mk, ok := q.receivedMark(); ok && pr.marksSent[id] != mk {
 			return true
 		}
 	}
@@ -915,11 +923,8 @@ func (e *Engine) marksOwed(to PeerID, pr *peer) bool {
 func (e *Engine) marksFor(to PeerID, pr *peer) []Mark {
 	var ms []Mark
 	for id, q := range e.peers {
-		if id == to || q.theirSession == 0 || q.received == 0 {
-			continue
-		}
-		mk := mark{session: q.theirSession, seq: q.received}
-		if pr.marksSent[id] == mk {
+		mk, ok := q.receivedMark()
+		if id == to || !ok || pr.marksSent[id] == mk {
 			continue
 		}
 		if pr.marksSent == nil {
@@ -1367,7 +1372,8 @@ func (e *Engine) eachBuffered(fn func(entry) bool) bool {
 }
 
 // BufferHolds reports whether a delta the engine still buffers (one not
-// yet acknowledged by every peer it is due to) satisfies pred. The mesh
+// yet acknowledged by every peer it is due to) or holds back
+// (Config.RelayHoldTicks) satisfies pred. The mesh
 // forgets a pruned replica only once no buffered delta mentions it: a
 // delta from before the pruning, delivered after, must still be
 // translated by the pruning's marker.

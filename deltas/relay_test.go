@@ -60,8 +60,8 @@ func TestRelayHeldWhilePeersHearTheOrigin(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := fullMesh(t, tc.tune...)
-			for _, e := range n.eng {
-				if tc.off {
+			if tc.off {
+				for _, e := range n.eng {
 					e.HoldRelays(false)
 				}
 			}

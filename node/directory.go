@@ -24,17 +24,16 @@ type meshView interface {
 // removed.
 //
 // A mesh replica (name, incarnation) removed for good removes its Raft
-// replica only once, for removalGrace, no member of another incarnation
-// has advertised the same Raft replica id. A node restarted after a crash
+// replica only once, for removalGrace, no incarnation seen with the same
+// Raft replica id has been outside the removed ones. A node restarted after a crash
 // keeps its data directory, hence its Raft replica id, under a new mesh
 // incarnation, and removes its previous incarnation itself as it starts;
 // that removal may reach this node before the new incarnation's metadata
 // does, and must not cost the node its Raft replicas.
 type directory struct {
-	m     meshView
-	self  consensus.Member
-	now   func() time.Time
-	grace time.Duration
+	m    meshView
+	self consensus.Member
+	now  func() time.Time
 
 	mu struct {
 		sync.Mutex
@@ -57,15 +56,15 @@ const (
 )
 
 func newDirectory(m meshView, self consensus.Member) *directory {
-	d := newDirectoryAt(m, self, time.Now, removalGrace)
+	d := newDirectoryAt(m, self, time.Now)
 	d.refresh()
 	go d.run()
 	return d
 }
 
 // newDirectoryAt returns a directory that neither refreshes nor runs.
-func newDirectoryAt(m meshView, self consensus.Member, now func() time.Time, grace time.Duration) *directory {
-	d := &directory{m: m, self: self, now: now, grace: grace, stop: make(chan struct{}), done: make(chan struct{})}
+func newDirectoryAt(m meshView, self consensus.Member, now func() time.Time) *directory {
+	d := &directory{m: m, self: self, now: now, stop: make(chan struct{}), done: make(chan struct{})}
 	d.mu.seen = map[string]map[uint64]uint64{}
 	d.mu.pending = map[uint64]time.Time{}
 	d.mu.removed = map[uint64]bool{}
@@ -140,7 +139,7 @@ func (d *directory) refresh() {
 	for id, since := range d.mu.pending {
 		if !gone[id] {
 			delete(d.mu.pending, id)
-		} else if now.Sub(since) >= d.grace {
+		} else if now.Sub(since) >= removalGrace {
 			d.mu.removed[id] = true
 			delete(d.mu.pending, id)
 		}

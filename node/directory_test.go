@@ -28,7 +28,7 @@ func member(name string, inc, raft uint64) mesh.Member {
 // dirAt returns a directory over f whose clock the test moves.
 func dirAt(f *fakeMesh) (*directory, *time.Time) {
 	now := time.Unix(1000, 0)
-	d := newDirectoryAt(f, consensus.Member{Name: "self", ReplicaID: 1}, func() time.Time { return now }, removalGrace)
+	d := newDirectoryAt(f, consensus.Member{Name: "self", ReplicaID: 1}, func() time.Time { return now })
 	return d, &now
 }
 
