@@ -61,6 +61,19 @@
 //     sequence number is still the one the handler saw, the handler's
 //     decision is linearized at the entry's application.
 //
+// Proposals are grouped per shard (proposer.go): at most two are in
+// flight on a node, and the operations that arrive meanwhile go into the
+// next one together, as one Batch entry whose operations the state
+// machine applies in order, each with its own expectation, request id and
+// result, exactly as if each were an entry of its own at the batch's
+// index. Without load an operation is proposed at once, alone; under load
+// the Raft round, log write, replication and apply transaction are shared
+// (in bench consensus at 128 clients, about 3.5 operations per proposal
+// with 8 shards and 20 with one). A batch changes no outcome: one
+// operation's conflict or refusal does not affect the others, and every
+// replica of a shard must run a version that knows batches (an older one
+// would apply a batch as an invalid entry).
+//
 // Commands on one entity are serialised on each node, so one node's
 // concurrent commands do not conflict with each other. Leader changes, an
 // unready shard and unknown outcomes are retried with backoff until the

@@ -29,6 +29,11 @@ func FuzzStateMachineEntry(f *testing.F) {
 	f.Add(valid(&consensuspb.Entry{Entity: ent, Op: &consensuspb.Entry_PutValue{PutValue: &consensuspb.PutValue{State: []byte("v")}}}))
 	f.Add(valid(&consensuspb.Entry{Entity: ent, Op: &consensuspb.Entry_DeleteValue{DeleteValue: &consensuspb.DeleteValue{CheckVersion: true}}}))
 	f.Add(valid(&consensuspb.Entry{Entity: &consensuspb.Entity{Type: "log"}, Op: &consensuspb.Entry_PutValue{PutValue: &consensuspb.PutValue{}}}))
+	f.Add(valid(&consensuspb.Entry{Op: &consensuspb.Entry_Batch{Batch: &consensuspb.Batch{Entries: [][]byte{
+		valid(&consensuspb.Entry{RequestId: []byte("r2"), Entity: ent, Op: &consensuspb.Entry_Append{Append: &consensuspb.Append{ExpectedSeq: 1, Events: [][]byte{[]byte("y")}}}}),
+		{0xff, 0x01},
+		valid(&consensuspb.Entry{Op: &consensuspb.Entry_Batch{Batch: &consensuspb.Batch{}}}),
+	}}}}))
 	f.Add([]byte{0xff, 0x01})
 	f.Add([]byte{})
 
@@ -62,6 +67,15 @@ func FuzzStateMachineEntry(f *testing.F) {
 		var res consensuspb.Result
 		if err := proto.Unmarshal(r.Data, &res); err != nil || uint64(res.Code) != r.Value {
 			t.Fatalf("result data %x does not match code %d: %v", r.Data, r.Value, err)
+		}
+		for i, b := range res.Results {
+			var sub consensuspb.Result
+			if err := proto.Unmarshal(b, &sub); err != nil {
+				t.Fatalf("batch result %d does not decode: %v", i, err)
+			}
+			if _, known := consensuspb.Code_name[int32(sub.Code)]; !known || sub.Index != index {
+				t.Fatalf("batch result %d: code %d at index %d (entry %d)", i, sub.Code, sub.Index, index)
+			}
 		}
 		if applied, err := shard.Applied(); err != nil || applied != index {
 			t.Fatalf("applied index %d (%v), want %d", applied, err, index)

@@ -43,6 +43,8 @@ type Host struct {
 	// startMu serialises StartReplica requests.
 	startMu sync.Mutex
 	cache   *entityCache
+	// proposers batch each shard's proposals (index: shard - 1).
+	proposers []*proposer
 
 	conns struct {
 		sync.Mutex
@@ -120,6 +122,9 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 	h.routes.m = map[uint64]string{}
 	h.met = newMetrics(cfg.Registerer)
 	h.cache = newEntityCache(cfg.EntityCacheBytes)
+	for s := uint64(1); s <= uint64(cfg.Shards); s++ {
+		h.proposers = append(h.proposers, newProposer(h, s))
+	}
 
 	started := 0
 	for s := uint64(1); s <= uint64(cfg.Shards); s++ {

@@ -513,7 +513,8 @@ func (h *Host) staleRead(shard uint64, q any) (any, error) {
 	return r, nil
 }
 
-// propose proposes an entry on the local replica and returns the state
+// propose proposes an entry on the local replica, batched with the
+// shard's other operations under load (proposer), and returns the state
 // machine's result.
 func (h *Host) propose(ctx context.Context, shard uint64, entry *consensuspb.Entry) (*consensuspb.Result, error) {
 	b, err := proto.Marshal(entry)
@@ -523,25 +524,12 @@ func (h *Host) propose(ctx context.Context, shard uint64, entry *consensuspb.Ent
 	if len(b) > MaxEntryBytes {
 		return nil, wrapf(ErrInvalid, "entry of %d bytes exceeds %d", len(b), MaxEntryBytes)
 	}
+	if shard < 1 || shard > uint64(len(h.proposers)) {
+		return nil, wrapf(ErrInvalid, "shard %d of %d", shard, len(h.proposers))
+	}
 	pctx, cancel := h.opContext(ctx)
 	defer cancel()
-	start := time.Now()
-	r, err := h.nh.SyncPropose(pctx, h.nh.GetNoOPSession(shard), b)
-	h.met.proposeSeconds.Observe(time.Since(start).Seconds())
-	if err != nil {
-		return nil, wrapf(classify(err), "shard %d propose: %v", shard, err)
-	}
-	if len(r.Data) == 0 {
-		// Applied before this replica recovered from a snapshot that held
-		// it: the result is not known here, but a retry with the same
-		// request id will return it.
-		return nil, wrapf(ErrTimeout, "shard %d: result of an entry applied through a snapshot", shard)
-	}
-	var res consensuspb.Result
-	if err := proto.Unmarshal(r.Data, &res); err != nil {
-		return nil, fmt.Errorf("consensus: result does not decode: %w", err)
-	}
-	return &res, nil
+	return h.proposers[shard-1].submit(pctx, b)
 }
 
 // classify maps a Dragonboat error to a sentinel: ErrUnavailable for

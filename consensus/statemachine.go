@@ -19,6 +19,9 @@ import (
 // replica and succeed on another.
 const MaxEntryBytes = 1 << 20
 
+// MaxBatchEntries bounds the operations of one batch entry.
+const MaxBatchEntries = 256
+
 // forgetPerUpdate bounds the request records one Update forgets.
 const forgetPerUpdate = 1024
 
@@ -109,43 +112,110 @@ func (m *stateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	return all, nil
 }
 
-// apply applies one entry inside tx and returns its result. Invalid
+// apply applies one Raft entry inside tx and returns its result: one
+// operation's, or a batch's (every operation's result in order). Invalid
 // entries and failed expectations are results, not errors; an error means
 // the store failed and the shard must stop.
 func (m *stateMachine) apply(tx *eventlog.ShardTxn, e *sm.Entry) (sm.Result, error) {
-	res, requestID, err := m.applyEntry(tx, e)
+	if len(e.Cmd) > MaxEntryBytes {
+		return m.result(invalidResult("entry of %d bytes exceeds %d", len(e.Cmd), MaxEntryBytes), e.Index)
+	}
+	var ent consensuspb.Entry
+	if err := proto.Unmarshal(e.Cmd, &ent); err != nil {
+		return m.result(invalidResult("entry does not decode: %v", err), e.Index)
+	}
+	if b, ok := ent.Op.(*consensuspb.Entry_Batch); ok {
+		return m.applyBatch(tx, e.Index, b.Batch)
+	}
+	data, code, err := m.applyOne(tx, e.Index, &ent)
 	if err != nil {
 		return sm.Result{}, err
 	}
-	if !res.Duplicate {
-		res.Index = e.Index
+	return sm.Result{Value: uint64(code), Data: data}, nil
+}
+
+// applyBatch applies a batch's entries in order, each as an entry of its
+// own at index, and returns their encoded results in one Result. A batch
+// that is empty, too long, or holds an entry that is not a single
+// operation is applied as far as its entries are valid: each invalid one
+// gets an invalid result and the others are applied, so that one bad
+// operation does not fail the commands batched with it.
+func (m *stateMachine) applyBatch(tx *eventlog.ShardTxn, index uint64, b *consensuspb.Batch) (sm.Result, error) {
+	if len(b.Entries) == 0 || len(b.Entries) > MaxBatchEntries {
+		return m.result(invalidResult("batch of %d entries (1 to %d)", len(b.Entries), MaxBatchEntries), index)
 	}
-	data, err := proto.Marshal(res)
+	out := &consensuspb.Result{Code: consensuspb.Code_CODE_OK, Index: index, Results: make([][]byte, len(b.Entries))}
+	for i, raw := range b.Entries {
+		var ent consensuspb.Entry
+		var data []byte
+		var err error
+		if uerr := proto.Unmarshal(raw, &ent); uerr != nil {
+			data, err = encodeResult(invalidResult("batch entry %d does not decode: %v", i, uerr), index)
+		} else if _, nested := ent.Op.(*consensuspb.Entry_Batch); nested {
+			data, err = encodeResult(invalidResult("batch entry %d is a batch", i), index)
+		} else {
+			data, _, err = m.applyOne(tx, index, &ent)
+		}
+		if err != nil {
+			return sm.Result{}, err
+		}
+		out.Results[i] = data
+	}
+	data, err := proto.Marshal(out)
 	if err != nil {
 		return sm.Result{}, err
+	}
+	return sm.Result{Value: uint64(consensuspb.Code_CODE_OK), Data: data}, nil
+}
+
+// result encodes a result that records nothing.
+func (m *stateMachine) result(r *consensuspb.Result, index uint64) (sm.Result, error) {
+	data, err := encodeResult(r, index)
+	if err != nil {
+		return sm.Result{}, err
+	}
+	return sm.Result{Value: uint64(r.Code), Data: data}, nil
+}
+
+// encodeResult stamps a result with the index it was applied at (a
+// duplicate keeps the first one's) and encodes it.
+func encodeResult(r *consensuspb.Result, index uint64) ([]byte, error) {
+	if !r.Duplicate {
+		r.Index = index
+	}
+	return proto.Marshal(r)
+}
+
+func invalidResult(format string, args ...any) *consensuspb.Result {
+	return &consensuspb.Result{Code: consensuspb.Code_CODE_INVALID, Message: fmt.Sprintf(format, args...)}
+}
+
+// applyOne applies one operation at index inside tx and returns its
+// encoded result, recorded under the entry's request id when it applied.
+func (m *stateMachine) applyOne(tx *eventlog.ShardTxn, index uint64, ent *consensuspb.Entry) ([]byte, consensuspb.Code, error) {
+	res, requestID, err := m.applyEntry(tx, index, ent)
+	if err != nil {
+		return nil, 0, err
+	}
+	data, err := encodeResult(res, index)
+	if err != nil {
+		return nil, 0, err
 	}
 	// The recorded result of a request is the one returned now: marshalled
 	// once, on the apply path.
 	if res.Code == consensuspb.Code_CODE_OK && !res.Duplicate && len(requestID) > 0 {
-		if err := tx.PutRequest(requestID, e.Index, data); err != nil {
-			return sm.Result{}, err
+		if err := tx.PutRequest(requestID, index, data); err != nil {
+			return nil, 0, err
 		}
 	}
-	return sm.Result{Value: uint64(res.Code), Data: data}, nil
+	return data, res.Code, nil
 }
 
-// applyEntry applies one entry's operation inside tx and returns its result
-// and the entry's request id; apply records the result under that id.
-func (m *stateMachine) applyEntry(tx *eventlog.ShardTxn, e *sm.Entry) (*consensuspb.Result, []byte, error) {
+// applyEntry applies one operation inside tx and returns its result and
+// the entry's request id; applyOne records the result under that id.
+func (m *stateMachine) applyEntry(tx *eventlog.ShardTxn, index uint64, ent *consensuspb.Entry) (*consensuspb.Result, []byte, error) {
 	invalid := func(format string, args ...any) (*consensuspb.Result, []byte, error) {
-		return &consensuspb.Result{Code: consensuspb.Code_CODE_INVALID, Message: fmt.Sprintf(format, args...)}, nil, nil
-	}
-	if len(e.Cmd) > MaxEntryBytes {
-		return invalid("entry of %d bytes exceeds %d", len(e.Cmd), MaxEntryBytes)
-	}
-	var ent consensuspb.Entry
-	if err := proto.Unmarshal(e.Cmd, &ent); err != nil {
-		return invalid("entry does not decode: %v", err)
+		return invalidResult(format, args...), nil, nil
 	}
 	if len(ent.RequestId) > eventlog.MaxRequestIDBytes {
 		return invalid("request id of %d bytes", len(ent.RequestId))
@@ -155,11 +225,11 @@ func (m *stateMachine) applyEntry(tx *eventlog.ShardTxn, e *sm.Entry) (*consensu
 		return invalid("%v", err)
 	}
 	if len(ent.RequestId) > 0 {
-		index, prior, found, err := tx.RequestRecord(ent.RequestId)
+		recorded, prior, found, err := tx.RequestRecord(ent.RequestId)
 		if err != nil {
 			return nil, nil, err
 		}
-		if found && m.inWindow(index, e.Index) {
+		if found && m.inWindow(recorded, index) {
 			r, err := decodeResult(prior)
 			if err != nil {
 				return nil, nil, err

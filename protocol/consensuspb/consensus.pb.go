@@ -154,7 +154,7 @@ func (x ValueRequest_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ValueRequest_Op.Descriptor instead.
 func (ValueRequest_Op) EnumDescriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{8, 0}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{9, 0}
 }
 
 // Entity names an event-sourced or value entity.
@@ -210,7 +210,8 @@ func (x *Entity) GetId() string {
 	return ""
 }
 
-// Entry is one Raft log entry: one operation on one entity.
+// Entry is one Raft log entry: one operation on one entity, or a batch of
+// such entries proposed together.
 type Entry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Set by the node that first received the operation; an entry whose
@@ -223,6 +224,7 @@ type Entry struct {
 	//	*Entry_Append
 	//	*Entry_PutValue
 	//	*Entry_DeleteValue
+	//	*Entry_Batch
 	Op            isEntry_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -306,6 +308,15 @@ func (x *Entry) GetDeleteValue() *DeleteValue {
 	return nil
 }
 
+func (x *Entry) GetBatch() *Batch {
+	if x != nil {
+		if x, ok := x.Op.(*Entry_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
 type isEntry_Op interface {
 	isEntry_Op()
 }
@@ -322,11 +333,70 @@ type Entry_DeleteValue struct {
 	DeleteValue *DeleteValue `protobuf:"bytes,5,opt,name=delete_value,json=deleteValue,proto3,oneof"`
 }
 
+type Entry_Batch struct {
+	Batch *Batch `protobuf:"bytes,6,opt,name=batch,proto3,oneof"`
+}
+
 func (*Entry_Append) isEntry_Op() {}
 
 func (*Entry_PutValue) isEntry_Op() {}
 
 func (*Entry_DeleteValue) isEntry_Op() {}
+
+func (*Entry_Batch) isEntry_Op() {}
+
+// Batch is several operations in one Raft entry: a leader under load
+// proposes the operations that queued up while its earlier proposals were
+// in flight together, so that the Raft round, the log write and the apply
+// transaction are shared. Each element is an encoded Entry with an
+// operation of its own (not a batch); the state machine applies them in
+// order, each as if it were an entry of its own at the batch's index, and
+// returns their results in Result.results. Replicas of a version that
+// predates batches apply a batch as an invalid entry, so every replica of
+// a shard must run a version that knows it.
+type Batch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       [][]byte               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Batch) Reset() {
+	*x = Batch{}
+	mi := &file_consensus_v1_consensus_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Batch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Batch) ProtoMessage() {}
+
+func (x *Batch) ProtoReflect() protoreflect.Message {
+	mi := &file_consensus_v1_consensus_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Batch.ProtoReflect.Descriptor instead.
+func (*Batch) Descriptor() ([]byte, []int) {
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Batch) GetEntries() [][]byte {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
 
 // Append adds events to an event-sourced entity, if its last sequence
 // number is still expected_seq.
@@ -346,7 +416,7 @@ type Append struct {
 
 func (x *Append) Reset() {
 	*x = Append{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[2]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -358,7 +428,7 @@ func (x *Append) String() string {
 func (*Append) ProtoMessage() {}
 
 func (x *Append) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[2]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -371,7 +441,7 @@ func (x *Append) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Append.ProtoReflect.Descriptor instead.
 func (*Append) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{2}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Append) GetExpectedSeq() uint64 {
@@ -422,7 +492,7 @@ type PutValue struct {
 
 func (x *PutValue) Reset() {
 	*x = PutValue{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[3]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -434,7 +504,7 @@ func (x *PutValue) String() string {
 func (*PutValue) ProtoMessage() {}
 
 func (x *PutValue) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[3]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -447,7 +517,7 @@ func (x *PutValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutValue.ProtoReflect.Descriptor instead.
 func (*PutValue) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{3}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PutValue) GetCheckVersion() bool {
@@ -483,7 +553,7 @@ type DeleteValue struct {
 
 func (x *DeleteValue) Reset() {
 	*x = DeleteValue{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[4]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +565,7 @@ func (x *DeleteValue) String() string {
 func (*DeleteValue) ProtoMessage() {}
 
 func (x *DeleteValue) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[4]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +578,7 @@ func (x *DeleteValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteValue.ProtoReflect.Descriptor instead.
 func (*DeleteValue) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{4}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DeleteValue) GetCheckVersion() bool {
@@ -540,14 +610,18 @@ type Result struct {
 	Index uint64 `protobuf:"varint,5,opt,name=index,proto3" json:"index,omitempty"`
 	// Set when the result is the one recorded for the entry's request id,
 	// returned again without applying anything.
-	Duplicate     bool `protobuf:"varint,6,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	Duplicate bool `protobuf:"varint,6,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	// For a Batch entry: the encoded Result of each of its entries, in
+	// order. The batch's own code is CODE_OK unless the batch itself was
+	// malformed.
+	Results       [][]byte `protobuf:"bytes,7,rep,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[5]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +633,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[5]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +646,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{5}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Result) GetCode() Code {
@@ -617,6 +691,13 @@ func (x *Result) GetDuplicate() bool {
 	return false
 }
 
+func (x *Result) GetResults() [][]byte {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type CommandRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Entity    *Entity                `protobuf:"bytes,1,opt,name=entity,proto3" json:"entity,omitempty"`
@@ -631,7 +712,7 @@ type CommandRequest struct {
 
 func (x *CommandRequest) Reset() {
 	*x = CommandRequest{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[6]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +724,7 @@ func (x *CommandRequest) String() string {
 func (*CommandRequest) ProtoMessage() {}
 
 func (x *CommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[6]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +737,7 @@ func (x *CommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandRequest.ProtoReflect.Descriptor instead.
 func (*CommandRequest) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{6}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CommandRequest) GetEntity() *Entity {
@@ -703,7 +784,7 @@ type CommandResponse struct {
 
 func (x *CommandResponse) Reset() {
 	*x = CommandResponse{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[7]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +796,7 @@ func (x *CommandResponse) String() string {
 func (*CommandResponse) ProtoMessage() {}
 
 func (x *CommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[7]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +809,7 @@ func (x *CommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResponse.ProtoReflect.Descriptor instead.
 func (*CommandResponse) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{7}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CommandResponse) GetCode() Code {
@@ -788,7 +869,7 @@ type ValueRequest struct {
 
 func (x *ValueRequest) Reset() {
 	*x = ValueRequest{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[8]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +881,7 @@ func (x *ValueRequest) String() string {
 func (*ValueRequest) ProtoMessage() {}
 
 func (x *ValueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[8]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +894,7 @@ func (x *ValueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValueRequest.ProtoReflect.Descriptor instead.
 func (*ValueRequest) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{8}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ValueRequest) GetEntity() *Entity {
@@ -879,7 +960,7 @@ type ValueResponse struct {
 
 func (x *ValueResponse) Reset() {
 	*x = ValueResponse{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[9]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +972,7 @@ func (x *ValueResponse) String() string {
 func (*ValueResponse) ProtoMessage() {}
 
 func (x *ValueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[9]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +985,7 @@ func (x *ValueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValueResponse.ProtoReflect.Descriptor instead.
 func (*ValueResponse) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{9}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ValueResponse) GetCode() Code {
@@ -959,7 +1040,7 @@ type LoadRequest struct {
 
 func (x *LoadRequest) Reset() {
 	*x = LoadRequest{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[10]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1052,7 @@ func (x *LoadRequest) String() string {
 func (*LoadRequest) ProtoMessage() {}
 
 func (x *LoadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[10]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1065,7 @@ func (x *LoadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadRequest.ProtoReflect.Descriptor instead.
 func (*LoadRequest) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{10}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LoadRequest) GetEntity() *Entity {
@@ -1015,7 +1096,7 @@ type LoadResponse struct {
 
 func (x *LoadResponse) Reset() {
 	*x = LoadResponse{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[11]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1108,7 @@ func (x *LoadResponse) String() string {
 func (*LoadResponse) ProtoMessage() {}
 
 func (x *LoadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[11]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1121,7 @@ func (x *LoadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadResponse.ProtoReflect.Descriptor instead.
 func (*LoadResponse) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{11}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LoadResponse) GetCode() Code {
@@ -1095,7 +1176,7 @@ type StartReplicaRequest struct {
 
 func (x *StartReplicaRequest) Reset() {
 	*x = StartReplicaRequest{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[12]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1188,7 @@ func (x *StartReplicaRequest) String() string {
 func (*StartReplicaRequest) ProtoMessage() {}
 
 func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[12]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1201,7 @@ func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaRequest.ProtoReflect.Descriptor instead.
 func (*StartReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{12}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StartReplicaRequest) GetShard() uint64 {
@@ -1145,7 +1226,7 @@ type StartReplicaResponse struct {
 
 func (x *StartReplicaResponse) Reset() {
 	*x = StartReplicaResponse{}
-	mi := &file_consensus_v1_consensus_proto_msgTypes[13]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1238,7 @@ func (x *StartReplicaResponse) String() string {
 func (*StartReplicaResponse) ProtoMessage() {}
 
 func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_consensus_v1_consensus_proto_msgTypes[13]
+	mi := &file_consensus_v1_consensus_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1251,7 @@ func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaResponse.ProtoReflect.Descriptor instead.
 func (*StartReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{13}
+	return file_consensus_v1_consensus_proto_rawDescGZIP(), []int{14}
 }
 
 var File_consensus_v1_consensus_proto protoreflect.FileDescriptor
@@ -1180,15 +1261,18 @@ const file_consensus_v1_consensus_proto_rawDesc = "" +
 	"\x1cconsensus/v1/consensus.proto\x12\x16statemesh.consensus.v1\",\n" +
 	"\x06Entity\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"\xa9\x02\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\xe0\x02\n" +
 	"\x05Entry\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\fR\trequestId\x126\n" +
 	"\x06entity\x18\x02 \x01(\v2\x1e.statemesh.consensus.v1.EntityR\x06entity\x128\n" +
 	"\x06append\x18\x03 \x01(\v2\x1e.statemesh.consensus.v1.AppendH\x00R\x06append\x12?\n" +
 	"\tput_value\x18\x04 \x01(\v2 .statemesh.consensus.v1.PutValueH\x00R\bputValue\x12H\n" +
-	"\fdelete_value\x18\x05 \x01(\v2#.statemesh.consensus.v1.DeleteValueH\x00R\vdeleteValueB\x04\n" +
-	"\x02op\"\x98\x01\n" +
+	"\fdelete_value\x18\x05 \x01(\v2#.statemesh.consensus.v1.DeleteValueH\x00R\vdeleteValue\x125\n" +
+	"\x05batch\x18\x06 \x01(\v2\x1d.statemesh.consensus.v1.BatchH\x00R\x05batchB\x04\n" +
+	"\x02op\"!\n" +
+	"\x05Batch\x12\x18\n" +
+	"\aentries\x18\x01 \x03(\fR\aentries\"\x98\x01\n" +
 	"\x06Append\x12!\n" +
 	"\fexpected_seq\x18\x01 \x01(\x04R\vexpectedSeq\x12\x16\n" +
 	"\x06events\x18\x02 \x03(\fR\x06events\x12!\n" +
@@ -1201,14 +1285,15 @@ const file_consensus_v1_consensus_proto_rawDesc = "" +
 	"\x05state\x18\x03 \x01(\fR\x05state\"]\n" +
 	"\vDeleteValue\x12#\n" +
 	"\rcheck_version\x18\x01 \x01(\bR\fcheckVersion\x12)\n" +
-	"\x10expected_version\x18\x02 \x01(\x04R\x0fexpectedVersion\"\xb0\x01\n" +
+	"\x10expected_version\x18\x02 \x01(\x04R\x0fexpectedVersion\"\xca\x01\n" +
 	"\x06Result\x120\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x1c.statemesh.consensus.v1.CodeR\x04code\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05reply\x18\x03 \x01(\fR\x05reply\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12\x14\n" +
 	"\x05index\x18\x05 \x01(\x04R\x05index\x12\x1c\n" +
-	"\tduplicate\x18\x06 \x01(\bR\tduplicate\"\x95\x01\n" +
+	"\tduplicate\x18\x06 \x01(\bR\tduplicate\x12\x18\n" +
+	"\aresults\x18\a \x03(\fR\aresults\"\x95\x01\n" +
 	"\x0eCommandRequest\x126\n" +
 	"\x06entity\x18\x01 \x01(\v2\x1e.statemesh.consensus.v1.EntityR\x06entity\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\fR\acommand\x12\x1d\n" +
@@ -1288,51 +1373,53 @@ func file_consensus_v1_consensus_proto_rawDescGZIP() []byte {
 }
 
 var file_consensus_v1_consensus_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_consensus_v1_consensus_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_consensus_v1_consensus_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_consensus_v1_consensus_proto_goTypes = []any{
 	(Code)(0),                    // 0: statemesh.consensus.v1.Code
 	(ValueRequest_Op)(0),         // 1: statemesh.consensus.v1.ValueRequest.Op
 	(*Entity)(nil),               // 2: statemesh.consensus.v1.Entity
 	(*Entry)(nil),                // 3: statemesh.consensus.v1.Entry
-	(*Append)(nil),               // 4: statemesh.consensus.v1.Append
-	(*PutValue)(nil),             // 5: statemesh.consensus.v1.PutValue
-	(*DeleteValue)(nil),          // 6: statemesh.consensus.v1.DeleteValue
-	(*Result)(nil),               // 7: statemesh.consensus.v1.Result
-	(*CommandRequest)(nil),       // 8: statemesh.consensus.v1.CommandRequest
-	(*CommandResponse)(nil),      // 9: statemesh.consensus.v1.CommandResponse
-	(*ValueRequest)(nil),         // 10: statemesh.consensus.v1.ValueRequest
-	(*ValueResponse)(nil),        // 11: statemesh.consensus.v1.ValueResponse
-	(*LoadRequest)(nil),          // 12: statemesh.consensus.v1.LoadRequest
-	(*LoadResponse)(nil),         // 13: statemesh.consensus.v1.LoadResponse
-	(*StartReplicaRequest)(nil),  // 14: statemesh.consensus.v1.StartReplicaRequest
-	(*StartReplicaResponse)(nil), // 15: statemesh.consensus.v1.StartReplicaResponse
+	(*Batch)(nil),                // 4: statemesh.consensus.v1.Batch
+	(*Append)(nil),               // 5: statemesh.consensus.v1.Append
+	(*PutValue)(nil),             // 6: statemesh.consensus.v1.PutValue
+	(*DeleteValue)(nil),          // 7: statemesh.consensus.v1.DeleteValue
+	(*Result)(nil),               // 8: statemesh.consensus.v1.Result
+	(*CommandRequest)(nil),       // 9: statemesh.consensus.v1.CommandRequest
+	(*CommandResponse)(nil),      // 10: statemesh.consensus.v1.CommandResponse
+	(*ValueRequest)(nil),         // 11: statemesh.consensus.v1.ValueRequest
+	(*ValueResponse)(nil),        // 12: statemesh.consensus.v1.ValueResponse
+	(*LoadRequest)(nil),          // 13: statemesh.consensus.v1.LoadRequest
+	(*LoadResponse)(nil),         // 14: statemesh.consensus.v1.LoadResponse
+	(*StartReplicaRequest)(nil),  // 15: statemesh.consensus.v1.StartReplicaRequest
+	(*StartReplicaResponse)(nil), // 16: statemesh.consensus.v1.StartReplicaResponse
 }
 var file_consensus_v1_consensus_proto_depIdxs = []int32{
 	2,  // 0: statemesh.consensus.v1.Entry.entity:type_name -> statemesh.consensus.v1.Entity
-	4,  // 1: statemesh.consensus.v1.Entry.append:type_name -> statemesh.consensus.v1.Append
-	5,  // 2: statemesh.consensus.v1.Entry.put_value:type_name -> statemesh.consensus.v1.PutValue
-	6,  // 3: statemesh.consensus.v1.Entry.delete_value:type_name -> statemesh.consensus.v1.DeleteValue
-	0,  // 4: statemesh.consensus.v1.Result.code:type_name -> statemesh.consensus.v1.Code
-	2,  // 5: statemesh.consensus.v1.CommandRequest.entity:type_name -> statemesh.consensus.v1.Entity
-	0,  // 6: statemesh.consensus.v1.CommandResponse.code:type_name -> statemesh.consensus.v1.Code
-	2,  // 7: statemesh.consensus.v1.ValueRequest.entity:type_name -> statemesh.consensus.v1.Entity
-	1,  // 8: statemesh.consensus.v1.ValueRequest.op:type_name -> statemesh.consensus.v1.ValueRequest.Op
-	0,  // 9: statemesh.consensus.v1.ValueResponse.code:type_name -> statemesh.consensus.v1.Code
-	2,  // 10: statemesh.consensus.v1.LoadRequest.entity:type_name -> statemesh.consensus.v1.Entity
-	0,  // 11: statemesh.consensus.v1.LoadResponse.code:type_name -> statemesh.consensus.v1.Code
-	8,  // 12: statemesh.consensus.v1.Consensus.Command:input_type -> statemesh.consensus.v1.CommandRequest
-	10, // 13: statemesh.consensus.v1.Consensus.Value:input_type -> statemesh.consensus.v1.ValueRequest
-	12, // 14: statemesh.consensus.v1.Consensus.Load:input_type -> statemesh.consensus.v1.LoadRequest
-	14, // 15: statemesh.consensus.v1.Consensus.StartReplica:input_type -> statemesh.consensus.v1.StartReplicaRequest
-	9,  // 16: statemesh.consensus.v1.Consensus.Command:output_type -> statemesh.consensus.v1.CommandResponse
-	11, // 17: statemesh.consensus.v1.Consensus.Value:output_type -> statemesh.consensus.v1.ValueResponse
-	13, // 18: statemesh.consensus.v1.Consensus.Load:output_type -> statemesh.consensus.v1.LoadResponse
-	15, // 19: statemesh.consensus.v1.Consensus.StartReplica:output_type -> statemesh.consensus.v1.StartReplicaResponse
-	16, // [16:20] is the sub-list for method output_type
-	12, // [12:16] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	5,  // 1: statemesh.consensus.v1.Entry.append:type_name -> statemesh.consensus.v1.Append
+	6,  // 2: statemesh.consensus.v1.Entry.put_value:type_name -> statemesh.consensus.v1.PutValue
+	7,  // 3: statemesh.consensus.v1.Entry.delete_value:type_name -> statemesh.consensus.v1.DeleteValue
+	4,  // 4: statemesh.consensus.v1.Entry.batch:type_name -> statemesh.consensus.v1.Batch
+	0,  // 5: statemesh.consensus.v1.Result.code:type_name -> statemesh.consensus.v1.Code
+	2,  // 6: statemesh.consensus.v1.CommandRequest.entity:type_name -> statemesh.consensus.v1.Entity
+	0,  // 7: statemesh.consensus.v1.CommandResponse.code:type_name -> statemesh.consensus.v1.Code
+	2,  // 8: statemesh.consensus.v1.ValueRequest.entity:type_name -> statemesh.consensus.v1.Entity
+	1,  // 9: statemesh.consensus.v1.ValueRequest.op:type_name -> statemesh.consensus.v1.ValueRequest.Op
+	0,  // 10: statemesh.consensus.v1.ValueResponse.code:type_name -> statemesh.consensus.v1.Code
+	2,  // 11: statemesh.consensus.v1.LoadRequest.entity:type_name -> statemesh.consensus.v1.Entity
+	0,  // 12: statemesh.consensus.v1.LoadResponse.code:type_name -> statemesh.consensus.v1.Code
+	9,  // 13: statemesh.consensus.v1.Consensus.Command:input_type -> statemesh.consensus.v1.CommandRequest
+	11, // 14: statemesh.consensus.v1.Consensus.Value:input_type -> statemesh.consensus.v1.ValueRequest
+	13, // 15: statemesh.consensus.v1.Consensus.Load:input_type -> statemesh.consensus.v1.LoadRequest
+	15, // 16: statemesh.consensus.v1.Consensus.StartReplica:input_type -> statemesh.consensus.v1.StartReplicaRequest
+	10, // 17: statemesh.consensus.v1.Consensus.Command:output_type -> statemesh.consensus.v1.CommandResponse
+	12, // 18: statemesh.consensus.v1.Consensus.Value:output_type -> statemesh.consensus.v1.ValueResponse
+	14, // 19: statemesh.consensus.v1.Consensus.Load:output_type -> statemesh.consensus.v1.LoadResponse
+	16, // 20: statemesh.consensus.v1.Consensus.StartReplica:output_type -> statemesh.consensus.v1.StartReplicaResponse
+	17, // [17:21] is the sub-list for method output_type
+	13, // [13:17] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_consensus_v1_consensus_proto_init() }
@@ -1344,6 +1431,7 @@ func file_consensus_v1_consensus_proto_init() {
 		(*Entry_Append)(nil),
 		(*Entry_PutValue)(nil),
 		(*Entry_DeleteValue)(nil),
+		(*Entry_Batch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1351,7 +1439,7 @@ func file_consensus_v1_consensus_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_consensus_v1_consensus_proto_rawDesc), len(file_consensus_v1_consensus_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
