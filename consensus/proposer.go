@@ -25,9 +25,10 @@ const maxProposalsInFlight = 2
 const batchBytes = MaxEntryBytes - 1024
 
 // proposer is one shard's proposal queue on this node: group commit over
-// Raft. The goroutine whose operation finds a free slot proposes
-// everything queued so far and waits for it; a proposal that completes
-// with more queued starts the next one.
+// Raft. An operation that finds a free slot starts a proposal of
+// everything queued so far; a proposal that completes with more queued
+// starts the next one. Each caller waits for its own result or its own
+// deadline, whichever comes first.
 type proposer struct {
 	h     *Host
 	shard uint64
@@ -39,11 +40,12 @@ type proposer struct {
 
 // proposal is one operation waiting for its result.
 type proposal struct {
-	data  []byte // the encoded Entry
-	taken bool   // in a proposal already (guarded by proposer.mu)
-	done  chan struct{}
-	res   *consensuspb.Result
-	err   error
+	data     []byte    // the encoded Entry
+	deadline time.Time // the caller's
+	taken    bool      // in a proposal already (guarded by proposer.mu)
+	done     chan struct{}
+	res      *consensuspb.Result
+	err      error
 }
 
 func newProposer(h *Host, shard uint64) *proposer {
@@ -53,20 +55,21 @@ func newProposer(h *Host, shard uint64) *proposer {
 // submit proposes an encoded Entry (at most MaxEntryBytes) and returns
 // the state machine's result for it. Errors are classified as for a
 // single proposal: ErrUnavailable (not applied), ErrTimeout (unknown),
-// ErrClosed. The caller must hold Host.enter.
+// ErrClosed. ctx must have a deadline; the caller must hold Host.enter
+// (the proposal it may start is counted in the Host's wait group).
 func (q *proposer) submit(ctx context.Context, data []byte) (*consensuspb.Result, error) {
-	p := &proposal{data: data, done: make(chan struct{})}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(q.h.cfg.OpTimeout)
+	}
+	p := &proposal{data: data, deadline: deadline, done: make(chan struct{})}
 	q.mu.Lock()
 	q.queue = append(q.queue, p)
-	var batch []*proposal
 	if q.inFlight < maxProposalsInFlight {
 		q.inFlight++
-		batch = q.takeLocked()
+		q.start(q.takeLocked())
 	}
 	q.mu.Unlock()
-	if batch != nil {
-		q.run(batch)
-	}
 	select {
 	case <-p.done:
 		return p.res, p.err
@@ -109,24 +112,23 @@ func (q *proposer) takeLocked() []*proposal {
 	return batch
 }
 
-// run proposes a batch and hands each operation its result, then starts
-// the next proposal if operations queued meanwhile, else frees the slot.
-func (q *proposer) run(batch []*proposal) {
-	q.propose(batch)
-	q.mu.Lock()
-	if len(q.queue) == 0 {
-		q.inFlight--
-		q.mu.Unlock()
-		return
-	}
-	next := q.takeLocked()
-	q.mu.Unlock()
-	// The Host's wait group still counts this goroutine's operation (or
-	// the goroutine that started it), so Add cannot race Close's Wait.
+// start runs a proposal of batch in the background: it hands each
+// operation its result, then starts the next proposal if operations
+// queued meanwhile, else frees the slot. It is called with q.mu held by a
+// caller that holds Host.enter, or by a proposal that is itself counted,
+// so the wait group's Add cannot race Close's Wait.
+func (q *proposer) start(batch []*proposal) {
 	q.h.wg.Add(1)
 	go func() {
 		defer q.h.wg.Done()
-		q.run(next)
+		q.propose(batch)
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		if len(q.queue) == 0 {
+			q.inFlight--
+			return
+		}
+		q.start(q.takeLocked())
 	}()
 }
 
@@ -154,8 +156,16 @@ func (q *proposer) propose(batch []*proposal) {
 			return
 		}
 	}
+	// Within the latest of the callers' deadlines: a caller that gives up
+	// earlier stops waiting on its own.
+	deadline := batch[0].deadline
+	for _, p := range batch[1:] {
+		if p.deadline.After(deadline) {
+			deadline = p.deadline
+		}
+	}
 	h := q.h
-	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.OpTimeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	start := time.Now()
 	r, err := h.nh.SyncPropose(ctx, h.nh.GetNoOPSession(q.shard), data)

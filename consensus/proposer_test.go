@@ -48,7 +48,7 @@ func TestProposerCancelledOperation(t *testing.T) {
 	q := newProposer(nil, 1)
 	q.inFlight = maxProposalsInFlight // every slot busy: operations queue
 
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	cancel()
 	if _, err := q.submit(ctx, []byte("x")); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("cancelled while queued: %v, want ErrUnavailable", err)
@@ -57,7 +57,7 @@ func TestProposerCancelledOperation(t *testing.T) {
 		t.Fatalf("%d operations left in the queue", len(q.queue))
 	}
 
-	ctx, cancel = context.WithCancel(context.Background())
+	ctx, cancel = context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
