@@ -38,8 +38,12 @@ type Host struct {
 	// locks serialise commands on one entity on this node (striped), so
 	// that a node's own concurrent commands do not conflict with each
 	// other; commands arriving through other nodes are still correct
-	// through the expected sequence number.
-	locks [256]sync.Mutex
+	// through the expected sequence number. A command holds its stripe
+	// for a whole Raft round, so stripes are many: with 256, some 40
+	// commands in flight on a leader (bench consensus, 128 clients) make
+	// about one in twelve wait behind an unrelated entity's, by the
+	// birthday estimate (32 KiB of mutexes per Host).
+	locks [lockStripes]sync.Mutex
 	// startMu serialises StartReplica requests.
 	startMu sync.Mutex
 	cache   *entityCache

@@ -554,10 +554,13 @@ func classify(err error) error {
 	}
 }
 
+// lockStripes is the number of entity lock stripes per Host.
+const lockStripes = 4096
+
 func lockIndex(e Entity) int {
 	h := fnv.New32a()
 	h.Write([]byte(e.Type))
 	h.Write([]byte{0})
 	h.Write([]byte(e.ID))
-	return int(h.Sum32() % 256)
+	return int(h.Sum32() % lockStripes)
 }
