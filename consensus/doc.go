@@ -69,7 +69,7 @@
 // index. Without load an operation is proposed at once, alone; under load
 // the Raft round, log write, replication and apply transaction are shared
 // (in bench consensus at 128 clients, about 3.5 operations per proposal
-// with 8 shards and 20 with one). A batch changes no outcome: one
+// with 8 shards and 23 with one). A batch changes no outcome: one
 // operation's conflict or refusal does not affect the others, and every
 // replica of a shard must run a version that knows batches (an older one
 // would apply a batch as an invalid entry).

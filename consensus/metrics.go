@@ -12,7 +12,7 @@ type metrics struct {
 	placement      *prometheus.CounterVec
 	readSeconds    prometheus.Histogram
 	proposeSeconds prometheus.Histogram
-	batchEntries   prometheus.Histogram
+	proposalOps    prometheus.Histogram
 }
 
 func newMetrics(r prometheus.Registerer) *metrics {
@@ -32,12 +32,12 @@ func newMetrics(r prometheus.Registerer) *metrics {
 			Help: "Linearizable reads on local replicas.", Buckets: buckets}),
 		proposeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "statemesh_consensus_propose_seconds",
 			Help: "Proposals on local replicas, until applied.", Buckets: buckets}),
-		batchEntries: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "statemesh_consensus_proposal_operations",
+		proposalOps: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "statemesh_consensus_proposal_operations",
 			Help:    "Operations per proposal (more than one: a batch of operations that queued while earlier proposals were in flight).",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 9)}), // 1 .. 256
 	}
 	if r != nil {
-		r.MustRegister(m.retries, m.forwards, m.duplicates, m.conflicts, m.placement, m.readSeconds, m.proposeSeconds, m.batchEntries)
+		r.MustRegister(m.retries, m.forwards, m.duplicates, m.conflicts, m.placement, m.readSeconds, m.proposeSeconds, m.proposalOps)
 	}
 	return m
 }

@@ -524,9 +524,6 @@ func (h *Host) propose(ctx context.Context, shard uint64, entry *consensuspb.Ent
 	if len(b) > MaxEntryBytes {
 		return nil, wrapf(ErrInvalid, "entry of %d bytes exceeds %d", len(b), MaxEntryBytes)
 	}
-	if shard < 1 || shard > uint64(len(h.proposers)) {
-		return nil, wrapf(ErrInvalid, "shard %d of %d", shard, len(h.proposers))
-	}
 	pctx, cancel := h.opContext(ctx)
 	defer cancel()
 	return h.proposers[shard-1].submit(pctx, b)

@@ -55,13 +55,11 @@ func newProposer(h *Host, shard uint64) *proposer {
 // submit proposes an encoded Entry (at most MaxEntryBytes) and returns
 // the state machine's result for it. Errors are classified as for a
 // single proposal: ErrUnavailable (not applied), ErrTimeout (unknown),
-// ErrClosed. ctx must have a deadline; the caller must hold Host.enter
-// (the proposal it may start is counted in the Host's wait group).
+// ErrClosed. ctx must have a deadline (Host.opContext gives one); the
+// caller must hold Host.enter (the proposal it may start is counted in
+// the Host's wait group).
 func (q *proposer) submit(ctx context.Context, data []byte) (*consensuspb.Result, error) {
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(q.h.cfg.OpTimeout)
-	}
+	deadline, _ := ctx.Deadline()
 	p := &proposal{data: data, deadline: deadline, done: make(chan struct{})}
 	q.mu.Lock()
 	q.queue = append(q.queue, p)
@@ -170,7 +168,7 @@ func (q *proposer) propose(batch []*proposal) {
 	start := time.Now()
 	r, err := h.nh.SyncPropose(ctx, h.nh.GetNoOPSession(q.shard), data)
 	h.met.proposeSeconds.Observe(time.Since(start).Seconds())
-	h.met.batchEntries.Observe(float64(len(batch)))
+	h.met.proposalOps.Observe(float64(len(batch)))
 	if err != nil {
 		fail(wrapf(classify(err), "shard %d propose: %v", q.shard, err))
 		return

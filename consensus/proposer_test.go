@@ -119,7 +119,7 @@ func TestConcurrentCommandsBatched(t *testing.T) {
 		t.Fatal(err)
 	}
 	var m dto.Metric
-	if err := leader.h.met.batchEntries.Write(&m); err != nil {
+	if err := leader.h.met.proposalOps.Write(&m); err != nil {
 		t.Fatal(err)
 	}
 	proposals, ops := m.Histogram.GetSampleCount(), m.Histogram.GetSampleSum()

@@ -118,11 +118,11 @@ func (m *stateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 // the store failed and the shard must stop.
 func (m *stateMachine) apply(tx *eventlog.ShardTxn, e *sm.Entry) (sm.Result, error) {
 	if len(e.Cmd) > MaxEntryBytes {
-		return m.result(invalidResult("entry of %d bytes exceeds %d", len(e.Cmd), MaxEntryBytes), e.Index)
+		return refused(invalidResult("entry of %d bytes exceeds %d", len(e.Cmd), MaxEntryBytes), e.Index)
 	}
 	var ent consensuspb.Entry
 	if err := proto.Unmarshal(e.Cmd, &ent); err != nil {
-		return m.result(invalidResult("entry does not decode: %v", err), e.Index)
+		return refused(invalidResult("entry does not decode: %v", err), e.Index)
 	}
 	if b, ok := ent.Op.(*consensuspb.Entry_Batch); ok {
 		return m.applyBatch(tx, e.Index, b.Batch)
@@ -135,14 +135,14 @@ func (m *stateMachine) apply(tx *eventlog.ShardTxn, e *sm.Entry) (sm.Result, err
 }
 
 // applyBatch applies a batch's entries in order, each as an entry of its
-// own at index, and returns their encoded results in one Result. A batch
-// that is empty, too long, or holds an entry that is not a single
-// operation is applied as far as its entries are valid: each invalid one
-// gets an invalid result and the others are applied, so that one bad
-// operation does not fail the commands batched with it.
+// own at index, and returns their encoded results in one Result. An empty
+// or too long batch is refused as a whole. Within a batch, an entry that
+// does not decode or is itself a batch gets an invalid result and the
+// others are applied, so that one bad operation does not fail the
+// commands batched with it.
 func (m *stateMachine) applyBatch(tx *eventlog.ShardTxn, index uint64, b *consensuspb.Batch) (sm.Result, error) {
 	if len(b.Entries) == 0 || len(b.Entries) > MaxBatchEntries {
-		return m.result(invalidResult("batch of %d entries (1 to %d)", len(b.Entries), MaxBatchEntries), index)
+		return refused(invalidResult("batch of %d entries (1 to %d)", len(b.Entries), MaxBatchEntries), index)
 	}
 	out := &consensuspb.Result{Code: consensuspb.Code_CODE_OK, Index: index, Results: make([][]byte, len(b.Entries))}
 	for i, raw := range b.Entries {
@@ -168,8 +168,9 @@ func (m *stateMachine) applyBatch(tx *eventlog.ShardTxn, index uint64, b *consen
 	return sm.Result{Value: uint64(consensuspb.Code_CODE_OK), Data: data}, nil
 }
 
-// result encodes a result that records nothing.
-func (m *stateMachine) result(r *consensuspb.Result, index uint64) (sm.Result, error) {
+// refused encodes the result of an entry refused as a whole: it records
+// nothing.
+func refused(r *consensuspb.Result, index uint64) (sm.Result, error) {
 	data, err := encodeResult(r, index)
 	if err != nil {
 		return sm.Result{}, err

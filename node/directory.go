@@ -25,11 +25,12 @@ type meshView interface {
 //
 // A mesh replica (name, incarnation) removed for good removes its Raft
 // replica only once, for removalGrace, no incarnation seen with the same
-// Raft replica id has been outside the removed ones. A node restarted after a crash
-// keeps its data directory, hence its Raft replica id, under a new mesh
-// incarnation, and removes its previous incarnation itself as it starts;
-// that removal may reach this node before the new incarnation's metadata
-// does, and must not cost the node its Raft replicas.
+// Raft replica id has been outside the removed ones. A node restarted
+// after a crash keeps its data directory, hence its Raft replica id,
+// under a new mesh incarnation, and removes its previous incarnation
+// itself as it starts; that removal may reach this node before the new
+// incarnation's metadata does, and must not cost the node its Raft
+// replicas.
 type directory struct {
 	m    meshView
 	self consensus.Member
@@ -130,6 +131,7 @@ func (d *directory) refresh() {
 		for inc, other := range d.mu.seen[r.Node] {
 			if other == id && !isRemoved[crdt.ReplicaID{Node: r.Node, Incarnation: inc}] {
 				claimed = true
+				break
 			}
 		}
 		if !claimed {
