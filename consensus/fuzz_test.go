@@ -34,6 +34,13 @@ func FuzzStateMachineEntry(f *testing.F) {
 		{0xff, 0x01},
 		valid(&consensuspb.Entry{Op: &consensuspb.Entry_Batch{Batch: &consensuspb.Batch{}}}),
 	}}}}))
+	// The same request in two batches: in the second it is a duplicate,
+	// whose result keeps the first one's index.
+	put := func(id string) []byte {
+		return valid(&consensuspb.Entry{RequestId: []byte(id), Entity: ent, Op: &consensuspb.Entry_PutValue{PutValue: &consensuspb.PutValue{State: []byte(id)}}})
+	}
+	f.Add(valid(&consensuspb.Entry{Op: &consensuspb.Entry_Batch{Batch: &consensuspb.Batch{Entries: [][]byte{put("r9")}}}}))
+	f.Add(valid(&consensuspb.Entry{Op: &consensuspb.Entry_Batch{Batch: &consensuspb.Batch{Entries: [][]byte{put("r10"), put("r9")}}}}))
 	f.Add([]byte{0xff, 0x01})
 	f.Add([]byte{})
 
@@ -73,8 +80,9 @@ func FuzzStateMachineEntry(f *testing.F) {
 			if err := proto.Unmarshal(b, &sub); err != nil {
 				t.Fatalf("batch result %d does not decode: %v", i, err)
 			}
-			if _, known := consensuspb.Code_name[int32(sub.Code)]; !known || sub.Index != index {
-				t.Fatalf("batch result %d: code %d at index %d (entry %d)", i, sub.Code, sub.Index, index)
+			// A duplicate keeps the index its request was first applied at.
+			if _, known := consensuspb.Code_name[int32(sub.Code)]; !known || (!sub.Duplicate && sub.Index != index) {
+				t.Fatalf("batch result %d: code %d at index %d (entry %d, duplicate %v)", i, sub.Code, sub.Index, index, sub.Duplicate)
 			}
 		}
 		if applied, err := shard.Applied(); err != nil || applied != index {
