@@ -12,6 +12,12 @@
 // Redis client becomes a dependency. The register's Set (event-sourced,
 // through Raft) is measured alone, with no baseline.
 //
+// Two reference systems (Floor) measure gRPC alone on the same machine
+// in the same run: a bare Counter server (one hop), and a bare relay to
+// a bare function server (two hops, as the proxy's path). They are the
+// floor under statemesh-grpc's cost, and show how much of the gap to
+// Redis is the transport the product is built on.
+//
 // The startup benchmark (Startup) times `statemesh node` child processes
 // from exec to their first successful Increment through the proxy.
 package proxybench
@@ -23,6 +29,9 @@ const (
 	SystemRedis    = "redis"
 	SystemRegister = "register-grpc"
 	SystemCart     = "cart-grpc"
+	// The floors (floor.go): gRPC alone, one hop and two.
+	SystemEcho  = "grpc-echo"
+	SystemRelay = "grpc-relay"
 )
 
 // Method paths of the example functions, as the proxy serves them over

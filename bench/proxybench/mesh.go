@@ -197,9 +197,10 @@ func FreeAddr() string {
 }
 
 // GRPCTarget sends, through the nodes' gRPC endpoints, counter
-// Increments (LOCAL) for SystemGRPC, register Sets for SystemRegister, or
-// cart AddItems for SystemCart: one grpc.ClientConn per node, client c
-// using node c mod n.
+// Increments (LOCAL) for SystemGRPC (and to the floor's servers for
+// SystemEcho and SystemRelay), register Sets for SystemRegister, or cart
+// AddItems for SystemCart: one grpc.ClientConn per node, client c using
+// node c mod n.
 type GRPCTarget struct {
 	name  string
 	conns []*grpc.ClientConn
@@ -208,10 +209,10 @@ type GRPCTarget struct {
 var _ consensusbench.Target = (*GRPCTarget)(nil)
 
 // NewGRPCTarget connects to addrs (lazily, as grpc.NewClient does); name
-// is SystemGRPC, SystemRegister or SystemCart.
+// is SystemGRPC, SystemRegister, SystemCart, SystemEcho or SystemRelay.
 func NewGRPCTarget(name string, addrs []string) (*GRPCTarget, error) {
 	switch name {
-	case SystemGRPC, SystemRegister, SystemCart:
+	case SystemGRPC, SystemRegister, SystemCart, SystemEcho, SystemRelay:
 	default:
 		return nil, fmt.Errorf("proxybench: no gRPC target %q", name)
 	}

@@ -14,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/statemesh/statemesh/bench/consensusbench"
+	"github.com/statemesh/statemesh/examples/counter/counterpb"
 )
 
 func TestAppendCommand(t *testing.T) {
@@ -236,6 +240,44 @@ func TestMeshShortRun(t *testing.T) {
 	}
 }
 
+// TestFloor checks the floors count what they are sent: each echo
+// server and each relay (through its function) keeps one count per id.
+func TestFloor(t *testing.T) {
+	f, err := StartFloor(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, sys := range []struct {
+		name  string
+		addrs []string
+	}{{SystemEcho, f.EchoAddrs()}, {SystemRelay, f.RelayAddrs()}} {
+		conn, err := grpc.NewClient(sys.addrs[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		c := counterpb.NewCounterClient(conn)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for i, step := range []struct {
+			id          string
+			value, want int64
+		}{{"a", 1, 1}, {"a", 2, 3}, {"b", 5, 5}, {"a", -1, 2}} {
+			got, err := c.Increment(ctx, &counterpb.ChangeRequest{Id: step.id, Value: step.value})
+			if err != nil || got.GetValue() != step.want {
+				t.Errorf("%s step %d: Increment(%s, %d) = %v, %v; want %d", sys.name, i, step.id, step.value, got, err, step.want)
+			}
+		}
+		tg, err := NewGRPCTarget(sys.name, sys.addrs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tg.Close()
+		checkRun(t, tg, shortLoad(4))
+	}
+}
+
 func TestRedisShortRun(t *testing.T) {
 	if _, err := FindRedis(); err != nil {
 		t.Skip("redis-server not installed (apt-get install redis-server):", err)
@@ -259,6 +301,7 @@ func TestJudgeAndReport(t *testing.T) {
 		{System: SystemGRPC, Clients: 64, OpsPerSec: 30000},
 		{System: SystemHTTP, Clients: 64, OpsPerSec: 20000},
 		{System: SystemCart, Clients: 16, OpsPerSec: 800},
+		{System: SystemRelay, Clients: 64, OpsPerSec: 40000},
 	}
 	v := Judge(rows)
 	if !v.Measured || !v.Met || v.Ratio < 0.33 || v.Ratio > 0.34 {
@@ -280,13 +323,13 @@ func TestJudgeAndReport(t *testing.T) {
 	for _, r := range rows {
 		order = append(order, r.System)
 	}
-	if want := []string{SystemGRPC, SystemHTTP, SystemRedis, SystemRegister, SystemCart}; !reflect.DeepEqual(order, want) {
+	if want := []string{SystemGRPC, SystemHTTP, SystemRedis, SystemRelay, SystemRegister, SystemCart}; !reflect.DeepEqual(order, want) {
 		t.Errorf("SortRows: %v; want %v", order, want)
 	}
 	var md, svg bytes.Buffer
 	RenderMarkdown(&md, rows, Meta{Command: "statemesh bench proxy", SVG: "proxy.svg"})
 	WriteSVG(&svg, rows)
-	for _, s := range []string{"| statemesh-grpc | 64 | 20000 |", "NOT met", "proxy.svg", "cart"} {
+	for _, s := range []string{"| statemesh-grpc | 64 | 20000 |", "NOT met", "proxy.svg", "cart", "grpc-relay / redis throughput: 0.44", "statemesh-grpc / grpc-relay throughput: 0.50", "**grpc-relay** (a floor"} {
 		if !strings.Contains(md.String(), s) {
 			t.Errorf("report lacks %q:\n%s", s, md.String())
 		}

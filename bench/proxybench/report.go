@@ -89,13 +89,39 @@ func WriteTable(w io.Writer, rows []consensusbench.Row) {
 	if v := Judge(rows); v.Measured {
 		fmt.Fprintf(w, "\nstatemesh-grpc / redis throughput: %.2f (%s)\n", v.Ratio, v.Text)
 	}
+	for _, f := range FloorRatios(rows) {
+		fmt.Fprintln(w, f)
+	}
+}
+
+// FloorRatios are the report's lines on the floors, for those that ran:
+// each floor's throughput over Redis's (the most gRPC alone allows, one
+// hop and two), and statemesh-grpc's over the two-hop floor's (what the
+// proxy's own work costs on top of the transport).
+func FloorRatios(rows []consensusbench.Row) []string {
+	ops := map[string]float64{}
+	for _, x := range rows {
+		ops[x.System] = x.OpsPerSec
+	}
+	var lines []string
+	if rd := ops[SystemRedis]; rd > 0 {
+		for _, f := range []string{SystemEcho, SystemRelay} {
+			if v, ok := ops[f]; ok {
+				lines = append(lines, fmt.Sprintf("%s / redis throughput: %.2f", f, v/rd))
+			}
+		}
+	}
+	if rl, sm := ops[SystemRelay], ops[SystemGRPC]; rl > 0 && sm > 0 {
+		lines = append(lines, fmt.Sprintf("statemesh-grpc / grpc-relay throughput: %.2f", sm/rl))
+	}
+	return lines
 }
 
 // SortRows orders rows as the report shows them: the counter systems,
-// then the register, then the cart.
+// the floors, then the register, then the cart.
 func SortRows(rows []consensusbench.Row) {
 	rank := func(s string) int {
-		return cmp.Or(slices.Index([]string{SystemGRPC, SystemHTTP, SystemRedis, SystemRegister, SystemCart}, s)+1, 99)
+		return cmp.Or(slices.Index([]string{SystemGRPC, SystemHTTP, SystemRedis, SystemEcho, SystemRelay, SystemRegister, SystemCart}, s)+1, 99)
 	}
 	slices.SortStableFunc(rows, func(a, b consensusbench.Row) int {
 		return cmp.Or(cmp.Compare(rank(a.System), rank(b.System)), cmp.Compare(a.Clients, b.Clients))
@@ -113,6 +139,16 @@ func RenderMarkdown(w io.Writer, rows []consensusbench.Row, meta Meta) {
 	fmt.Fprintf(w, "- **statemesh-grpc**: `Counter/Increment` (value 1, consistency LOCAL) through the nodes' gRPC endpoints, one `grpc.ClientConn` per node shared by its clients.\n")
 	fmt.Fprintf(w, "- **statemesh-http**: the same through the HTTP/JSON fallback route `POST %s`, keep-alive connections (up to one idle per client per node).\n", MethodIncrement)
 	fmt.Fprintf(w, "- **redis**: `INCR` on the same keys, one connection per client, RESP spoken by hand; redis-server with no persistence (`--save \"\" --appendonly no`), as a LOCAL increment is acknowledged before any replication.\n")
+	ran := map[string]float64{}
+	for _, x := range rows {
+		ran[x.System] = x.OpsPerSec
+	}
+	if _, ok := ran[SystemEcho]; ok {
+		fmt.Fprintf(w, "- **grpc-echo** (a floor, not a design): the same `Counter/Increment` calls to 3 bare gRPC servers of the counter service in this process, each adding to an in-memory map, with the proxy's server options: the client → node hop alone.\n")
+	}
+	if _, ok := ran[SystemRelay]; ok {
+		fmt.Fprintf(w, "- **grpc-relay** (a floor, not a design): the same calls to 3 bare gRPC servers that relay each one, as the proxy does, over one `Crdt.Handle` stream per counter id to a bare function server (in-memory count, no SDK): both hops, client → node → function, with no state, replication or checks.\n")
+	}
 	fmt.Fprintf(w, "- **register-grpc**: the event-sourced register's `Register/Set` through gRPC (linearizable: a Raft write), %d clients, no baseline.\n", firstOr(r.Clients, 0))
 	fmt.Fprintf(w, "- **cart-grpc**: the event-sourced shopping cart's `Cart/AddItem` (one more of one of 10 products: every command loads the cart, runs the function's handler and appends one event through Raft), %d clients, no baseline.\n\n", firstOr(ct.Clients, 0))
 	fmt.Fprintf(w, "- Command: `%s`\n- Machine: %s\n- Load average before the run: %s; after: %s\n- Date: %s\n", meta.Command, meta.Machine, cmp.Or(meta.LoadBefore, "unknown"), cmp.Or(meta.LoadAfter, "unknown"), meta.Date)
@@ -122,6 +158,9 @@ func RenderMarkdown(w io.Writer, rows []consensusbench.Row, meta Meta) {
 	v := Judge(rows)
 	if v.Measured {
 		fmt.Fprintf(w, "- statemesh-grpc / redis throughput: **%.2f**\n", v.Ratio)
+	}
+	for _, f := range FloorRatios(rows) {
+		fmt.Fprintf(w, "- %s\n", f)
 	}
 	if v.Met {
 		fmt.Fprintf(w, "- Target (at least a third of Redis's throughput through gRPC): **met**\n")
@@ -196,7 +235,7 @@ func oneLine(s string) string {
 // (medians over the rounds).
 func WriteSVG(w io.Writer, rows []consensusbench.Row) {
 	const left, top, width, barH, gap = 110, 50, 300, 26, 140
-	colors := map[string]string{SystemGRPC: "#1f77b4", SystemHTTP: "#17becf", SystemRedis: "#d62728", SystemRegister: "#2ca02c", SystemCart: "#9467bd"}
+	colors := map[string]string{SystemGRPC: "#1f77b4", SystemHTTP: "#17becf", SystemRedis: "#d62728", SystemEcho: "#bbbbbb", SystemRelay: "#888888", SystemRegister: "#2ca02c", SystemCart: "#9467bd"}
 	height := len(rows)*(barH+10) + 10
 	fmt.Fprintf(w, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">`+"\n", 2*left+2*width+gap-60, top+height+30)
 	fmt.Fprintf(w, `<text x="10" y="18" font-size="14">Requests through a statemesh node vs Redis INCR: req/s and p99 (medians over rounds)</text>`+"\n")

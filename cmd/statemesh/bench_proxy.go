@@ -41,6 +41,7 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&counter.Load.Keys, "keys", counter.Load.Keys, "distinct counter ids (Redis keys, register ids), each request to one at random")
 	fs.Int64Var(&counter.Load.Seed, "seed", counter.Load.Seed, "seed of the id sequence (round r uses seed + r - 1)")
 	withHTTP := fs.Bool("http", true, "run the HTTP/JSON counter increments (statemesh-http)")
+	withFloor := fs.Bool("floor", true, "run the floors: grpc-echo (a bare gRPC counter server) and grpc-relay (a bare relay to a bare function server), gRPC alone in this process")
 	withRedis := fs.Bool("redis", true, "run the Redis baseline (needs redis-server: apt-get install redis-server)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (nodes, functions and clients share the process) to this file")
 	dir := fs.String("dir", "", "directory for the nodes' and Redis's data (removed) and logs (kept); default: a new temporary directory")
@@ -128,6 +129,24 @@ func benchProxy(args []string, stdout, stderr io.Writer) int {
 	targets = append(targets, g)
 	if *withHTTP {
 		targets = append(targets, proxybench.NewHTTPTarget(m.HTTPAddrs(), counter.Clients[0]))
+	}
+	if *withFloor {
+		f, err := proxybench.StartFloor(3)
+		if err != nil {
+			return fail(err)
+		}
+		defer f.Close()
+		for _, t := range []struct {
+			name  string
+			addrs []string
+		}{{proxybench.SystemEcho, f.EchoAddrs()}, {proxybench.SystemRelay, f.RelayAddrs()}} {
+			ft, err := proxybench.NewGRPCTarget(t.name, t.addrs)
+			if err != nil {
+				return fail(err)
+			}
+			targets = append(targets, ft)
+		}
+		progress("floors: grpc-echo on %s, grpc-relay on %s", strings.Join(f.EchoAddrs(), " "), strings.Join(f.RelayAddrs(), " "))
 	}
 	var redis *proxybench.Redis
 	if *withRedis {
