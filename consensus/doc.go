@@ -24,7 +24,9 @@
 // it leads). The defaults (10ms, 5, 50) suit loopback and LAN; across
 // regions set RTT near the real round trip. Dragonboat's LogDB uses its
 // "tiny" configuration (about 256 MB of memory at most), sized for small
-// machines.
+// machines. Config.RaftTLS runs the Raft transport over mutual TLS (statemesh
+// node sets it from --tls-cert, --tls-key and --tls-ca, as the peer
+// service's); without it the transport is plaintext.
 //
 // # The command path
 //

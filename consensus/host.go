@@ -104,6 +104,9 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 		RaftAddress:    cfg.RaftAddress,
 		DeploymentID:   deploymentID(cfg.Cluster),
 	}
+	if t := cfg.RaftTLS; t != nil {
+		nhc.MutualTLS, nhc.CAFile, nhc.CertFile, nhc.KeyFile = true, t.CAFile, t.CertFile, t.KeyFile
+	}
 	nhc.Expert.LogDB = config.GetTinyMemLogDBConfig()
 	// One LogDB shard, so that the Raft entries of every shard on this node
 	// share one write-ahead log and one fsync per batch. Dragonboat's

@@ -80,6 +80,10 @@ type ConsensusConfig struct {
 	Shards, Replicas int
 	// Handlers run commands by entity type, besides the built-in LogType.
 	Handlers map[string]consensus.Handler
+	// RaftTLS runs the Raft transport over mutual TLS (see
+	// consensus.Config.RaftTLS); statemesh node sets it from the same
+	// files as the peer service's TLS.
+	RaftTLS *consensus.RaftTLS
 	// Tweak, if set, edits the consensus config last (tests).
 	Tweak func(*consensus.Config)
 }
@@ -171,6 +175,7 @@ func Start(cfg Config) (*Node, error) {
 		ccfg := consensus.DefaultConfig()
 		ccfg.NodeName, ccfg.Dir, ccfg.DB, ccfg.RaftAddress = mc.Name, filepath.Join(dataDir, "consensus"), n.db, cc.RaftAddr
 		ccfg.Bootstrap, ccfg.Directory, ccfg.Logger, ccfg.Registerer = cc.Bootstrap, n.dir, cfg.Logger, reg
+		ccfg.RaftTLS = cc.RaftTLS
 		if cc.Shards > 0 {
 			ccfg.Shards = cc.Shards
 		}

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/statemesh/statemesh/consensus"
 	"github.com/statemesh/statemesh/mesh"
 	"github.com/statemesh/statemesh/node"
 )
@@ -40,7 +41,7 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 	durability := fs.String("durability", "write-behind", "write-behind or sync (acknowledge local writes after fsync)")
 	preset := fs.String("preset", "lan", "timing preset: lan, wan or local")
 	gossipKey := fs.String("gossip-key", "", "hex-encoded 16, 24 or 32-byte key that encrypts gossip (AES-GCM); every member needs the same")
-	tlsCert := fs.String("tls-cert", "", "PEM certificate for the peer service (mutual TLS; with --tls-key and --tls-ca)")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate for mutual TLS between nodes, on the peer service and the Raft transport (with --tls-key and --tls-ca); it must name the hosts of --peer and --raft")
 	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
 	tlsCA := fs.String("tls-ca", "", "PEM CA bundle: peers must present a certificate it signed")
 	removeDead := fs.Duration("remove-dead-after", 0, "remove members dead for longer than this for good (0: only by hand, statemesh ctl remove-node)")
@@ -121,6 +122,9 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 		if nc.Function.GRPCAddr, err = addrOrOffset(*apiGRPC, *bind, 6); err != nil {
 			return fail("--grpc: %v", err)
 		}
+	}
+	if cfg.TLS != nil {
+		nc.Consensus.RaftTLS = &consensus.RaftTLS{CAFile: *tlsCA, CertFile: *tlsCert, KeyFile: *tlsKey}
 	}
 	if nc.Consensus.RaftAddr, err = addrOrOffset(*raft, *bind, 4); err != nil {
 		return fail("--raft: %v", err)
