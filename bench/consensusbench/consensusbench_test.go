@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -205,6 +206,120 @@ func TestRunPlanAlternatesAndSummarises(t *testing.T) {
 			t.Errorf("rows %+v", rows)
 		}
 	})
+}
+
+// pausableFake is a fakeTarget that can be paused: a write while paused
+// is an error, so a run of a paused target fails its check.
+type pausableFake struct {
+	*fakeTarget
+	mu      sync.Mutex
+	paused  bool
+	pauses  int
+	resumes int
+}
+
+func (f *pausableFake) Pause() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.paused = true
+	f.pauses++
+	return nil
+}
+
+func (f *pausableFake) Resume() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.paused = false
+	f.resumes++
+	return nil
+}
+
+func (f *pausableFake) Write(ctx context.Context, client int, key string, value []byte) error {
+	f.mu.Lock()
+	paused := f.paused
+	f.mu.Unlock()
+	if paused {
+		return fmt.Errorf("%s: written while paused", f.name)
+	}
+	return f.fakeTarget.Write(ctx, client, key, value)
+}
+
+// With PauseIdle, each target runs with the others paused, and every
+// target is running again when RunPlan returns.
+func TestRunPlanPausesIdleTargets(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := &pausableFake{fakeTarget: newFake(SystemStatemesh, constant(time.Millisecond), nil)}
+		b := &pausableFake{fakeTarget: newFake(SystemEtcd, constant(time.Millisecond), nil)}
+		p := Plan{Clients: []int{1, 2}, Repeat: 2, PauseIdle: true, Load: LoadConfig{Keys: 10, ValueBytes: 8, Warmup: 10 * time.Millisecond, Duration: 50 * time.Millisecond, Seed: 1}}
+		// b paused from the start: the plan must resume it for its runs.
+		b.Pause()
+		rs, err := RunPlan(t.Context(), []Target{a, b}, p, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs {
+			if r.Errors != 0 || r.WarmupErrors != 0 || r.Ops == 0 {
+				t.Errorf("%s with %d clients, round %d: %d ops, %d errors (first: %s)", r.System, r.Clients, r.Round, r.Ops, r.Errors, r.FirstError)
+			}
+		}
+		for _, f := range []*pausableFake{a, b} {
+			if f.paused || f.pauses == 0 || f.resumes == 0 {
+				t.Errorf("%s: paused %v at the end, %d pauses, %d resumes", f.name, f.paused, f.pauses, f.resumes)
+			}
+		}
+		// Without PauseIdle nothing is paused or resumed.
+		c := &pausableFake{fakeTarget: newFake(SystemStatemesh, constant(time.Millisecond), nil)}
+		p.PauseIdle = false
+		if _, err := RunPlan(t.Context(), []Target{c}, p, nil); err != nil {
+			t.Fatal(err)
+		}
+		if c.pauses != 0 || c.resumes != 0 {
+			t.Errorf("without PauseIdle: %d pauses, %d resumes", c.pauses, c.resumes)
+		}
+	})
+}
+
+// signalGroups stops and continues real process groups.
+func TestSignalGroupsStopsAndContinues(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	state := func() byte {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := bytes.LastIndexByte(b, ')')
+		return b[i+2]
+	}
+	wait := func(want byte) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for state() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("process state %c; want %c", state(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	pids := []int{cmd.Process.Pid}
+	if err := signalGroups(pids, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	wait('T')
+	if err := signalGroups(pids, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	wait('S')
+	// An exited group is no error.
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if err := signalGroups(pids, syscall.SIGCONT); err != nil {
+		t.Errorf("signalling an exited group: %v", err)
+	}
 }
 
 func TestRowsMedians(t *testing.T) {

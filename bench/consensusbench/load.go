@@ -277,6 +277,28 @@ type Plan struct {
 	// Load is the configuration of every Run; its Clients is replaced by
 	// each of Plan.Clients, and round r (1-based) uses Seed + r - 1.
 	Load LoadConfig
+	// PauseIdle: during each Run, the other Pausable targets are
+	// stopped, so that the measured one has the machine to itself.
+	// RunPlan continues every target before it returns.
+	PauseIdle bool `json:"pause_idle,omitempty"`
+}
+
+// measureAlone continues t and stops every other Pausable target.
+func measureAlone(targets []Target, t Target) error {
+	for _, o := range targets {
+		if o == t {
+			continue
+		}
+		if pt, ok := o.(Pausable); ok {
+			if err := pt.Pause(); err != nil {
+				return err
+			}
+		}
+	}
+	if pt, ok := t.(Pausable); ok {
+		return pt.Resume()
+	}
+	return nil
 }
 
 // DefaultPlan: 1, 16 and 128 clients, 3 rounds, DefaultLoadConfig (2 s
@@ -322,6 +344,15 @@ func RunPlan(ctx context.Context, targets []Target, p Plan, progress func(string
 		}
 	}
 	var out []Result
+	if p.PauseIdle {
+		defer func() {
+			for _, t := range targets {
+				if pt, ok := t.(Pausable); ok {
+					_ = pt.Resume() // best effort: the run's error, if any, matters more
+				}
+			}
+		}()
+	}
 	for round := 1; round <= p.Repeat; round++ {
 		order := slices.Clone(targets)
 		if round%2 == 0 {
@@ -329,6 +360,11 @@ func RunPlan(ctx context.Context, targets []Target, p Plan, progress func(string
 		}
 		for _, clients := range p.Clients {
 			for _, t := range order {
+				if p.PauseIdle {
+					if err := measureAlone(targets, t); err != nil {
+						return out, err
+					}
+				}
 				cfg := p.Load
 				cfg.Clients = clients
 				cfg.Seed = p.Load.Seed + int64(round-1)

@@ -11,7 +11,12 @@
 // and the ratios statemesh / etcd.
 package consensusbench
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+)
 
 // Target is one system under test.
 type Target interface {
@@ -30,3 +35,39 @@ const (
 	SystemStatemesh = "statemesh"
 	SystemEtcd      = "etcd"
 )
+
+// Pausable is a Target that runs as processes of its own, which RunPlan
+// (with Plan.PauseIdle) stops while another target is measured and
+// continues before its own runs: an idle cluster still ticks, heartbeats
+// and compacts, and on a small machine that CPU would be taken from the
+// measured one.
+type Pausable interface {
+	Target
+	// Pause stops the target's processes (SIGSTOP to their groups).
+	Pause() error
+	// Resume continues them (SIGCONT).
+	Resume() error
+}
+
+var (
+	_ Pausable = (*StatemeshCluster)(nil)
+	_ Pausable = (*EtcdCluster)(nil)
+)
+
+func (c *StatemeshCluster) Pause() error  { return signalGroups(c.pids(), syscall.SIGSTOP) }
+func (c *StatemeshCluster) Resume() error { return signalGroups(c.pids(), syscall.SIGCONT) }
+func (c *EtcdCluster) Pause() error       { return signalGroups(c.pids(), syscall.SIGSTOP) }
+func (c *EtcdCluster) Resume() error      { return signalGroups(c.pids(), syscall.SIGCONT) }
+
+// signalGroups sends sig to the process group each pid leads (every
+// member runs in a group of its own: sysProcAttr). A group that has
+// exited is skipped.
+func signalGroups(pids []int, sig syscall.Signal) error {
+	var errs []error
+	for _, pid := range pids {
+		if err := killGroup(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("consensusbench: signal %v to process group %d: %w", sig, pid, err))
+		}
+	}
+	return errors.Join(errs...)
+}

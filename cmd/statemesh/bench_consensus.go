@@ -38,6 +38,7 @@ func benchConsensus(args []string, stdout, stderr io.Writer) int {
 	fs.Int64Var(&p.Load.Seed, "seed", p.Load.Seed, "seed of the key sequence (round r uses seed + r - 1)")
 	shards := fs.Int("shards", consensusbench.DefaultStatemeshShards, "statemesh Raft shards (--shards of every node)")
 	systems := fs.String("systems", consensusbench.SystemStatemesh+","+consensusbench.SystemEtcd, "comma-separated systems to run: statemesh, etcd")
+	fs.BoolVar(&p.PauseIdle, "pause-idle", true, "stop (SIGSTOP) the cluster that is not being measured during each run, so it takes no CPU from the one that is")
 	dir := fs.String("dir", "", "directory for the clusters' data (removed at the end) and the nodes' logs (kept); default: a new temporary directory")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -176,7 +177,7 @@ func benchConsensus(args []string, stdout, stderr io.Writer) int {
 		rounds = append(rounds, rr)
 	}
 	meta.WallS = time.Since(start).Seconds()
-	meta.Notes = append(meta.Notes, cpuNotes(idle, rounds, targets)...)
+	meta.Notes = append(meta.Notes, cpuNotes(idle, rounds, targets, p.PauseIdle)...)
 	if l := consensusbench.LoadAvg(); l != "" {
 		meta.Notes = append(meta.Notes, "Load average after the run: "+l+" (the benchmark's own threads included, those waiting in fsync too).")
 	}
@@ -318,7 +319,7 @@ func (r *roundResult) cpu(a, b cpuSnapshot) {
 
 // cpuNotes summarise the CPU use for the report: idle, then per system
 // and client count (medians over the rounds).
-func cpuNotes(idle map[string]float64, rounds []roundResult, targets []consensusbench.Target) []string {
+func cpuNotes(idle map[string]float64, rounds []roundResult, targets []consensusbench.Target, paused bool) []string {
 	if len(idle) == 0 {
 		return nil
 	}
@@ -328,7 +329,11 @@ func cpuNotes(idle map[string]float64, rounds []roundResult, targets []consensus
 			idleParts = append(idleParts, fmt.Sprintf("%s %.3f", t.Name(), v))
 		}
 	}
-	notes := []string{fmt.Sprintf("CPU of the idle clusters (cores, over 3 s before the run; both clusters run throughout, so the idle one competes with the measured one): %s.", strings.Join(idleParts, ", "))}
+	during := "both clusters run throughout, so the idle one competes with the measured one"
+	if paused {
+		during = "during each run the other cluster is stopped with SIGSTOP, so it takes none"
+	}
+	notes := []string{fmt.Sprintf("CPU of the idle clusters (cores, over 3 s before the run; %s): %s.", during, strings.Join(idleParts, ", "))}
 	type key struct {
 		system  string
 		clients int
