@@ -216,6 +216,7 @@ type pausableFake struct {
 	paused  bool
 	pauses  int
 	resumes int
+	resumed time.Time
 }
 
 func (f *pausableFake) Pause() error {
@@ -231,28 +232,35 @@ func (f *pausableFake) Resume() error {
 	defer f.mu.Unlock()
 	f.paused = false
 	f.resumes++
+	f.resumed = time.Now()
 	return nil
 }
 
 func (f *pausableFake) Write(ctx context.Context, client int, key string, value []byte) error {
 	f.mu.Lock()
-	paused := f.paused
+	paused, resumed := f.paused, f.resumed
 	f.mu.Unlock()
+	// A refused write takes a millisecond, as a real one would, so that
+	// the fake clock moves on.
 	if paused {
+		time.Sleep(time.Millisecond)
 		return fmt.Errorf("%s: written while paused", f.name)
+	}
+	if !resumed.IsZero() && time.Since(resumed) < PauseSettle {
+		time.Sleep(time.Millisecond)
+		return fmt.Errorf("%s: written %v after resuming", f.name, time.Since(resumed))
 	}
 	return f.fakeTarget.Write(ctx, client, key, value)
 }
 
-// With PauseIdle, each target runs with the others paused, and every
-// target is running again when RunPlan returns.
+// With PauseIdle, each target runs with the others paused, after
+// PauseSettle if it was paused, and every target is running again when
+// RunPlan returns.
 func TestRunPlanPausesIdleTargets(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		a := &pausableFake{fakeTarget: newFake(SystemStatemesh, constant(time.Millisecond), nil)}
 		b := &pausableFake{fakeTarget: newFake(SystemEtcd, constant(time.Millisecond), nil)}
 		p := Plan{Clients: []int{1, 2}, Repeat: 2, PauseIdle: true, Load: LoadConfig{Keys: 10, ValueBytes: 8, Warmup: 10 * time.Millisecond, Duration: 50 * time.Millisecond, Seed: 1}}
-		// b paused from the start: the plan must resume it for its runs.
-		b.Pause()
 		rs, err := RunPlan(t.Context(), []Target{a, b}, p, nil)
 		if err != nil {
 			t.Fatal(err)

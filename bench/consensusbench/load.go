@@ -278,27 +278,45 @@ type Plan struct {
 	// each of Plan.Clients, and round r (1-based) uses Seed + r - 1.
 	Load LoadConfig
 	// PauseIdle: during each Run, the other Pausable targets are
-	// stopped, so that the measured one has the machine to itself.
-	// RunPlan continues every target before it returns.
+	// stopped, so that the measured one has the machine to itself; a
+	// target continued for its run first gets PauseSettle. RunPlan
+	// continues every target before it returns.
 	PauseIdle bool `json:"pause_idle,omitempty"`
 }
 
-// measureAlone continues t and stops every other Pausable target.
-func measureAlone(targets []Target, t Target) error {
+// PauseSettle is how long RunPlan lets a target that it has just
+// continued settle before its run. A process stopped for a run of the
+// other target finds its connections' read deadlines long past when it
+// continues: etcd's members drop and redial their peer streams, and the
+// writes of a warm-up started at once timed out into the measured window
+// (47 failed writes in one run).
+const PauseSettle = 3 * time.Second
+
+// measureAlone stops every other Pausable target and continues t,
+// waiting PauseSettle if t was stopped; paused tracks which are.
+func measureAlone(ctx context.Context, targets []Target, t Target, paused map[Target]bool) error {
 	for _, o := range targets {
-		if o == t {
-			continue
-		}
-		if pt, ok := o.(Pausable); ok {
+		if pt, ok := o.(Pausable); ok && o != t && !paused[o] {
 			if err := pt.Pause(); err != nil {
 				return err
 			}
+			paused[o] = true
 		}
 	}
-	if pt, ok := t.(Pausable); ok {
-		return pt.Resume()
+	pt, ok := t.(Pausable)
+	if !ok || !paused[t] {
+		return nil
 	}
-	return nil
+	if err := pt.Resume(); err != nil {
+		return err
+	}
+	paused[t] = false
+	select {
+	case <-time.After(PauseSettle):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // DefaultPlan: 1, 16 and 128 clients, 3 rounds, DefaultLoadConfig (2 s
@@ -344,6 +362,7 @@ func RunPlan(ctx context.Context, targets []Target, p Plan, progress func(string
 		}
 	}
 	var out []Result
+	paused := map[Target]bool{}
 	if p.PauseIdle {
 		defer func() {
 			for _, t := range targets {
@@ -361,7 +380,7 @@ func RunPlan(ctx context.Context, targets []Target, p Plan, progress func(string
 		for _, clients := range p.Clients {
 			for _, t := range order {
 				if p.PauseIdle {
-					if err := measureAlone(targets, t); err != nil {
+					if err := measureAlone(ctx, targets, t, paused); err != nil {
 						return out, err
 					}
 				}
