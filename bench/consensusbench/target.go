@@ -5,10 +5,12 @@
 // the same machine, for a 3-member etcd cluster.
 //
 // The load generator (Run, RunPlan) only knows a Target: one write,
-// acknowledged. etcd is driven as child processes through its gRPC API with
-// hand-encoded requests (etcd.go), so none of etcd's Go modules become
-// dependencies of ours. The report (report.go) quotes medians over rounds
-// and the ratios statemesh / etcd.
+// acknowledged; with Plan.PauseIdle, RunPlan also stops the targets that
+// run as processes (Pausable) while another one is measured. etcd is
+// driven as child processes through its gRPC API with hand-encoded
+// requests (etcd.go), so none of etcd's Go modules become dependencies
+// of ours. The report (report.go) quotes medians over rounds and the
+// ratios statemesh / etcd.
 package consensusbench
 
 import (

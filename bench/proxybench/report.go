@@ -99,10 +99,7 @@ func WriteTable(w io.Writer, rows []consensusbench.Row) {
 // hop and two), and statemesh-grpc's over the two-hop floor's (what the
 // proxy's own work costs on top of the transport).
 func FloorRatios(rows []consensusbench.Row) []string {
-	ops := map[string]float64{}
-	for _, x := range rows {
-		ops[x.System] = x.OpsPerSec
-	}
+	ops := opsBySystem(rows)
 	var lines []string
 	if rd := ops[SystemRedis]; rd > 0 {
 		for _, f := range []string{SystemEcho, SystemRelay} {
@@ -115,6 +112,15 @@ func FloorRatios(rows []consensusbench.Row) []string {
 		lines = append(lines, fmt.Sprintf("statemesh-grpc / grpc-relay throughput: %.2f", sm/rl))
 	}
 	return lines
+}
+
+// opsBySystem maps each system that ran to its requests/s.
+func opsBySystem(rows []consensusbench.Row) map[string]float64 {
+	ops := map[string]float64{}
+	for _, x := range rows {
+		ops[x.System] = x.OpsPerSec
+	}
+	return ops
 }
 
 // SortRows orders rows as the report shows them: the counter systems,
@@ -139,14 +145,11 @@ func RenderMarkdown(w io.Writer, rows []consensusbench.Row, meta Meta) {
 	fmt.Fprintf(w, "- **statemesh-grpc**: `Counter/Increment` (value 1, consistency LOCAL) through the nodes' gRPC endpoints, one `grpc.ClientConn` per node shared by its clients.\n")
 	fmt.Fprintf(w, "- **statemesh-http**: the same through the HTTP/JSON fallback route `POST %s`, keep-alive connections (up to one idle per client per node).\n", MethodIncrement)
 	fmt.Fprintf(w, "- **redis**: `INCR` on the same keys, one connection per client, RESP spoken by hand; redis-server with no persistence (`--save \"\" --appendonly no`), as a LOCAL increment is acknowledged before any replication.\n")
-	ran := map[string]float64{}
-	for _, x := range rows {
-		ran[x.System] = x.OpsPerSec
-	}
-	if _, ok := ran[SystemEcho]; ok {
+	ops := opsBySystem(rows)
+	if _, ok := ops[SystemEcho]; ok {
 		fmt.Fprintf(w, "- **grpc-echo** (a floor, not a design): the same `Counter/Increment` calls to 3 bare gRPC servers of the counter service in this process, each adding to an in-memory map, with the proxy's server options: the client → node hop alone.\n")
 	}
-	if _, ok := ran[SystemRelay]; ok {
+	if _, ok := ops[SystemRelay]; ok {
 		fmt.Fprintf(w, "- **grpc-relay** (a floor, not a design): the same calls to 3 bare gRPC servers that relay each one, as the proxy does, over one `Crdt.Handle` stream per counter id to a bare function server (in-memory count, no SDK): both hops, client → node → function, with no state, replication or checks.\n")
 	}
 	fmt.Fprintf(w, "- **register-grpc**: the event-sourced register's `Register/Set` through gRPC (linearizable: a Raft write), %d clients, no baseline.\n", firstOr(r.Clients, 0))
@@ -176,12 +179,7 @@ func RenderMarkdown(w io.Writer, rows []consensusbench.Row, meta Meta) {
 	}
 	fmt.Fprintf(w, "\n## Results (median of %d round(s))\n\n", rounds)
 	fmt.Fprintf(w, "| system | clients | req/s | p50 ms | p99 ms | max ms | errors | vs redis |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
-	var redis float64
-	for _, x := range rows {
-		if x.System == SystemRedis {
-			redis = x.OpsPerSec
-		}
-	}
+	redis := ops[SystemRedis]
 	for _, x := range rows {
 		vs := "–"
 		if redis > 0 && x.System != SystemRegister && x.System != SystemCart {

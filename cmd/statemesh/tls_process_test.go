@@ -2,22 +2,14 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/statemesh/statemesh/internal/testpki"
 	"github.com/statemesh/statemesh/node"
 	"github.com/statemesh/statemesh/protocol/adminpb"
 )
@@ -28,8 +20,9 @@ import (
 // TLS and refuses a client without a certificate of the CA: before the
 // flags covered it, it spoke plaintext to anyone.
 func TestRaftOverMutualTLS(t *testing.T) {
-	dir := t.TempDir()
-	caFile, certFile, keyFile := writeTestPKI(t, dir)
+	ca := testpki.New(t, "statemesh test CA")
+	cert := ca.Issue(t, "statemesh test node")
+	caFile, certFile, keyFile := ca.WriteFiles(t, t.TempDir(), cert)
 	const shards = 2
 	procs := startProcs(t, "t", 3, "--shards", fmt.Sprint(shards),
 		"--tls-cert", certFile, "--tls-key", keyFile, "--tls-ca", caFile)
@@ -61,18 +54,8 @@ func TestRaftOverMutualTLS(t *testing.T) {
 		}
 	}
 
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	raft := procs[0].raft
-	c, err := tls.Dial("tcp", raft, &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "127.0.0.1"})
+	c, err := tls.Dial("tcp", raft, &tls.Config{RootCAs: ca.Pool, Certificates: []tls.Certificate{cert}, ServerName: "127.0.0.1"})
 	if err != nil {
 		t.Fatalf("TLS handshake with the Raft port, with the CA's certificate: %v", err)
 	}
@@ -80,7 +63,7 @@ func TestRaftOverMutualTLS(t *testing.T) {
 	// In TLS 1.3 the server refuses a missing client certificate after
 	// the client's side of the handshake: the refusal is an alert on the
 	// first read. A read that times out would mean the server accepted.
-	c, err = tls.Dial("tcp", raft, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	c, err = tls.Dial("tcp", raft, &tls.Config{RootCAs: ca.Pool, ServerName: "127.0.0.1"})
 	if err == nil {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		_, err = c.Read(make([]byte, 1))
@@ -90,51 +73,4 @@ func TestRaftOverMutualTLS(t *testing.T) {
 	if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
 		t.Errorf("the Raft port accepted a TLS client with no certificate (read: %v)", err)
 	}
-}
-
-// writeTestPKI writes a CA and one certificate for 127.0.0.1, usable as
-// server and client, as PEM files in dir.
-func writeTestPKI(t *testing.T, dir string) (caFile, certFile, keyFile string) {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "statemesh test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "statemesh test node"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, typ string, b []byte) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	return write("ca.pem", "CERTIFICATE", caDER), write("node.pem", "CERTIFICATE", der), write("node.key", "EC PRIVATE KEY", keyDER)
 }
